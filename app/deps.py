@@ -1,0 +1,38 @@
+"""FastAPI dependency aliases: `SessionDep`, `SettingsDep`, `TenantDep`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header
+from sqlalchemy.orm import Session
+
+from app.auth.service import authenticate
+from app.auth.tables import TenantRow
+from app.db import session_factory
+from app.settings import Settings, get_settings
+
+
+def get_session(settings: Annotated[Settings, Depends(get_settings)]) -> Iterator[Session]:
+    """A request-scoped session; services commit explicitly, anything else is rolled back."""
+    session = session_factory(settings.sqlalchemy_url)()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_tenant(
+    session: SessionDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> TenantRow:
+    return authenticate(session=session, authorization=authorization)
+
+
+TenantDep = Annotated[TenantRow, Depends(get_tenant)]

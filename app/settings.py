@@ -1,0 +1,74 @@
+"""Settings shared by the API, the worker and the CLI, read from `DISTILL_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """One settings object; defaults run with nothing installed (SQLite file, server-less broker)."""
+
+    model_config = SettingsConfigDict(env_prefix="DISTILL_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("./.distill"), description="Files, models and job storage.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: a SQLite file in the data directory."
+    )
+    broker_url: str | None = Field(
+        default=None, description="Celery broker; default: a SQLite-file broker in the data dir."
+    )
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, description="Upload size limit.")
+    max_model_upload_bytes: int = Field(default=2 * 1024**3, description="Model archive limit.")
+    allow_local_model_paths: bool = Field(
+        default=False, description="Accept local directories as model refs (trusted setups only)."
+    )
+    queued_resend_after_s: float = Field(
+        default=60.0, description="Re-send the wake-up message of a job queued this long."
+    )
+    heartbeat_interval_s: float = Field(default=5.0, description="Worker heartbeat period.")
+    stale_heartbeat_after_s: float = Field(
+        default=120.0, description="A running job whose heartbeat is this old is re-queued."
+    )
+    max_attempts: int = Field(default=3, description="Runs of a job before it is failed.")
+    reconcile_interval_s: float = Field(default=15.0, description="Reconciler period.")
+    predict_max_inputs: int = Field(default=64, description="Inputs per predict call.")
+    predict_max_chars: int = Field(default=10_000, description="Characters per predict input.")
+    idempotency_ttl_s: float = Field(default=24 * 3600.0, description="Idempotency-Key lifetime.")
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'distill.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{self.resolved_data_dir / 'broker.db'}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.resolved_data_dir / "files"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.resolved_data_dir / "models"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.resolved_data_dir / "jobs"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests clear the cache after changing the environment)."""
+    return Settings()

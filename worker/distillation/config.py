@@ -1,0 +1,153 @@
+"""The plain configuration the training core runs from, and the callback it reports through.
+
+The worker builds a `JobConfig` from a job row; tests and benchmarks build one directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+Task = Literal["sequence-classification", "causal-lm", "seq2seq"]
+Stage = Literal["finetune_teacher", "cache_teacher", "distill", "evaluate", "export"]
+TASKS: tuple[str, ...] = ("sequence-classification", "causal-lm", "seq2seq")
+LOSS_TYPES: tuple[str, ...] = (
+    "kl", "ce", "logit", "mse_logits", "hidden_mse", "attention_mse", "cosine",
+)
+
+
+@dataclass
+class LossSpec:
+    """One weighted term of the distillation loss."""
+
+    type: str
+    weight: float = 1.0
+    # hidden_mse / attention_mse: student layer index -> teacher layer index (0-based
+    # transformer layers); None means evenly spaced teacher layers.
+    layer_map: dict[int, int] | None = None
+
+
+@dataclass
+class FinetuneSpec:
+    """Fine-tune the teacher on the training file before distilling (base models with no head)."""
+
+    epochs: int = 1
+    learning_rate: float = 5e-5
+    batch_size: int | None = None  # default: the job's batch size
+
+
+@dataclass
+class StudentSpec:
+    """Either an existing model directory or an architecture built fresh."""
+
+    model_path: Path | None = None
+    # num_layers, hidden_size, num_heads, intermediate_size (all optional: default from teacher)
+    architecture: dict[str, int] | None = None
+    init: Literal["teacher", "random"] = "teacher"
+
+
+@dataclass
+class DataSpec:
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    # The validation file may name its columns differently (SST-2's dev set says `content`).
+    validation_text_column: str | None = None
+    validation_text_pair_column: str | None = None
+    validation_label_column: str | None = None
+    max_seq_length: int = 128
+
+
+@dataclass
+class Hyperparameters:
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    seed: int = 42
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    lr_scheduler: Literal["linear", "cosine"] = "linear"
+    max_steps: int | None = None  # caps optimizer steps (quick runs)
+    eval_batch_size: int = 64
+    log_every_steps: int = 20
+    checkpoint_every_steps: int = 200
+
+
+@dataclass
+class JobConfig:
+    task: str
+    teacher_path: Path
+    student: StudentSpec
+    train_file: Path
+    output_dir: Path  # the finished student, as a Hugging Face directory
+    work_dir: Path  # scratch: fine-tuned teacher, checkpoints
+    validation_file: Path | None = None
+    teacher_finetune: FinetuneSpec | None = None
+    data: DataSpec = field(default_factory=DataSpec)
+    temperature: float = 2.0
+    losses: list[LossSpec] = field(
+        default_factory=lambda: [LossSpec("kl", 0.5), LossSpec("ce", 0.5)]
+    )
+    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+    device: str | None = None  # None: CUDA when present, else CPU
+    teacher_name: str = "teacher"  # shown in the model card
+
+
+@dataclass
+class Progress:
+    stage: str
+    percent: float
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    eta_seconds: float | None = None
+
+
+class Cancelled(Exception):
+    """Raised inside the core when the reporter asks it to stop."""
+
+
+class Reporter(Protocol):
+    """How the core tells the outside world what it is doing (and learns it should stop)."""
+
+    def progress(self, progress: Progress) -> None: ...
+
+    def metrics(self, step: int, data: dict[str, Any]) -> None: ...
+
+    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        ...
+
+    def should_stop(self) -> bool: ...
+
+
+class NullReporter:
+    """A reporter that records nothing (tests, benchmarks)."""
+
+    def progress(self, progress: Progress) -> None:
+        pass
+
+    def metrics(self, step: int, data: dict[str, Any]) -> None:
+        pass
+
+    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+@dataclass
+class JobResult:
+    """What a finished run hands back: the exported model and its report."""
+
+    model_dir: Path
+    task: str
+    parameters: int
+    size_bytes: int
+    labels: list[str] | None
+    report: dict[str, Any]
+    eval_metrics: dict[str, Any]
+    train_loss: float | None
