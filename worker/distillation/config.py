@@ -12,6 +12,8 @@ from typing import Any, Literal, Protocol
 Task = Literal["sequence-classification", "causal-lm", "seq2seq"]
 Stage = Literal["finetune_teacher", "cache_teacher", "distill", "evaluate", "export"]
 TASKS: tuple[str, ...] = ("sequence-classification", "causal-lm", "seq2seq")
+# What the engine runs today; the API refuses other tasks at job creation.
+SUPPORTED_TASKS: tuple[str, ...] = ("sequence-classification",)
 LOSS_TYPES: tuple[str, ...] = (
     "kl", "ce", "logit", "mse_logits", "hidden_mse", "attention_mse", "cosine",
 )
