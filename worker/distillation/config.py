@@ -119,7 +119,9 @@ class Reporter(Protocol):
 
     def metrics(self, step: int, data: dict[str, Any]) -> None: ...
 
-    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+    def message(
+        self, text: str, *, level: str = "info", data: dict[str, Any] | None = None
+    ) -> None:
         ...
 
     def should_stop(self) -> bool: ...
@@ -134,7 +136,9 @@ class NullReporter:
     def metrics(self, step: int, data: dict[str, Any]) -> None:
         pass
 
-    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+    def message(
+        self, text: str, *, level: str = "info", data: dict[str, Any] | None = None
+    ) -> None:
         pass
 
     def should_stop(self) -> bool:

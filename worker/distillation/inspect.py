@@ -27,7 +27,7 @@ class ModelInfo:
 
 
 def task_of(config: PretrainedConfig) -> str:
-    """The task a config's architecture serves: classification, causal LM, seq2seq or a base model."""
+    """The task a config's architecture serves: classification, causal LM, seq2seq or base model."""
     for arch in config.architectures or []:
         if arch.endswith(SEQ_CLS_SUFFIXES):
             return "sequence-classification"

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 Record = dict[str, Any]
@@ -52,7 +52,8 @@ def _parse_jsonl(text: str) -> Dataset:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise RecordError(f"invalid JSON ({exc.msg} at column {exc.colno})", line=number) from exc
+            message = f"invalid JSON ({exc.msg} at column {exc.colno})"
+            raise RecordError(message, line=number) from exc
         if not isinstance(value, dict):
             raise RecordError("each line must be a JSON object", line=number)
         for key, item in value.items():
@@ -67,7 +68,7 @@ def _parse_jsonl(text: str) -> Dataset:
 
 def _parse_delimited(text: str, *, delimiter: str, fmt: str) -> Dataset:
     # QUOTE_NONE for TSV: GLUE-style files contain bare quotes inside sentences.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    quoting: Literal[0, 1, 2, 3] = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     try:
         header = next(reader)
