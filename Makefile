@@ -1,0 +1,18 @@
+# The two commands a new user needs: `make demo` and `make test`.
+.PHONY: setup demo test lint
+
+setup:
+	./scripts/setup.sh
+
+demo: setup
+	.venv/bin/distill demo
+
+test: setup
+	./scripts/services.sh
+	.venv/bin/ruff check .
+	.venv/bin/mypy app worker
+	.venv/bin/pytest -q
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy app worker

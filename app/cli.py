@@ -1,0 +1,140 @@
+"""The `distill` command: serve, api, worker, migrate, keys, demo."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.settings import Settings, get_settings
+
+cli = typer.Typer(help="Distillation as a service: teacher in, small fast student out.",
+                  no_args_is_help=True, add_completion=False)
+keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+HostOpt = Annotated[str, typer.Option(help="Interface to listen on.")]
+PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
+
+
+def _prepare(settings: Settings) -> None:
+    """Create the data directory and bring the schema up to date (idempotent)."""
+    from app.migrate import upgrade
+
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    for path in (settings.files_dir, settings.models_dir, settings.jobs_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.sqlalchemy_url)
+
+
+def _worker_argv(concurrency: int) -> list[str]:
+    return ["worker", "-Q", "training", "-c", str(concurrency), "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle"]
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the database migrations."""
+    settings = get_settings()
+    _prepare(settings)
+    typer.echo(f"Database at {_redact(settings.sqlalchemy_url)} is up to date.")
+
+
+@cli.command()
+def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
+    """Run the API server alone (workers run as `distill worker`)."""
+    import uvicorn
+
+    uvicorn.run("app.main:app", host=host, port=port, log_level="info")
+
+
+@cli.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Jobs run at once (one per process).")] = 1,
+) -> None:
+    """Run a Celery training worker (and its reconciler timer)."""
+    from worker.celery_app import celery_app
+
+    settings = get_settings()
+    if not settings.database_url:  # embedded SQLite: nobody else runs the migrations
+        _prepare(settings)
+    celery_app.worker_main(_worker_argv(concurrency))
+
+
+@cli.command()
+def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
+    """API + a training worker + the reconciler in one command, on the configured data directory
+    (by default a SQLite database and a server-less broker: nothing else to install)."""
+    import uvicorn
+
+    settings = get_settings()
+    _prepare(settings)
+    env = {**os.environ, "DISTILL_DATA_DIR": str(settings.resolved_data_dir)}
+    worker_proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker.celery_app", *_worker_argv(1)], env=env
+    )
+    typer.echo(f"distill: data in {settings.resolved_data_dir}; API on http://{host}:{port} "
+               f"(docs at /docs); worker pid {worker_proc.pid}")
+    try:
+        uvicorn.run("app.main:app", host=host, port=port, log_level="info")
+    finally:
+        worker_proc.send_signal(signal.SIGTERM)
+        try:
+            worker_proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker_proc.kill()
+
+
+@keys_cli.command("create")
+def keys_create(tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")]) -> None:
+    """Create an API key; the key is printed once, as the last word of the last line."""
+    from app.auth.service import create_key
+    from app.db import session_scope
+
+    if not tenant.strip():
+        raise typer.BadParameter("the tenant name must not be empty", param_hint="--tenant")
+    settings = get_settings()
+    _prepare(settings)
+    with session_scope(settings.sqlalchemy_url) as session:
+        row, key = create_key(session=session, tenant_name=tenant.strip())
+    typer.echo(f"Created an API key for tenant {row.name!r} (only its hash is stored; "
+               "keep it now):")
+    typer.echo(key)
+
+
+@cli.command()
+def demo(
+    rows: Annotated[int, typer.Option(help="SST-2 training rows to use.")] = 4000,
+    full: Annotated[bool, typer.Option("--full", help="Use all 67,349 training rows.")] = False,
+    epochs: Annotated[int, typer.Option(help="Distillation epochs.")] = 3,
+    sst2_dir: Annotated[Path | None, typer.Option(help="Folder with SST-2 train.tsv/dev.tsv.")]
+    = None,
+    port: PortOpt = 8765,
+) -> None:
+    """Serve, upload SST-2, distil the built-in MiniLM into a 4x smaller student, download it,
+    predict with it and print the report."""
+    from app.demo import run_demo
+
+    run_demo(rows=None if full else rows, epochs=epochs, sst2_dir=sst2_dir, port=port)
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""`distill demo`: the whole product on embedded defaults, as a new user would drive it over HTTP.
+
+Serve → create a key → upload SST-2 → distil the built-in MiniLM (fine-tuned first) into a 4x
+smaller student → follow the job → download the model → predict → print the report.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from app.settings import get_settings
+
+console = Console()
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SST2 = PROJECT_ROOT.parent / "shared" / "data" / "sst2"
+SENTENCES = [
+    "a gorgeous , witty , seductive movie .",
+    "the acting is wooden and the plot is a mess .",
+    "an utterly charming and hilarious film .",
+    "it 's a dull , lifeless and boring affair .",
+]
+
+
+def _free_port(preferred: int) -> int:
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", preferred)) != 0:
+            return preferred
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _sample_tsv(path: Path, rows: int | None, seed: int = 0) -> bytes:
+    """The SST-2 training file, or a stratified-by-chance random sample of it, as TSV bytes."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header, body = lines[0], lines[1:]
+    if rows is not None and rows < len(body):
+        body = random.Random(seed).sample(body, rows)
+    return ("\n".join([header, *body]) + "\n").encode()
+
+
+def _check(response: httpx.Response) -> dict[str, Any]:
+    if response.is_error:
+        raise SystemExit(f"{response.request.method} {response.request.url.path} → "
+                         f"{response.status_code}: {response.text}")
+    return dict(response.json())
+
+
+def _wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"`distill serve` exited with code {proc.returncode}")
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the service did not become ready in time")
+
+
+def _follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    """Show the job's stages with a progress bar and its metric events until it finishes."""
+    last_event: str | None = None
+    columns = (TextColumn("{task.description:<18}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+               TextColumn("step {task.fields[step]}/{task.fields[steps]}"), TimeRemainingColumn())
+    bars: dict[str, Any] = {}
+    with Progress(*columns, console=console) as progress:
+        while True:
+            job = _check(client.get(f"/v1/distillation/jobs/{job_id}"))
+            params = {"limit": 100, **({"after": last_event} if last_event else {})}
+            for event in _check(client.get(f"/v1/distillation/jobs/{job_id}/events",
+                                           params=params))["data"]:
+                last_event = event["id"]
+                style = {"warning": "yellow", "error": "red"}.get(event["level"], "dim")
+                progress.console.print(f"[{style}]· {event['message']}[/{style}]")
+            stage = job["progress"].get("stage")
+            if stage:
+                for done in bars:
+                    if done != stage:
+                        progress.update(bars[done], completed=100)
+                if stage not in bars:
+                    bars[stage] = progress.add_task(stage, total=100, step=0, steps=0)
+                p = job["progress"]
+                progress.update(bars[stage], completed=p["percent"], step=p["step"],
+                                steps=p["total_steps"])
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                if job["status"] == "succeeded":
+                    for bar in bars.values():
+                        progress.update(bar, completed=100)
+                return job
+            time.sleep(1.0)
+
+
+def _report_table(model: dict[str, Any]) -> Table:
+    report = model["report"]
+    table = Table(title=f"Teacher vs student on the validation file ({model['id']})")
+    table.add_column("")
+    table.add_column("teacher", justify="right")
+    table.add_column("student", justify="right")
+    rows = [("accuracy", "accuracy", "{:.2%}"), ("macro-F1", "macro_f1", "{:.4f}"),
+            ("parameters", "parameters", "{:,}"), ("size on disk (MB)", "size_bytes", "mb"),
+            ("CPU latency p50, batch 1 (ms)", "latency_ms_p50", "{:.2f}"),
+            ("CPU throughput, batch 32 (/s)", "throughput_per_s", "{:.1f}")]
+    for label, key, fmt in rows:
+        cells = []
+        for side in ("teacher", "student"):
+            value = report[side].get(key)
+            if value is None:
+                cells.append("-")
+            elif fmt == "mb":
+                cells.append(f"{value / 1e6:.1f}")
+            else:
+                cells.append(fmt.format(value))
+        table.add_row(label, *cells)
+    table.caption = (f"retention {report['retention']:.1%} · speed-up {report['speedup']:.2f}x · "
+                     f"{report.get('compression', 0):.1f}x fewer parameters")
+    return table
+
+
+def run_demo(*, rows: int | None, epochs: int, sst2_dir: Path | None, port: int) -> None:
+    settings = get_settings()
+    sst2 = sst2_dir or Path(os.environ.get("DISTILL_SST2_DIR", DEFAULT_SST2))
+    if not (sst2 / "train.tsv").exists() or not (sst2 / "dev.tsv").exists():
+        raise SystemExit(f"SST-2 not found in {sst2}: pass --sst2-dir with train.tsv and dev.tsv")
+    port = _free_port(port)
+    base = f"http://127.0.0.1:{port}"
+    console.rule("[bold]distill demo")
+    console.print(f"Starting `distill serve` on {base} (data in {settings.resolved_data_dir})")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with httpx.Client(base_url=base, timeout=120) as client:
+            _wait_ready(client, proc)
+            out = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create",
+                                  "--tenant", "demo"], capture_output=True, text=True, check=True)
+            key = out.stdout.split()[-1]
+            client.headers["Authorization"] = f"Bearer {key}"
+            console.print("Created an API key for tenant 'demo'.")
+
+            train = _check(client.post("/v1/files", data={"purpose": "train"}, files={
+                "file": ("sst2-train.tsv", _sample_tsv(sst2 / "train.tsv", rows), "text/tsv")}))
+            dev = _check(client.post("/v1/files", data={"purpose": "validation"}, files={
+                "file": ("sst2-dev.tsv", (sst2 / "dev.tsv").read_bytes(), "text/tsv")}))
+            console.print(f"Uploaded {train['id']} ({train['num_records']:,} rows, columns "
+                          f"{train['columns']}) and {dev['id']} ({dev['num_records']} rows).")
+
+            job = _check(client.post("/v1/distillation/jobs", headers={"Idempotency-Key": key[-12:]},
+                                     json=demo_job(train["id"], dev["id"], epochs)))
+            console.print(f"Submitted {job['id']}: all-minilm-l6-v2 (fine-tuned 1 epoch) → "
+                          "4 layers × 128 student, initialised from the teacher.")
+            job = _follow(client, job["id"])
+            if job["status"] != "succeeded":
+                raise SystemExit(f"job {job['status']}: {job['error']}")
+
+            model = _check(client.get(f"/v1/models/{job['result_model']}"))
+            target = Path.cwd() / f"distilled-{model['id']}"
+            archive = client.get(f"/v1/models/{model['id']}/download")
+            archive.raise_for_status()
+            with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+                tar.extractall(target, filter="data")
+            console.print(f"Downloaded the student to {target}/ ({len(archive.content) / 1e6:.1f} "
+                          "MB archive): a Hugging Face directory for from_pretrained().")
+
+            predictions = _check(client.post(f"/v1/models/{model['id']}/predict",
+                                             json={"inputs": SENTENCES}))["data"]
+            for sentence, pred in zip(SENTENCES, predictions, strict=True):
+                console.print(f"  {pred['label']:>3} ({pred['score']:.2f})  {sentence}")
+            console.print(_report_table(model))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def demo_job(train_id: str, dev_id: str, epochs: int) -> dict[str, Any]:
+    """The demo's job: SST-2 columns remapped, a 4x smaller student, KD + CE + hidden states."""
+    return {
+        "task": "sequence-classification",
+        "teacher": {"model": "all-minilm-l6-v2", "finetune": {"epochs": 2, "learning_rate": 5e-5}},
+        "student": {"architecture": {"num_layers": 4, "hidden_size": 128, "num_heads": 2,
+                                     "intermediate_size": 512}, "init": "teacher"},
+        "training_file": train_id,
+        "validation_file": dev_id,
+        "data": {"text_column": "sentence", "validation_text_column": "content",
+                 "label_column": "label", "max_seq_length": 64},
+        "distillation": {"temperature": 2.0, "losses": [
+            {"type": "kl", "weight": 0.5}, {"type": "ce", "weight": 0.5},
+            {"type": "hidden_mse", "weight": 0.1}]},
+        "hyperparameters": {"epochs": epochs, "batch_size": 32, "learning_rate": 2e-4,
+                            "seed": 42},
+        "metadata": {"source": "distill demo"},
+    }
+
+
+__all__ = ["run_demo"]

@@ -1,0 +1,56 @@
+"""`/healthz` (the process is up) and `/readyz` (database and broker reachable); no key needed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from app.db import engine_for
+from app.deps import SettingsDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _check_database(url: str) -> str | None:
+    try:
+        with engine_for(url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None
+
+
+def _check_broker(url: str) -> str | None:
+    from worker.celery_app import celery_app
+
+    try:
+        with celery_app.connection_for_write(url=url) as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None
+
+
+@router.get("/readyz", response_model=None)
+def readyz(settings: SettingsDep) -> dict[str, Any] | JSONResponse:
+    checks = {
+        "database": _check_database(settings.sqlalchemy_url),
+        "broker": _check_broker(settings.celery_broker_url),
+    }
+    body = {name: ("ok" if err is None else err) for name, err in checks.items()}
+    if any(checks.values()):
+        failed = ", ".join(name for name, err in checks.items() if err)
+        return JSONResponse(
+            {"error": {"code": "not_ready", "message": f"not reachable: {failed}", "param": None},
+             "checks": body},
+            status_code=503,
+        )
+    return {"status": "ok", "checks": body}

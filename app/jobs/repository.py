@@ -1,0 +1,91 @@
+"""Queries on jobs, their events and idempotency keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from app.clock import now
+from app.jobs.tables import IdempotencyKeyRow, JobEventRow, JobRow
+
+ACTIVE_STATUSES = ("queued", "running", "cancelling")
+FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+STATUSES = ("queued", "running", "cancelling", *FINISHED_STATUSES)
+EVENT_PREFIX = "event-"
+
+
+def get_for_tenant(session: Session, *, tenant_id: str, job_id: str) -> JobRow | None:
+    """This tenant's job, or None: another tenant's id reads exactly like a missing one."""
+    return session.scalar(select(JobRow).where(JobRow.id == job_id, JobRow.tenant_id == tenant_id))
+
+
+def list_for_tenant(
+    session: Session, *, tenant_id: str, limit: int, after: str | None, status: str | None
+) -> list[JobRow]:
+    """Newest first; `after` is the id of the last job of the previous page."""
+    query = select(JobRow).where(JobRow.tenant_id == tenant_id)
+    if status:
+        query = query.where(JobRow.status == status)
+    if after:
+        cursor = get_for_tenant(session, tenant_id=tenant_id, job_id=after)
+        if cursor is not None:
+            query = query.where(
+                or_(
+                    JobRow.created_at < cursor.created_at,
+                    and_(JobRow.created_at == cursor.created_at, JobRow.id < cursor.id),
+                )
+            )
+    query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def add_event(
+    session: Session,
+    *,
+    job_id: str,
+    message: str,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+) -> JobEventRow:
+    event = JobEventRow(
+        job_id=job_id, created_at=now(), level=level, type=type, message=message[:4000], data=data
+    )
+    session.add(event)
+    return event
+
+
+def event_seq(event_id: str) -> int | None:
+    """The sequence number inside an event id such as `event-42`, or None if malformed."""
+    digits = event_id.removeprefix(EVENT_PREFIX)
+    return int(digits) if digits.isdigit() else None
+
+
+def list_events(session: Session, *, job_id: str, after: int | None, limit: int) -> list[JobEventRow]:
+    """Oldest first, so that polling with `after=<last id seen>` yields only what is new."""
+    query = select(JobEventRow).where(JobEventRow.job_id == job_id)
+    if after is not None:
+        query = query.where(JobEventRow.seq > after)
+    return list(session.scalars(query.order_by(JobEventRow.seq).limit(limit)))
+
+
+def get_idempotency_key(session: Session, *, tenant_id: str, key: str) -> IdempotencyKeyRow | None:
+    return session.scalar(
+        select(IdempotencyKeyRow).where(
+            IdempotencyKeyRow.tenant_id == tenant_id, IdempotencyKeyRow.key == key
+        )
+    )
+
+
+def jobs_using_file(session: Session, *, tenant_id: str, file_id: str) -> list[JobRow]:
+    """The tenant's queued or running jobs that read `file_id`."""
+    rows = session.scalars(
+        select(JobRow).where(JobRow.tenant_id == tenant_id, JobRow.status.in_(ACTIVE_STATUSES))
+    )
+    return [
+        r
+        for r in rows
+        if file_id in (r.request.get("training_file"), r.request.get("validation_file"))
+    ]

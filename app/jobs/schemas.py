@@ -1,0 +1,142 @@
+"""The wire format of distillation jobs (kept apart from the table)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    # Unknown fields are a typo more often than not: reject them, naming the field.
+    model_config = ConfigDict(extra="forbid")
+
+
+class FinetuneIn(Strict):
+    epochs: int = Field(1, ge=1, le=20)
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    batch_size: int | None = Field(None, ge=1, le=1024)
+
+
+class TeacherIn(Strict):
+    model: str = Field(min_length=1, max_length=1024)
+    finetune: FinetuneIn | None = None
+
+
+class ArchitectureIn(Strict):
+    num_layers: int | None = Field(None, ge=1, le=64)
+    hidden_size: int | None = Field(None, ge=8, le=16384)
+    num_heads: int | None = Field(None, ge=1, le=256)
+    intermediate_size: int | None = Field(None, ge=8, le=65536)
+
+
+class StudentIn(Strict):
+    model: str | None = Field(None, min_length=1, max_length=1024)
+    architecture: ArchitectureIn | None = None
+    init: Literal["teacher", "random"] = "teacher"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentIn:
+        if (self.model is None) == (self.architecture is None):
+            raise ValueError("give exactly one of student.model or student.architecture")
+        return self
+
+
+class DataIn(Strict):
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    validation_text_column: str | None = None
+    validation_text_pair_column: str | None = None
+    validation_label_column: str | None = None
+    max_seq_length: int = Field(128, ge=8, le=4096)
+
+
+class LossIn(Strict):
+    type: str
+    weight: float = Field(1.0, ge=0, le=1000)
+    layer_map: dict[int, int] | None = None
+
+
+def _default_losses() -> list[LossIn]:
+    return [LossIn(type="kl", weight=0.5), LossIn(type="ce", weight=0.5)]
+
+
+class DistillationIn(Strict):
+    temperature: float = Field(2.0, gt=0, le=100)
+    losses: list[LossIn] = Field(default_factory=_default_losses, min_length=1, max_length=16)
+
+
+class HyperparametersIn(Strict):
+    epochs: int = Field(3, ge=1, le=100)
+    batch_size: int = Field(32, ge=1, le=1024)
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    seed: int = Field(42, ge=0, le=2**31 - 1)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    max_grad_norm: float = Field(1.0, gt=0, le=1000)
+    lr_scheduler: Literal["linear", "cosine"] = "linear"
+    max_steps: int | None = Field(None, ge=1, le=10_000_000)
+    eval_batch_size: int = Field(64, ge=1, le=4096)
+    log_every_steps: int = Field(20, ge=1, le=100_000)
+    checkpoint_every_steps: int = Field(200, ge=1, le=10_000_000)
+
+
+class JobCreate(Strict):
+    task: str
+    teacher: TeacherIn
+    student: StudentIn
+    training_file: str
+    validation_file: str | None = None
+    data: DataIn = Field(default_factory=DataIn)
+    distillation: DistillationIn = Field(default_factory=DistillationIn)
+    hyperparameters: HyperparametersIn = Field(default_factory=HyperparametersIn)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+
+class ProgressOut(BaseModel):
+    stage: str | None = None
+    percent: float = 0.0
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    eta_seconds: float | None = None
+
+
+class JobErrorOut(BaseModel):
+    code: str
+    message: str
+
+
+class JobOut(BaseModel):
+    id: str
+    object: Literal["distillation.job"] = "distillation.job"
+    status: str
+    task: str
+    teacher: dict[str, Any]
+    student: dict[str, Any]
+    training_file: str
+    validation_file: str | None
+    data: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    distillation: dict[str, Any]
+    metadata: dict[str, Any]
+    progress: ProgressOut
+    metrics: dict[str, Any]
+    result_model: str | None
+    error: JobErrorOut | None
+    attempts: int
+    created_at: int
+    started_at: int | None
+    finished_at: int | None
+
+
+class JobEventOut(BaseModel):
+    id: str
+    object: Literal["distillation.job.event"] = "distillation.job.event"
+    created_at: int
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None

@@ -1,0 +1,183 @@
+"""Distillation jobs as the API sees them: create (idempotently), list, get, cancel, events."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.auth.tables import TenantRow
+from app.clock import now
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.ids import new_id
+from app.jobs import repository
+from app.jobs.queue import send_wakeup
+from app.jobs.schemas import JobCreate, JobEventOut, JobOut, ProgressOut
+from app.jobs.tables import IdempotencyKeyRow, JobEventRow, JobRow
+from app.jobs.validation import check_job_request
+from app.settings import Settings
+
+
+def to_out(row: JobRow) -> JobOut:
+    req = row.request
+    return JobOut(
+        id=row.id,
+        status=row.status,
+        task=row.task,
+        teacher=req["teacher"],
+        student=req["student"],
+        training_file=req["training_file"],
+        validation_file=req.get("validation_file"),
+        data=req["data"],
+        hyperparameters=req["hyperparameters"],
+        distillation=req["distillation"],
+        metadata=req.get("metadata") or {},
+        progress=ProgressOut(**row.progress),
+        metrics=row.metrics,
+        result_model=row.result_model,
+        error=row.error,
+        attempts=row.attempts,
+        created_at=int(row.created_at),
+        started_at=int(row.started_at) if row.started_at else None,
+        finished_at=int(row.finished_at) if row.finished_at else None,
+    )
+
+
+def event_to_out(row: JobEventRow) -> JobEventOut:
+    return JobEventOut(
+        id=f"{repository.EVENT_PREFIX}{row.seq}",
+        created_at=int(row.created_at),
+        level=row.level,
+        type=row.type,
+        message=row.message,
+        data=row.data,
+    )
+
+
+def _request_hash(request: JobCreate) -> str:
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(
+    *, session: Session, tenant: TenantRow, key: str, request_hash: str, settings: Settings
+) -> JobRow | None:
+    """The job an earlier request with this Idempotency-Key created, or None if there is none."""
+    existing = repository.get_idempotency_key(session, tenant_id=tenant.id, key=key)
+    if existing is None:
+        return None
+    if existing.created_at < now() - settings.idempotency_ttl_s:
+        session.delete(existing)
+        session.flush()
+        return None
+    if existing.request_hash != request_hash:
+        raise Conflict(
+            "This Idempotency-Key was already used with a different request body; "
+            "use a new key for a new job.",
+            param="Idempotency-Key", code="idempotency_key_reused",
+        )
+    return repository.get_for_tenant(session, tenant_id=tenant.id, job_id=existing.job_id)
+
+
+def create_job(
+    *,
+    session: Session,
+    tenant: TenantRow,
+    settings: Settings,
+    request: JobCreate,
+    idempotency_key: str | None = None,
+) -> tuple[JobRow, bool]:
+    """Validate, insert and commit the job, then wake a worker. Returns (job, created)."""
+    request_hash = _request_hash(request)
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= 255:
+            raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.",
+                                 param="Idempotency-Key")
+        replayed = _replay(session=session, tenant=tenant, key=idempotency_key,
+                           request_hash=request_hash, settings=settings)
+        if replayed is not None:
+            return replayed, False
+
+    check_job_request(session=session, tenant_id=tenant.id, settings=settings, request=request)
+    created = now()
+    job = JobRow(
+        id=new_id("job"),
+        tenant_id=tenant.id,
+        status="queued",
+        task=request.task,
+        request=request.model_dump(mode="json"),
+        progress=ProgressOut().model_dump(),
+        metrics={"train_loss": None, "eval": {}},
+        created_at=created,
+        enqueued_at=created,
+        attempts=0,
+    )
+    session.add(job)
+    session.flush()
+    repository.add_event(session, job_id=job.id, message="Job created and queued.")
+    if idempotency_key is not None:
+        session.add(IdempotencyKeyRow(tenant_id=tenant.id, key=idempotency_key,
+                                      request_hash=request_hash, job_id=job.id, created_at=created))
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key won the race: answer with its job.
+        session.rollback()
+        replayed = _replay(session=session, tenant=tenant, key=idempotency_key or "",
+                           request_hash=request_hash, settings=settings)
+        if replayed is None:
+            raise
+        return replayed, False
+    # Only now, with the row committed, may a worker be woken.
+    send_wakeup(job.id, settings=settings)
+    return job, True
+
+
+def get_job(*, session: Session, tenant: TenantRow, job_id: str) -> JobRow:
+    job = repository.get_for_tenant(session, tenant_id=tenant.id, job_id=job_id)
+    if job is None:
+        raise NotFound(f"No distillation job {job_id!r}.", param="id", code="job_not_found")
+    return job
+
+
+def list_jobs(
+    *, session: Session, tenant: TenantRow, limit: int, after: str | None, status: str | None
+) -> list[JobRow]:
+    if status is not None and status not in repository.STATUSES:
+        raise InvalidRequest(
+            f"Unknown status {status!r}; one of {', '.join(repository.STATUSES)}.", param="status"
+        )
+    return repository.list_for_tenant(
+        session, tenant_id=tenant.id, limit=limit, after=after, status=status
+    )
+
+
+def cancel_job(*, session: Session, tenant: TenantRow, job_id: str) -> JobRow:
+    """Queued jobs are cancelled at once; running ones become `cancelling` until the worker stops."""
+    job = get_job(session=session, tenant=tenant, job_id=job_id)
+    if job.status in repository.FINISHED_STATUSES:
+        raise Conflict(f"Job {job_id!r} has already finished ({job.status}).",
+                       param="id", code="job_finished")
+    if job.status == "queued":
+        job.status = "cancelled"
+        job.finished_at = now()
+        repository.add_event(session, job_id=job.id, message="Job cancelled before it started.")
+    elif job.status == "running":
+        job.status = "cancelling"
+        repository.add_event(session, job_id=job.id, message="Cancellation requested.")
+    session.commit()
+    return job
+
+
+def list_events(
+    *, session: Session, tenant: TenantRow, job_id: str, after: str | None, limit: int
+) -> list[JobEventRow]:
+    job = get_job(session=session, tenant=tenant, job_id=job_id)
+    after_seq = None
+    if after is not None:
+        after_seq = repository.event_seq(after)
+        if after_seq is None:
+            raise InvalidRequest(f"Malformed event id {after!r} in `after`.", param="after")
+    return repository.list_events(session, job_id=job.id, after=after_seq, limit=limit)

@@ -1,0 +1,56 @@
+"""Small API helpers shared by the tests."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import sentiment_records
+
+
+def upload_records(client: Any, auth: dict[str, str], rows: list[dict[str, Any]], *,
+                   purpose: str = "train", name: str = "data.jsonl") -> str:
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    response = client.post("/v1/files", headers=auth, data={"purpose": purpose},
+                           files={"file": (name, body, "application/jsonl")})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def upload_model_dir(client: Any, auth: dict[str, str], model_dir: Path) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(model_dir, arcname="model")
+    response = client.post("/v1/models", headers=auth,
+                           files={"file": ("teacher.tar.gz", buffer.getvalue(), "application/gzip")})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def sentiment_files(client: Any, auth: dict[str, str], *, train: int = 64,
+                    validation: int = 32) -> tuple[str, str]:
+    train_id = upload_records(client, auth, sentiment_records(train, seed=1))
+    val_id = upload_records(client, auth, sentiment_records(validation, seed=2),
+                            purpose="validation", name="dev.jsonl")
+    return train_id, val_id
+
+
+def job_body(*, teacher: str, training_file: str, validation_file: str | None = None,
+             **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "task": "sequence-classification",
+        "teacher": {"model": teacher},
+        "student": {"architecture": {"num_layers": 1, "hidden_size": 32, "num_heads": 2,
+                                     "intermediate_size": 64}, "init": "teacher"},
+        "training_file": training_file,
+        "validation_file": validation_file,
+        "data": {"text_column": "text", "label_column": "label", "max_seq_length": 32},
+        "distillation": {"temperature": 2.0,
+                         "losses": [{"type": "kl", "weight": 0.5}, {"type": "ce", "weight": 0.5}]},
+        "hyperparameters": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "seed": 1},
+    }
+    body.update(overrides)
+    return body

@@ -1,0 +1,100 @@
+"""A `Reporter` for the training core that writes progress, metrics and events to the job row.
+
+A heartbeat thread keeps the worker's lease fresh and notices `cancelling` (or a lost lease)
+within `heartbeat_interval_s`, even while the core is inside a long step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict
+from typing import Any
+
+from app.db import session_scope
+from app.jobs import lifecycle, repository
+from app.settings import Settings
+from worker.distillation.config import Progress
+
+log = logging.getLogger(__name__)
+
+
+class DbReporter:
+    """Reports a running job into the database; `should_stop()` turns true on cancel."""
+
+    def __init__(self, *, settings: Settings, job_id: str, worker_id: str,
+                 metrics: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.job_id = job_id
+        self.worker_id = worker_id
+        self.metrics_state: dict[str, Any] = metrics or {"train_loss": None, "eval": {}}
+        self.stop_reason: str | None = None  # "cancelled" | "lease_lost"
+        self._stopped = threading.Event()
+        self._closing = threading.Event()
+        self._last_progress_write = 0.0
+        self._last_stage: str | None = None
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> DbReporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._closing.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        while not self._closing.wait(self.settings.heartbeat_interval_s):
+            try:
+                with session_scope(self.settings.sqlalchemy_url) as session:
+                    status = lifecycle.heartbeat(session, job_id=self.job_id,
+                                                 worker_id=self.worker_id)
+            except Exception:
+                log.warning("heartbeat for %s failed", self.job_id, exc_info=True)
+                continue
+            if status is None:
+                self.stop_reason = "lease_lost"
+                self._stopped.set()
+            elif status == "cancelling":
+                self.stop_reason = "cancelled"
+                self._stopped.set()
+
+    # Reporter protocol -------------------------------------------------------------------
+    def should_stop(self) -> bool:
+        return self._stopped.is_set()
+
+    def progress(self, progress: Progress) -> None:
+        t = time.monotonic()
+        new_stage = progress.stage != self._last_stage
+        # At most one write a second, but never miss a stage change or the end of a stage.
+        if not new_stage and progress.percent < 100 and t - self._last_progress_write < 1.0:
+            return
+        self._last_progress_write = t
+        with session_scope(self.settings.sqlalchemy_url) as session:
+            lifecycle.record_progress(session, job_id=self.job_id, worker_id=self.worker_id,
+                                      progress=asdict(progress))
+            if new_stage:
+                repository.add_event(session, job_id=self.job_id,
+                                     message=f"Stage {progress.stage} started.",
+                                     data={"stage": progress.stage})
+        self._last_stage = progress.stage
+
+    def metrics(self, step: int, data: dict[str, Any]) -> None:
+        eval_metrics = {k.removeprefix("eval_"): v for k, v in data.items()
+                        if k.startswith("eval_")}
+        if "train_loss" in data:
+            self.metrics_state["train_loss"] = data["train_loss"]
+        if eval_metrics:
+            self.metrics_state["eval"] = {**self.metrics_state.get("eval", {}), **eval_metrics}
+        summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in data.items())
+        with session_scope(self.settings.sqlalchemy_url) as session:
+            lifecycle.record_progress(session, job_id=self.job_id, worker_id=self.worker_id,
+                                      metrics=self.metrics_state)
+            repository.add_event(session, job_id=self.job_id, type="metrics",
+                                 message=f"step {step}: {summary}", data={"step": step, **data})
+
+    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        with session_scope(self.settings.sqlalchemy_url) as session:
+            repository.add_event(session, job_id=self.job_id, message=text, level=level, data=data)

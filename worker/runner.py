@@ -1,0 +1,158 @@
+"""Running one job: claim it, build the core's config from the row, train, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+from app.db import session_scope
+from app.files.service import file_path, get_file
+from app.jobs import lifecycle, repository
+from app.jobs.tables import JobRow
+from app.models.service import register_distilled_model, resolve_model_ref
+from app.settings import Settings
+from worker.distillation.config import (
+    Cancelled,
+    DataSpec,
+    FinetuneSpec,
+    Hyperparameters,
+    JobConfig,
+    LossSpec,
+    StudentSpec,
+)
+from worker.distillation.engine import run_job
+from worker.reporter import DbReporter
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def build_config(job: JobRow, *, settings: Settings) -> JobConfig:
+    """The training core's config for a job row (refs and file ids resolved to paths)."""
+    req = job.request
+    with session_scope(settings.sqlalchemy_url) as session:
+        teacher = resolve_model_ref(session=session, tenant_id=job.tenant_id, settings=settings,
+                                    ref=req["teacher"]["model"], param="teacher.model")
+        student_path = None
+        if req["student"].get("model"):
+            student_path = resolve_model_ref(
+                session=session, tenant_id=job.tenant_id, settings=settings,
+                ref=req["student"]["model"], param="student.model",
+            ).path
+        paths: dict[str, Path | None] = {}
+        for key in ("training_file", "validation_file"):
+            row = (get_file(session=session, tenant_id=job.tenant_id, file_id=req[key])
+                   if req.get(key) else None)
+            if req.get(key) and row is None:
+                raise ValueError(f"{key} {req[key]!r} was deleted before the job ran")
+            paths[key] = file_path(row, settings=settings) if row is not None else None
+    train_path = paths["training_file"]
+    assert train_path is not None
+    job_dir = settings.jobs_dir / job.id
+    finetune = req["teacher"].get("finetune")
+    arch = req["student"].get("architecture")
+    return JobConfig(
+        task=job.task,
+        teacher_path=teacher.path,
+        teacher_name=req["teacher"]["model"],
+        teacher_finetune=FinetuneSpec(**finetune) if finetune else None,
+        student=StudentSpec(
+            model_path=student_path,
+            architecture={k: v for k, v in arch.items() if v is not None} if arch else None,
+            init=req["student"].get("init", "teacher"),
+        ),
+        train_file=train_path,
+        validation_file=paths["validation_file"],
+        data=DataSpec(**req["data"]),
+        temperature=req["distillation"]["temperature"],
+        losses=[LossSpec(type=x["type"], weight=x["weight"],
+                         layer_map={int(k): int(v) for k, v in x["layer_map"].items()}
+                         if x.get("layer_map") else None)
+                for x in req["distillation"]["losses"]],
+        hyperparameters=Hyperparameters(**req["hyperparameters"]),
+        output_dir=job_dir / "output",
+        work_dir=job_dir / "work",
+    )
+
+
+def _finish(settings: Settings, job_id: str, worker_id: str, *, status: str, message: str,
+            level: str = "info", **fields: Any) -> None:
+    with session_scope(settings.sqlalchemy_url) as session:
+        if lifecycle.finish(session, job_id=job_id, worker_id=worker_id, status=status, **fields):
+            repository.add_event(session, job_id=job_id, message=message, level=level)
+
+
+def execute_job(job_id: str, *, settings: Settings) -> str | None:
+    """Run `job_id` if this worker can claim it; returns the final status, or None if not claimed."""
+    worker_id = new_worker_id()
+    with session_scope(settings.sqlalchemy_url) as session:
+        job = lifecycle.claim(session, job_id=job_id, worker_id=worker_id)
+        if job is None:
+            log.info("job %s is not queued (already claimed, finished or cancelled); skipping",
+                     job_id)
+            return None
+        repository.add_event(session, job_id=job_id,
+                             message=f"Worker {worker_id} started attempt {job.attempts}.")
+    job_dir = settings.jobs_dir / job_id
+    with DbReporter(settings=settings, job_id=job_id, worker_id=worker_id,
+                    metrics=dict(job.metrics)) as reporter:
+        try:
+            config = build_config(job, settings=settings)
+            result = run_job(config, reporter)
+        except Cancelled:
+            if reporter.stop_reason == "lease_lost":
+                log.warning("job %s: lease lost; another worker owns it now", job_id)
+                return None
+            _finish(settings, job_id, worker_id, status="cancelled", message="Job cancelled.")
+            shutil.rmtree(job_dir, ignore_errors=True)
+            return "cancelled"
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            error = {"code": "training_failed", "message": f"{type(exc).__name__}: {exc}"}
+            _finish(settings, job_id, worker_id, status="failed", error=error,
+                    message=f"Job failed: {error['message']}", level="error")
+            with session_scope(settings.sqlalchemy_url) as session:
+                repository.add_event(session, job_id=job_id, level="error", message="Traceback",
+                                     data={"traceback": traceback.format_exc()[-3500:]})
+            return "failed"
+        with session_scope(settings.sqlalchemy_url) as session:
+            model = register_distilled_model(
+                session=session, tenant_id=job.tenant_id, job_id=job_id,
+                model_dir=result.model_dir, task=result.task, parameters=result.parameters,
+                size_bytes=result.size_bytes, labels=result.labels, report=result.report,
+                settings=settings,
+            )
+            metrics = {**reporter.metrics_state, "train_loss": result.train_loss,
+                       "eval": result.eval_metrics}
+            done = lifecycle.finish(
+                session, job_id=job_id, worker_id=worker_id, status="succeeded",
+                result_model=model.id, metrics=metrics,
+                progress={"stage": "export", "percent": 100.0, "step": 0, "total_steps": 0,
+                          "epoch": 0, "eta_seconds": 0.0} | _last_steps(job_id, settings),
+            )
+            if not done:  # cancelled or taken over at the last moment: keep nothing
+                session.rollback()
+                shutil.rmtree(settings.models_dir / model.id, ignore_errors=True)
+                return None
+            repository.add_event(session, job_id=job_id,
+                                 message=f"Job succeeded: model {model.id}.",
+                                 data={"model": model.id, "report": result.report})
+        shutil.rmtree(job_dir, ignore_errors=True)
+        return "succeeded"
+
+
+def _last_steps(job_id: str, settings: Settings) -> dict[str, Any]:
+    """Keep the step counters of the last progress write in the final progress."""
+    with session_scope(settings.sqlalchemy_url) as session:
+        row = session.get(JobRow, job_id)
+        progress = dict(row.progress) if row is not None else {}
+    return {k: progress[k] for k in ("step", "total_steps", "epoch") if k in progress}
