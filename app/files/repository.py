@@ -1,0 +1,57 @@
+"""Queries on the files table; every read is scoped to one tenant."""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from app.files.tables import FileRow
+from app.jobs.tables import JobRow
+
+ACTIVE_JOB_STATUSES = ("queued", "running", "cancelling")
+FILE_FIELDS = ("training_file", "validation_file")
+
+
+def get_for_tenant(session: Session, *, tenant_id: str, file_id: str) -> FileRow | None:
+    """The tenant's file, or None: another tenant's id looks exactly like a missing one."""
+    row = session.get(FileRow, file_id)
+    if row is None or row.tenant_id != tenant_id:
+        return None
+    return row
+
+
+def list_for_tenant(
+    session: Session,
+    *,
+    tenant_id: str,
+    limit: int,
+    after: FileRow | None = None,
+    purpose: str | None = None,
+) -> list[FileRow]:
+    """Up to `limit` files, newest first, starting after the cursor row."""
+    query = select(FileRow).where(FileRow.tenant_id == tenant_id)
+    if purpose is not None:
+        query = query.where(FileRow.purpose == purpose)
+    if after is not None:
+        query = query.where(
+            or_(
+                FileRow.created_at < after.created_at,
+                and_(FileRow.created_at == after.created_at, FileRow.id < after.id),
+            )
+        )
+    query = query.order_by(FileRow.created_at.desc(), FileRow.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def active_jobs_using(session: Session, *, tenant_id: str, file_id: str) -> list[str]:
+    """Ids of the tenant's queued, running or cancelling jobs that read this file."""
+    jobs = session.execute(
+        select(JobRow.id, JobRow.request).where(
+            JobRow.tenant_id == tenant_id, JobRow.status.in_(ACTIVE_JOB_STATUSES)
+        )
+    )
+    return [
+        job_id
+        for job_id, request in jobs
+        if any((request or {}).get(field) == file_id for field in FILE_FIELDS)
+    ]

@@ -1,0 +1,131 @@
+"""Datasets: checked in full on upload, stored under the data directory, owned by one tenant."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePath
+
+from sqlalchemy.orm import Session
+
+from app import storage
+from app.clock import now
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.files import repository
+from app.files.schemas import PURPOSES
+from app.files.tables import FileRow
+from app.ids import new_id
+from app.settings import Settings
+from worker.distillation.records import RecordError, parse_bytes
+
+MAX_FILENAME = 255
+
+
+def _clean_filename(filename: str | None) -> str:
+    # Browsers and curl may send a path; only the last part is the user's file name.
+    name = PurePath((filename or "").replace("\\", "/")).name.strip()
+    if not name:
+        raise InvalidRequest("The uploaded file has no name: send a .jsonl, .csv or .tsv file.",
+                             param="file")
+    return name[-MAX_FILENAME:]
+
+
+def create_file(
+    *,
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    filename: str | None,
+    data: bytes,
+    purpose: str | None,
+) -> FileRow:
+    """Check and store an uploaded dataset; the row is committed only once the file is on disk."""
+    if purpose not in PURPOSES:
+        raise InvalidRequest(
+            f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}.", param="purpose"
+        )
+    name = _clean_filename(filename)
+    try:
+        dataset = parse_bytes(data, filename=name)
+    except RecordError as exc:
+        raise InvalidRequest(
+            f"{name}: {exc}. Fix the file and upload it again.", param="file", code="invalid_file"
+        ) from exc
+    file_id = new_id("file")
+    path = storage.file_path(settings, file_id, PurePath(name).suffix.lower())
+    storage.atomic_write_bytes(path, data)
+    try:
+        row = FileRow(
+            id=file_id,
+            tenant_id=tenant_id,
+            filename=name,
+            bytes=len(data),
+            purpose=purpose,
+            format=dataset.format,
+            num_records=len(dataset.records),
+            columns=list(dataset.columns),
+            path=str(path),
+            created_at=now(),
+        )
+        session.add(row)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        storage.remove(path)
+        raise
+    return row
+
+
+def get_file(*, session: Session, tenant_id: str, file_id: str) -> FileRow | None:
+    """The tenant's file or None (for the jobs service, which reports its own error)."""
+    return repository.get_for_tenant(session, tenant_id=tenant_id, file_id=file_id)
+
+
+def require_file(*, session: Session, tenant_id: str, file_id: str) -> FileRow:
+    """The tenant's file, or 404 for a missing id and another tenant's id alike."""
+    row = repository.get_for_tenant(session, tenant_id=tenant_id, file_id=file_id)
+    if row is None:
+        raise NotFound(f"No file with id {file_id!r}.", param="file_id")
+    return row
+
+
+def file_path(row: FileRow, *, settings: Settings | None = None) -> Path:
+    """Where the file's bytes are (its name keeps the extension that `records.read_file` reads).
+
+    Stored paths are absolute; `settings` places a relative one under the data directory.
+    """
+    path = Path(row.path)
+    if not path.is_absolute() and settings is not None:
+        return settings.resolved_data_dir / path
+    return path
+
+
+def list_files(
+    *, session: Session, tenant_id: str, limit: int, after: str | None, purpose: str | None
+) -> list[FileRow]:
+    """Up to `limit + 1` files, newest first (the extra row tells the caller `has_more`)."""
+    cursor = None
+    if after is not None:
+        cursor = repository.get_for_tenant(session, tenant_id=tenant_id, file_id=after)
+        if cursor is None:
+            raise InvalidRequest(f"Unknown cursor {after!r}: pass the id of a listed file.",
+                                 param="after")
+    return repository.list_for_tenant(
+        session, tenant_id=tenant_id, limit=limit + 1, after=cursor, purpose=purpose
+    )
+
+
+def delete_file(*, session: Session, tenant_id: str, file_id: str) -> None:
+    """Delete a file unless an unfinished job reads it (409)."""
+    row = require_file(session=session, tenant_id=tenant_id, file_id=file_id)
+    jobs = repository.active_jobs_using(session, tenant_id=tenant_id, file_id=file_id)
+    if jobs:
+        raise Conflict(
+            f"File {file_id} is used by unfinished job(s) {', '.join(sorted(jobs))}; cancel them "
+            "or wait until they finish.",
+            param="file_id",
+            code="file_in_use",
+        )
+    path = file_path(row)
+    session.delete(row)
+    session.commit()
+    # After the commit: a failed commit must not leave a row whose file is gone.
+    storage.remove(path)
