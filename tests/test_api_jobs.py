@@ -111,7 +111,8 @@ def test_another_tenants_job_is_404(client: Any, auth: dict[str, str],
                          ("get", f"/v1/distillation/jobs/{job_id}/events")]:
         response = getattr(client, method)(path, headers=other_auth)
         missing = getattr(client, method)(path.replace(job_id, "job-nope"), headers=other_auth)
-        assert response.status_code == 404 and response.json() == missing.json()
+        assert response.status_code == missing.status_code == 404
+        assert response.text.replace(job_id, "job-nope") == missing.text
     assert client.get("/v1/distillation/jobs", headers=other_auth).json()["data"] == []
     # and the other tenant cannot use this tenant's files or models in a job of its own
     stolen = client.post("/v1/distillation/jobs", headers=other_auth, json=setup["body"])
