@@ -28,6 +28,10 @@ class LossSpec:
     # hidden_mse / attention_mse: student layer index -> teacher layer index (0-based
     # transformer layers); None means evenly spaced teacher layers.
     layer_map: dict[int, int] | None = None
+    # logit: a weight per class (λ_i, in label order); None weighs every class 1.
+    class_weights: list[float] | None = None
+    # cosine: how a sequence becomes one vector, "cls" (first token) or "mean" (masked mean).
+    pooling: str = "cls"
 
 
 @dataclass

@@ -54,6 +54,11 @@ def inspect_model(path: str | Path) -> ModelInfo:
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     except Exception as exc:  # transformers raises many kinds for a bad config
         raise ValueError(f"not a loadable Hugging Face config: {exc}") from exc
+    return model_info(config)
+
+
+def model_info(config: PretrainedConfig) -> ModelInfo:
+    """What a loaded config describes (the same as `inspect_model` gives for its directory)."""
     task = task_of(config)
     labels = None
     if task == "sequence-classification":
