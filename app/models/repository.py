@@ -1,0 +1,44 @@
+"""Queries on the models table; every read is scoped to one tenant."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.jobs.tables import JobRow
+from app.models.tables import ModelRow
+
+ACTIVE_JOB_STATUSES = ("queued", "running", "cancelling")
+
+
+def get_for_tenant(session: Session, *, tenant_id: str, model_id: str) -> ModelRow | None:
+    """The tenant's model, or None: another tenant's id looks exactly like a missing one."""
+    row = session.get(ModelRow, model_id)
+    if row is None or row.tenant_id != tenant_id:
+        return None
+    return row
+
+
+def list_for_tenant(session: Session, *, tenant_id: str) -> list[ModelRow]:
+    """The tenant's models, newest first."""
+    query = (
+        select(ModelRow)
+        .where(ModelRow.tenant_id == tenant_id)
+        .order_by(ModelRow.created_at.desc(), ModelRow.id.desc())
+    )
+    return list(session.scalars(query))
+
+
+def active_jobs_using(session: Session, *, tenant_id: str, model_id: str) -> list[str]:
+    """Ids of the tenant's unfinished jobs whose teacher or student is this model."""
+    jobs = session.execute(
+        select(JobRow.id, JobRow.request).where(
+            JobRow.tenant_id == tenant_id, JobRow.status.in_(ACTIVE_JOB_STATUSES)
+        )
+    )
+    using = []
+    for job_id, request in jobs:
+        refs = [(request or {}).get(side) for side in ("teacher", "student")]
+        if any(isinstance(ref, dict) and ref.get("model") == model_id for ref in refs):
+            using.append(job_id)
+    return using

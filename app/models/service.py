@@ -1,0 +1,215 @@
+"""The model registry: built-in models, uploaded teachers and distilled students of a tenant.
+
+`resolve_model_ref` (jobs service) and `register_distilled_model` (worker) are the entry
+points for the other slices; the rest serves `/v1/models`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy.orm import Session
+
+from app import storage
+from app.clock import now
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.ids import new_id
+from app.models import repository
+from app.models.archive import invalid_archive, unpack_model_archive
+from app.models.builtin import BUILTINS, get_builtin
+from app.models.tables import ModelRow
+from app.models.views import ModelView, from_builtin, from_row, inspect_cached
+from app.models.weights import weight_stats
+from app.settings import Settings
+from worker.distillation.inspect import ModelInfo
+
+# Safetensors barely compress, tokenizers do: a generous bound on what an upload unpacks to.
+UNPACKED_SIZE_FACTOR = 4
+
+
+@dataclass
+class ResolvedModel:
+    """A model ref made concrete: its directory and what its config says."""
+
+    path: Path
+    ref: str
+    model_id: str | None  # the API id (`model-…` or a built-in name); None for a local path
+    info: ModelInfo
+
+
+def list_models(*, session: Session, tenant_id: str) -> list[ModelView]:
+    """Built-in models first, then the tenant's models, newest first."""
+    builtins = [from_builtin(model) for model in BUILTINS.values()]
+    rows = repository.list_for_tenant(session, tenant_id=tenant_id)
+    return builtins + [from_row(r) for r in rows]
+
+
+def get_model(*, session: Session, tenant_id: str, model_id: str) -> ModelView:
+    """A built-in model or the tenant's model; 404 for a missing id and another tenant's alike."""
+    builtin = get_builtin(model_id)
+    if builtin is not None:
+        return from_builtin(builtin)
+    row = repository.get_for_tenant(session, tenant_id=tenant_id, model_id=model_id)
+    if row is None:
+        raise NotFound(f"No model with id {model_id!r}.", param="model_id")
+    return from_row(row)
+
+
+def create_uploaded_model(
+    *,
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    filename: str | None,
+    archive: BinaryIO,
+) -> ModelView:
+    """Register a teacher from a .tar.gz of a Hugging Face directory (checked, then stored)."""
+    model_id = new_id("model")
+    staging = storage.staging_dir(settings.models_dir)
+    try:
+        unpack_model_archive(
+            archive, staging,
+            max_total_bytes=settings.max_model_upload_bytes * UNPACKED_SIZE_FACTOR,
+        )
+        try:
+            info = inspect_cached(staging)
+            stats = weight_stats(staging)
+        except ValueError as exc:
+            raise invalid_archive(f"The archive is not a loadable model: {exc}") from exc
+        final = storage.model_dir(settings, model_id)
+        storage.move_dir(staging, final)
+    except BaseException:
+        storage.remove(staging)
+        raise
+    row = ModelRow(
+        id=model_id,
+        tenant_id=tenant_id,
+        task=info.task,
+        source="uploaded",
+        source_job=None,
+        filename=(filename or "")[-255:] or None,
+        parameters=stats.parameters,
+        size_bytes=stats.size_bytes,
+        labels=info.labels,
+        report=None,
+        path=str(final),
+        created_at=now(),
+    )
+    try:
+        session.add(row)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        storage.remove(final)
+        raise
+    return from_row(row)
+
+
+def delete_model(*, session: Session, tenant_id: str, model_id: str) -> None:
+    """Delete the tenant's model and its files; built-ins and models in use answer 409."""
+    if get_builtin(model_id) is not None:
+        raise Conflict(f"{model_id} is a built-in model and cannot be deleted.", param="model_id")
+    row = repository.get_for_tenant(session, tenant_id=tenant_id, model_id=model_id)
+    if row is None:
+        raise NotFound(f"No model with id {model_id!r}.", param="model_id")
+    jobs = repository.active_jobs_using(session, tenant_id=tenant_id, model_id=model_id)
+    if jobs:
+        raise Conflict(
+            f"Model {model_id} is used by unfinished job(s) {', '.join(sorted(jobs))}; cancel "
+            "them or wait until they finish.",
+            param="model_id",
+            code="model_in_use",
+        )
+    path = Path(row.path)
+    session.delete(row)
+    session.commit()
+    # After the commit: a failed commit must not leave a row whose directory is gone.
+    storage.remove(path)
+
+
+def download_model(*, session: Session, tenant_id: str, model_id: str) -> Iterator[bytes]:
+    """The model directory as a streamed .tar.gz (members at the archive root)."""
+    view = get_model(session=session, tenant_id=tenant_id, model_id=model_id)
+    if not (view.path / "config.json").is_file():
+        raise NotFound(f"The files of model {model_id} are missing on the server.",
+                       param="model_id", code="model_files_missing")
+    return storage.iter_tar_gz(view.path)
+
+
+def resolve_model_ref(
+    *, session: Session, tenant_id: str, settings: Settings, ref: str, param: str
+) -> ResolvedModel:
+    """A model ref (built-in name, the tenant's `model-…` id, or an allowed local directory).
+
+    Unknown refs, other tenants' ids included, raise InvalidRequest(code="model_not_found").
+    """
+    model_id: str | None
+    builtin = get_builtin(ref)
+    row = None if builtin else repository.get_for_tenant(session, tenant_id=tenant_id, model_id=ref)
+    if builtin is not None:
+        path, model_id = builtin.path, builtin.id
+    elif row is not None:
+        path, model_id = Path(row.path), row.id
+    elif settings.allow_local_model_paths and _is_model_dir(Path(ref).expanduser()):
+        path, model_id = Path(ref).expanduser().resolve(), None
+    else:
+        hint = " or a local model directory" if settings.allow_local_model_paths else ""
+        raise InvalidRequest(
+            f"Unknown model {ref!r}: use a model id or built-in name from GET /v1/models{hint}.",
+            param=param,
+            code="model_not_found",
+        )
+    try:
+        info = inspect_cached(path)
+    except (ValueError, OSError) as exc:
+        raise InvalidRequest(
+            f"Model {ref!r} cannot be loaded: {exc}", param=param, code="invalid_model"
+        ) from exc
+    return ResolvedModel(path=path, ref=ref, model_id=model_id, info=info)
+
+
+def _is_model_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def register_distilled_model(
+    *,
+    session: Session,
+    tenant_id: str,
+    job_id: str,
+    model_dir: Path,
+    task: str,
+    parameters: int,
+    size_bytes: int,
+    labels: list[str] | None,
+    report: dict[str, Any] | None,
+    settings: Settings,
+) -> ModelRow:
+    """Move a job's exported directory into the registry and add its row (the caller commits)."""
+    model_id = new_id("model")
+    final = storage.model_dir(settings, model_id)
+    storage.move_dir(model_dir, final)
+    row = ModelRow(
+        id=model_id,
+        tenant_id=tenant_id,
+        task=task,
+        source="distilled",
+        source_job=job_id,
+        filename=None,
+        parameters=parameters,
+        size_bytes=size_bytes,
+        labels=labels,
+        report=report,
+        path=str(final),
+        created_at=now(),
+    )
+    try:
+        session.add(row)
+        session.flush()
+    except BaseException:
+        storage.move_dir(final, model_dir)  # leave the export where the caller had it
+        raise
+    return row

@@ -1,0 +1,99 @@
+"""One view of a model whether it is built in (code) or registered (a row), with its directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from app.models.builtin import BuiltinModel
+from app.models.schemas import ModelObject
+from app.models.tables import ModelRow
+from app.models.weights import weight_stats
+from app.storage import dir_mtime_ns
+from worker.distillation.inspect import ModelInfo, inspect_model
+
+SYSTEM_OWNER = "system"
+
+
+@dataclass
+class ModelView:
+    id: str
+    task: str
+    source: str  # "builtin" | "uploaded" | "distilled"
+    owned_by: str
+    path: Path
+    parameters: int
+    size_bytes: int
+    labels: list[str] | None
+    report: dict[str, Any] | None
+    source_job: str | None
+    filename: str | None
+    created_at: int
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.source == "builtin"
+
+    def to_object(self) -> ModelObject:
+        return ModelObject(
+            id=self.id,
+            task=self.task,
+            source=self.source,  # type: ignore[arg-type]
+            owned_by=self.owned_by,
+            source_job=self.source_job,
+            filename=self.filename,
+            parameters=self.parameters,
+            size_bytes=self.size_bytes,
+            labels=self.labels,
+            report=self.report,
+            created_at=self.created_at,
+        )
+
+
+@lru_cache(maxsize=64)
+def _inspect(path: str, _stamp: int) -> ModelInfo:
+    return inspect_model(path)
+
+
+def inspect_cached(path: Path) -> ModelInfo:
+    """`inspect_model`, cached until the directory changes (ValueError when not a model)."""
+    return _inspect(str(path.resolve()), dir_mtime_ns(path))
+
+
+def from_builtin(model: BuiltinModel) -> ModelView:
+    path = model.path
+    info = inspect_cached(path)
+    stats = weight_stats(path)
+    return ModelView(
+        id=model.id,
+        task=info.task,
+        source="builtin",
+        owned_by=SYSTEM_OWNER,
+        path=path,
+        parameters=stats.parameters,
+        size_bytes=stats.size_bytes,
+        labels=info.labels,
+        report=None,
+        source_job=None,
+        filename=None,
+        created_at=model.created_at,
+    )
+
+
+def from_row(row: ModelRow) -> ModelView:
+    return ModelView(
+        id=row.id,
+        task=row.task,
+        source=row.source,
+        owned_by=row.tenant_id,
+        path=Path(row.path),
+        parameters=row.parameters,
+        size_bytes=row.size_bytes,
+        labels=[str(label) for label in row.labels] if row.labels is not None else None,
+        report=row.report,
+        source_job=row.source_job,
+        filename=row.filename,
+        created_at=int(row.created_at),
+    )
