@@ -16,9 +16,10 @@ from app.settings import get_settings
 
 TRAINING_QUEUE = "training"
 
+_broker_url = get_settings().celery_broker_url
 celery_app = Celery("distill", include=["worker.tasks"])
 celery_app.conf.update(
-    broker_url=get_settings().celery_broker_url,
+    broker_url=_broker_url,
     task_default_queue=TRAINING_QUEUE,
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -32,8 +33,11 @@ celery_app.conf.update(
     accept_content=["json"],
     broker_connection_retry_on_startup=True,
     # Longer than any job, so Redis does not redeliver a message whose job is still running
-    # (a redelivery would be harmless: the claim is atomic).
-    broker_transport_options={"visibility_timeout": 24 * 3600},
+    # (a redelivery would be harmless: the claim is atomic). The SQLite-file broker has no such
+    # option (it would hand it to create_engine).
+    broker_transport_options=(
+        {"visibility_timeout": 24 * 3600} if _broker_url.startswith(("redis", "rediss")) else {}
+    ),
     worker_hijack_root_logger=False,
     worker_send_task_events=False,
 )
