@@ -1,0 +1,95 @@
+"""Predictions from a registered or built-in model: labels for classifiers, text for LMs.
+
+Blocking (tokenise, run the model): call it from a worker thread, never the event loop.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from app.errors import InvalidRequest
+from app.inference.cache import PredictorCache, predictors
+from app.inference.schemas import Classification, Generation, PredictResponse
+from app.models import service as models
+from app.settings import Settings
+from worker.distillation.inspect import BASE_TASK
+
+CLASSIFICATION = "sequence-classification"
+GENERATION = ("causal-lm", "seq2seq")
+
+PredictInput = str | list[str]
+
+
+def _not_servable(model_id: str, reason: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Model {model_id} cannot serve predictions: {reason}.",
+        param="model_id",
+        code="model_not_servable",
+    )
+
+
+def check_inputs(inputs: list[PredictInput], *, task: str, settings: Settings) -> None:
+    """Reject empty, oversized or ill-shaped inputs, naming `inputs` (and the index at fault)."""
+    if not inputs:
+        raise InvalidRequest("inputs is empty: send at least one text.", param="inputs")
+    if len(inputs) > settings.predict_max_inputs:
+        raise InvalidRequest(
+            f"inputs holds {len(inputs)} items; the limit is {settings.predict_max_inputs} "
+            "per request: split them across calls.",
+            param="inputs",
+        )
+    for index, item in enumerate(inputs):
+        if isinstance(item, list) and (task != CLASSIFICATION or len(item) != 2):
+            shape = "[text, text_pair] pairs" if task == CLASSIFICATION else "no pairs"
+            raise InvalidRequest(
+                f"inputs[{index}]: expected a text ({task} models take {shape}).",
+                param="inputs",
+            )
+        texts = item if isinstance(item, list) else [item]
+        for text in texts:
+            if len(text) > settings.predict_max_chars:
+                raise InvalidRequest(
+                    f"inputs[{index}] has {len(text)} characters; the limit is "
+                    f"{settings.predict_max_chars}.",
+                    param="inputs",
+                )
+
+
+def predict(
+    *,
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    model_id: str,
+    inputs: list[PredictInput],
+    max_new_tokens: int,
+    cache: PredictorCache = predictors,
+) -> PredictResponse:
+    """Run the model on `inputs` (404 for another tenant's model, 400 for a base model)."""
+    view = models.get_model(session=session, tenant_id=tenant_id, model_id=model_id)
+    if view.task == BASE_TASK:
+        raise _not_servable(
+            model_id,
+            "it is a base model with no task head; distil or fine-tune it into a "
+            "classifier or language model first",
+        )
+    if view.task != CLASSIFICATION and view.task not in GENERATION:
+        raise _not_servable(model_id, f"its task {view.task!r} has no predict endpoint")
+    check_inputs(inputs, task=view.task, settings=settings)
+    # The session is not needed past this point; give its connection back before the model runs.
+    session.close()
+    try:
+        loaded = cache.get(view.id, view.path)
+        with loaded.lock:
+            if view.task == CLASSIFICATION:
+                results = loaded.predictor.classify(inputs)
+                data: list[Classification] | list[Generation] = [
+                    Classification(**r) for r in results
+                ]
+            else:
+                texts = [item for item in inputs if isinstance(item, str)]
+                results = loaded.predictor.generate(texts, max_new_tokens)
+                data = [Generation(**r) for r in results]
+    except ValueError as exc:  # a directory whose head the predictor cannot serve
+        raise _not_servable(model_id, str(exc)) from exc
+    return PredictResponse(model=view.id, data=data)
