@@ -100,6 +100,8 @@ class JobConfig:
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
     device: str | None = None  # None: CUDA when present, else CPU
     teacher_name: str = "teacher"  # shown in the model card
+    # Timed runs (after warm-up) behind the report's CPU latency and throughput medians.
+    benchmark_runs: int = 10
 
 
 @dataclass

@@ -12,6 +12,7 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -25,15 +26,15 @@ BATCH_SIZE = 32
 _OFFSET_POSITIONS = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
 
 
-def max_input_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+def max_input_length(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> int:
     """The longest input the model takes: the tokenizer's and the position table's limit, ≤ 512."""
     limit = MAX_LENGTH
     tok_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_max, int) and 0 < tok_max < limit:
         limit = tok_max
-    positions = getattr(model.config, "max_position_embeddings", None)
+    positions = getattr(config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:
-        positions -= _OFFSET_POSITIONS.get(str(model.config.model_type), 0)
+        positions -= _OFFSET_POSITIONS.get(str(config.model_type), 0)
         limit = min(limit, positions)
     return limit
 
@@ -67,7 +68,7 @@ class Predictor:
         if task == "sequence-classification":
             id2label: dict[Any, Any] = dict(model.config.id2label or {})
             self.labels = [str(id2label[i]) for i in sorted(id2label, key=int)]
-        self.max_length = max_input_length(model, tokenizer)
+        self.max_length = max_input_length(model.config, tokenizer)
 
     @classmethod
     def load(cls, model_dir: Path, device: str = "cpu") -> Predictor:

@@ -1,0 +1,125 @@
+"""The finished student as a Hugging Face directory: weights, config, tokenizer, report, card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from worker.distillation.config import JobConfig
+from worker.distillation.report import weights_size
+
+
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output_dir: Path,
+    labels: list[str],
+) -> int:
+    """Save weights (safetensors), config with label names, and tokenizer; returns weight bytes."""
+    if output_dir.exists():
+        shutil.rmtree(output_dir)  # a retried job must not leave an older run's files behind
+    output_dir.mkdir(parents=True)
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {label: i for i, label in enumerate(labels)}
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    return weights_size(output_dir)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _human_count(n: float) -> str:
+    for unit in ("", "K", "M", "B"):
+        if n < 1000 or unit == "B":
+            return f"{n:.0f}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n:.1f}B"
+
+
+def _times(x: float | None) -> str:
+    return f"{x:.2f}×" if x is not None else "n/a"
+
+
+def model_card(report: dict[str, Any], config: JobConfig, training: dict[str, Any]) -> str:
+    """README.md: YAML front matter, the teacher-vs-student table and the training setup."""
+    t, s = report["teacher"], report["student"]
+    metric = report["metric"]
+    split = report.get("eval_split", "validation")
+    retention = report.get("retention")
+    rows = [
+        (f"{metric.replace('_', ' ').capitalize()} ({split})", f"{t[metric]:.4f}",
+         f"{s[metric]:.4f}"),
+        ("Macro-F1", f"{t['macro_f1']:.4f}", f"{s['macro_f1']:.4f}"),
+        ("Parameters", _human_count(t["parameters"]), _human_count(s["parameters"])),
+        ("Size on disk", _human_bytes(t["size_bytes"]), _human_bytes(s["size_bytes"])),
+        ("CPU latency, batch 1 (p50)", f"{t['latency_ms_p50']:.2f} ms",
+         f"{s['latency_ms_p50']:.2f} ms"),
+        ("CPU throughput, batch 32", f"{t['throughput_per_s']:.0f}/s",
+         f"{s['throughput_per_s']:.0f}/s"),
+    ]
+    table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    losses = ", ".join(f"{spec.weight:g} × {spec.type}"
+                       + (f" (layers {spec.layer_map})" if spec.layer_map else "")
+                       for spec in config.losses)
+    hp = config.hyperparameters
+    student = (f"`{config.student.model_path.name}`" if config.student.model_path
+               else f"{config.student.architecture or 'teacher-sized'}, init {config.student.init}")
+    note = ("" if split == "validation" else
+            "\nNo validation file was given: the figures are measured on training examples.\n")
+    return f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags:
+- distillation
+- text-classification
+---
+
+# Student distilled from {config.teacher_name}
+
+A {_human_count(s["parameters"])}-parameter text classifier distilled from
+`{config.teacher_name}` ({_human_count(t["parameters"])} parameters).
+
+## Teacher vs student
+
+| | Teacher | Student |
+|---|---|---|
+{table}
+
+**Retention** {f"{retention:.1%}" if retention is not None else "n/a"} of the teacher's {metric} ·
+**speed-up** {_times(report.get("speedup"))} · **compression** {_times(report.get("compression"))}
+{note}
+## Training setup
+
+- Student: {student}
+- Losses: {losses}; temperature {config.temperature:g}
+- Epochs: {training.get("epochs")} ({training.get("steps")} optimizer steps), batch size
+  {hp.batch_size}, learning rate {hp.learning_rate:g}, {hp.lr_scheduler} schedule, warm-up
+  {hp.warmup_ratio:g}, seed {hp.seed}
+- Teacher fine-tuned first: {"yes" if config.teacher_finetune else "no"}
+- Labels: {", ".join(training.get("labels", []))}
+
+## Usage
+
+```python
+from transformers import pipeline
+
+classifier = pipeline("text-classification", model="path/to/this/directory")
+classifier("a moving, funny film")
+```
+"""
+
+
+def write_report(
+    output_dir: Path, report: dict[str, Any], config: JobConfig, training: dict[str, Any]
+) -> None:
+    """report.json and the README.md model card."""
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output_dir / "README.md").write_text(model_card(report, config, training))
