@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -66,7 +67,7 @@ def test_generate_causal_and_seq2seq(tiny_teacher_dir: Path, tmp_path: Path) -> 
         bos_token_id=101, eos_token_id=102,
     ))
     causal = Predictor.load(_save_lm(gpt, tiny_teacher_dir, tmp_path / "gpt"))
-    tokens: dict[str, int] = {"decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 102}
+    tokens: dict[str, Any] = {"decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 102}
     t5 = T5ForConditionalGeneration(
         T5Config(vocab_size=30522, d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2, **tokens)
     )
