@@ -146,7 +146,7 @@ class PairedCollator:
     def __call__(self, rows: list[Features]) -> dict[str, Tensor]:
         student = [{k: v for k, v in r.items() if not k.startswith(TEACHER_PREFIX)} for r in rows]
         batch = dict(self.student(student))
-        if self.teacher is not None:
+        if self.teacher is not None and any(k.startswith(TEACHER_PREFIX) for k in rows[0]):
             n = len(TEACHER_PREFIX)
             teacher = [{k[n:]: v for k, v in r.items() if k.startswith(TEACHER_PREFIX)}
                        for r in rows]
