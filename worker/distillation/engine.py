@@ -108,7 +108,7 @@ def _distill(
 
     def on_epoch_end(step: int, epoch: int) -> None:
         metrics = evaluate(student, data.student_eval, data.student_collator, device=device,
-                           batch_size=hp.eval_batch_size)
+                           batch_size=hp.eval_batch_size, on_batch=lambda: check_stop(reporter))
         last_eval.update(step=step, epoch=epoch, eval_accuracy=metrics["accuracy"],
                          eval_macro_f1=metrics["macro_f1"])
         reporter.metrics(step, dict(last_eval))
@@ -136,16 +136,21 @@ def _evaluate(
         "student": (student, data.student_eval, data.student_collator),
     }
     results: dict[str, dict[str, Any]] = {}
+    epochs = config.hyperparameters.epochs
     for n, (name, (model, features, collator)) in enumerate(sides.items()):
-        check_stop(reporter)
+
+        def on_batch(step: int = n) -> None:
+            check_stop(reporter)
+            tracker.report(step, epochs)  # at most every few seconds
+
         results[name] = {"metrics": evaluate(model, features, collator, device=device,
-                                             batch_size=batch_size)}
-        tracker.report(n + 1, config.hyperparameters.epochs, force=True)
+                                             batch_size=batch_size, on_batch=on_batch)}
+        tracker.report(n + 1, epochs, force=True)
     for n, (name, (model, features, collator)) in enumerate(sides.items()):
         check_stop(reporter)
         results[name]["speed"] = measure_speed(model, features, collator,
                                                runs=config.benchmark_runs)
-        tracker.report(n + 3, config.hyperparameters.epochs, force=True)
+        tracker.report(n + 3, epochs, force=True)
     return results
 
 

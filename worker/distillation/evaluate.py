@@ -29,11 +29,17 @@ def predict_ids(
     device: torch.device,
     batch_size: int,
     prefix: str = "",
+    on_batch: Callable[[], None] | None = None,
 ) -> list[int]:
-    """The argmax class of each example (inputs named `prefix + name` in the batch)."""
+    """The argmax class of each example (inputs named `prefix + name` in the batch).
+
+    `on_batch` runs before each batch (the engine checks for cancellation there).
+    """
     model.eval()
     predictions: list[int] = []
     for start in range(0, len(features), batch_size):
+        if on_batch is not None:
+            on_batch()
         batch = to_device(collator(list(features[start : start + batch_size])), device)
         with autocast(device):
             logits = model(**model_inputs(model, batch, prefix)).logits
@@ -57,8 +63,9 @@ def evaluate(
     device: torch.device,
     batch_size: int,
     prefix: str = "",
+    on_batch: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Accuracy and macro-F1 of `model` on labelled `features`."""
     predictions = predict_ids(model, features, collator, device=device, batch_size=batch_size,
-                              prefix=prefix)
+                              prefix=prefix, on_batch=on_batch)
     return classification_metrics([int(f["labels"]) for f in features], predictions)

@@ -54,24 +54,37 @@ def model_card(report: dict[str, Any], config: JobConfig, training: dict[str, An
     metric = report["metric"]
     split = report.get("eval_split", "validation")
     retention = report.get("retention")
+    def ratio(a: float, b: float, suffix: str = "") -> str:
+        return (f"{a / b:.2f}× {suffix}".rstrip()) if b else "n/a"
+
+    def kept(a: float, b: float) -> str:
+        return f"{a / b:.1%} retained" if b else "n/a"
+
     rows = [
         (f"{metric.replace('_', ' ').capitalize()} ({split})", f"{t[metric]:.4f}",
-         f"{s[metric]:.4f}"),
-        ("Macro-F1", f"{t['macro_f1']:.4f}", f"{s['macro_f1']:.4f}"),
-        ("Parameters", _human_count(t["parameters"]), _human_count(s["parameters"])),
-        ("Size on disk", _human_bytes(t["size_bytes"]), _human_bytes(s["size_bytes"])),
+         f"{s[metric]:.4f}", kept(s[metric], t[metric])),
+        ("Macro-F1", f"{t['macro_f1']:.4f}", f"{s['macro_f1']:.4f}",
+         kept(s["macro_f1"], t["macro_f1"])),
+        ("Parameters", _human_count(t["parameters"]), _human_count(s["parameters"]),
+         ratio(t["parameters"], s["parameters"], "fewer")),
+        ("Size on disk", _human_bytes(t["size_bytes"]), _human_bytes(s["size_bytes"]),
+         ratio(t["size_bytes"], s["size_bytes"], "smaller")),
         ("CPU latency, batch 1 (p50)", f"{t['latency_ms_p50']:.2f} ms",
-         f"{s['latency_ms_p50']:.2f} ms"),
+         f"{s['latency_ms_p50']:.2f} ms",
+         ratio(t["latency_ms_p50"], s["latency_ms_p50"], "speed-up")),
         ("CPU throughput, batch 32", f"{t['throughput_per_s']:.0f}/s",
-         f"{s['throughput_per_s']:.0f}/s"),
+         f"{s['throughput_per_s']:.0f}/s",
+         ratio(s["throughput_per_s"], t["throughput_per_s"])),
     ]
-    table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    table = "\n".join(f"| {' | '.join(row)} |" for row in rows)
     losses = ", ".join(f"{spec.weight:g} × {spec.type}"
                        + (f" (layers {spec.layer_map})" if spec.layer_map else "")
                        for spec in config.losses)
     hp = config.hyperparameters
-    student = (f"`{config.student.model_path.name}`" if config.student.model_path
-               else f"{config.student.architecture or 'teacher-sized'}, init {config.student.init}")
+    arch = config.student.architecture or {}
+    student = (f"`{config.student.model_path.name}`" if config.student.model_path else
+               (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in arch.items())
+                or "the teacher's sizes") + f"; initialised from {config.student.init}")
     note = ("" if split == "validation" else
             "\nNo validation file was given: the figures are measured on training examples.\n")
     return f"""---
@@ -89,8 +102,8 @@ A {_human_count(s["parameters"])}-parameter text classifier distilled from
 
 ## Teacher vs student
 
-| | Teacher | Student |
-|---|---|---|
+| | Teacher | Student | Student vs teacher |
+|---|---|---|---|
 {table}
 
 **Retention** {f"{retention:.1%}" if retention is not None else "n/a"} of the teacher's {metric} ·
