@@ -84,7 +84,9 @@ def _follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
     with Progress(*columns, console=console) as progress:
         while True:
             job = _check(client.get(f"/v1/distillation/jobs/{job_id}"))
-            params = {"limit": 100, **({"after": last_event} if last_event else {})}
+            params: dict[str, str | int] = {"limit": 100}
+            if last_event:
+                params["after"] = last_event
             for event in _check(client.get(f"/v1/distillation/jobs/{job_id}/events",
                                            params=params))["data"]:
                 last_event = event["id"]

@@ -1,6 +1,6 @@
 """Every slice's tables, imported so that `Base.metadata` is complete (Alembic, tests)."""
 
-from app.auth.tables import ApiKeyRow, TenantRow
+from app.auth.tables import ApiKeyRow
 from app.db import Base
 from app.files.tables import FileRow
 from app.jobs.tables import IdempotencyKeyRow, JobEventRow, JobRow

@@ -20,6 +20,12 @@ from worker.distillation.config import Progress
 log = logging.getLogger(__name__)
 
 
+def eval_view(data: dict[str, Any]) -> dict[str, Any]:
+    """The job's `metrics.eval`: the core's `eval_*` keys without the prefix
+    (`eval_accuracy` → `accuracy`, `teacher_eval_accuracy` → `teacher_accuracy`)."""
+    return {k.replace("eval_", ""): v for k, v in data.items() if "eval_" in k}
+
+
 class DbReporter:
     """Reports a running job into the database; `should_stop()` turns true on cancel."""
 
@@ -81,8 +87,7 @@ class DbReporter:
         self._last_stage = progress.stage
 
     def metrics(self, step: int, data: dict[str, Any]) -> None:
-        eval_metrics = {k.removeprefix("eval_"): v for k, v in data.items()
-                        if k.startswith("eval_")}
+        eval_metrics = eval_view(data)
         if "train_loss" in data:
             self.metrics_state["train_loss"] = data["train_loss"]
         if eval_metrics:

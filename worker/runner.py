@@ -23,11 +23,12 @@ from worker.distillation.config import (
     FinetuneSpec,
     Hyperparameters,
     JobConfig,
+    JobResult,
     LossSpec,
     StudentSpec,
 )
 from worker.distillation.engine import run_job
-from worker.reporter import DbReporter
+from worker.reporter import DbReporter, eval_view
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +109,14 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
         try:
             config = build_config(job, settings=settings)
             result = run_job(config, reporter)
+            status = _record_success(job, result, settings=settings, worker_id=worker_id,
+                                     metrics_state=reporter.metrics_state)
         except Cancelled:
             if reporter.stop_reason == "lease_lost":
                 log.warning("job %s: lease lost; another worker owns it now", job_id)
                 return None
             _finish(settings, job_id, worker_id, status="cancelled", message="Job cancelled.")
-            shutil.rmtree(job_dir, ignore_errors=True)
-            return "cancelled"
+            status = "cancelled"
         except Exception as exc:
             log.exception("job %s failed", job_id)
             error = {"code": "training_failed", "message": f"{type(exc).__name__}: {exc}"}
@@ -123,31 +125,36 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
             with session_scope(settings.sqlalchemy_url) as session:
                 repository.add_event(session, job_id=job_id, level="error", message="Traceback",
                                      data={"traceback": traceback.format_exc()[-3500:]})
-            return "failed"
-        with session_scope(settings.sqlalchemy_url) as session:
-            model = register_distilled_model(
-                session=session, tenant_id=job.tenant_id, job_id=job_id,
-                model_dir=result.model_dir, task=result.task, parameters=result.parameters,
-                size_bytes=result.size_bytes, labels=result.labels, report=result.report,
-                settings=settings,
-            )
-            metrics = {**reporter.metrics_state, "train_loss": result.train_loss,
-                       "eval": result.eval_metrics}
-            done = lifecycle.finish(
-                session, job_id=job_id, worker_id=worker_id, status="succeeded",
-                result_model=model.id, metrics=metrics,
-                progress={"stage": "export", "percent": 100.0, "step": 0, "total_steps": 0,
-                          "epoch": 0, "eta_seconds": 0.0} | _last_steps(job_id, settings),
-            )
-            if not done:  # cancelled or taken over at the last moment: keep nothing
-                session.rollback()
-                shutil.rmtree(settings.models_dir / model.id, ignore_errors=True)
-                return None
-            repository.add_event(session, job_id=job_id,
-                                 message=f"Job succeeded: model {model.id}.",
-                                 data={"model": model.id, "report": result.report})
-        shutil.rmtree(job_dir, ignore_errors=True)
-        return "succeeded"
+            status = "failed"
+    shutil.rmtree(job_dir, ignore_errors=True)
+    return status
+
+
+def _record_success(job: JobRow, result: JobResult, *, settings: Settings, worker_id: str,
+                    metrics_state: dict[str, Any]) -> str | None:
+    """Register the student and mark the job succeeded in one transaction."""
+    with session_scope(settings.sqlalchemy_url) as session:
+        model = register_distilled_model(
+            session=session, tenant_id=job.tenant_id, job_id=job.id,
+            model_dir=result.model_dir, task=result.task, parameters=result.parameters,
+            size_bytes=result.size_bytes, labels=result.labels, report=result.report,
+            settings=settings,
+        )
+        metrics = {**metrics_state, "train_loss": result.train_loss,
+                   "eval": eval_view(result.eval_metrics)}
+        done = lifecycle.finish(
+            session, job_id=job.id, worker_id=worker_id, status="succeeded",
+            result_model=model.id, metrics=metrics,
+            progress={"stage": "export", "percent": 100.0, "step": 0, "total_steps": 0,
+                      "epoch": 0, "eta_seconds": 0.0} | _last_steps(job.id, settings),
+        )
+        if not done:  # taken over by another worker at the last moment: keep nothing
+            session.rollback()
+            shutil.rmtree(settings.models_dir / model.id, ignore_errors=True)
+            return None
+        repository.add_event(session, job_id=job.id, message=f"Job succeeded: model {model.id}.",
+                             data={"model": model.id, "report": result.report})
+    return "succeeded"
 
 
 def _last_steps(job_id: str, settings: Settings) -> dict[str, Any]:

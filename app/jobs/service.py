@@ -14,7 +14,7 @@ from app.errors import Conflict, InvalidRequest, NotFound
 from app.ids import new_id
 from app.jobs import repository
 from app.jobs.queue import send_wakeup
-from app.jobs.schemas import JobCreate, JobEventOut, JobOut, ProgressOut
+from app.jobs.schemas import JobCreate, JobErrorOut, JobEventOut, JobOut, ProgressOut
 from app.jobs.tables import IdempotencyKeyRow, JobEventRow, JobRow
 from app.jobs.validation import check_job_request
 from app.settings import Settings
@@ -37,7 +37,7 @@ def to_out(row: JobRow) -> JobOut:
         progress=ProgressOut(**row.progress),
         metrics=row.metrics,
         result_model=row.result_model,
-        error=row.error,
+        error=JobErrorOut(**row.error) if row.error else None,
         attempts=row.attempts,
         created_at=int(row.created_at),
         started_at=int(row.started_at) if row.started_at else None,
