@@ -96,7 +96,7 @@ def _follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
             if stage:
                 for done in bars:
                     if done != stage:
-                        progress.update(bars[done], completed=100)
+                        progress.update(bars[done], completed=100, step="done", steps="done")
                 if stage not in bars:
                     bars[stage] = progress.add_task(stage, total=100, step=0, steps=0)
                 p = job["progress"]
@@ -105,7 +105,7 @@ def _follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
             if job["status"] in ("succeeded", "failed", "cancelled"):
                 if job["status"] == "succeeded":
                     for bar in bars.values():
-                        progress.update(bar, completed=100)
+                        progress.update(bar, completed=100, step="done", steps="done")
                 return job
             time.sleep(1.0)
 
@@ -182,6 +182,7 @@ def run_demo(*, rows: int | None, epochs: int, sst2_dir: Path | None, port: int)
 
             predictions = _check(client.post(f"/v1/models/{model['id']}/predict",
                                              json={"inputs": SENTENCES}))["data"]
+            console.print("Predictions of the served student (SST-2 labels: 1 positive, 0 negative):")
             for sentence, pred in zip(SENTENCES, predictions, strict=True):
                 console.print(f"  {pred['label']:>3} ({pred['score']:.2f})  {sentence}")
             console.print(_report_table(model))
