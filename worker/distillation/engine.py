@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, set_seed
 
+from worker.distillation.checkpoint import Checkpointer, mark_teacher_finetuned, teacher_finetuned
 from worker.distillation.config import SUPPORTED_TASKS, JobConfig, JobResult, Reporter
 from worker.distillation.data import TEACHER_PREFIX
 from worker.distillation.evaluate import evaluate
@@ -62,20 +63,22 @@ def _load_teacher(
     attn: str | None,
 ) -> tuple[PreTrainedModel, Path]:
     """The teacher, fine-tuned first when the job asks; and the directory its weights are in."""
-    if config.teacher_finetune is not None:
-        save_dir = config.work_dir / "teacher"
-        teacher, _ = finetune_teacher(
+    finetuned = config.work_dir / "teacher"
+    if config.teacher_finetune is not None and not teacher_finetuned(finetuned):
+        save_dir = finetuned
+        teacher, fitted = finetune_teacher(
             teacher_path=config.teacher_path, spec=config.teacher_finetune,
             hp=config.hyperparameters, labels=data.labels, features=data.teacher_train,
             collator=data.teacher_collator, tokenizer=data.teacher_tokenizer, save_dir=save_dir,
             device=device, reporter=reporter, attn_implementation=attn,
         )
+        mark_teacher_finetuned(save_dir, epochs=fitted.epochs, steps=fitted.steps)
     else:
         kwargs: dict[str, Any] = {"attn_implementation": attn} if attn else {}
-        teacher = AutoModelForSequenceClassification.from_pretrained(
-            str(config.teacher_path), **kwargs
-        )
-        save_dir = config.teacher_path
+        save_dir = config.teacher_path if config.teacher_finetune is None else finetuned
+        if config.teacher_finetune is not None:
+            reporter.message("Using the teacher fine-tuned by an earlier attempt of this job.")
+        teacher = AutoModelForSequenceClassification.from_pretrained(str(save_dir), **kwargs)
     teacher.config.id2label = dict(enumerate(data.labels))
     teacher.config.label2id = {label: i for i, label in enumerate(data.labels)}
     teacher.to(device)  # type: ignore[arg-type]
@@ -106,12 +109,13 @@ def _distill(
             teacher_attentions=t_out.attentions if attentions else None,
         ))
 
-    def on_epoch_end(step: int, epoch: int) -> None:
+    def on_epoch_end(step: int, epoch: int) -> dict[str, Any]:
         metrics = evaluate(student, data.student_eval, data.student_collator, device=device,
                            batch_size=hp.eval_batch_size, on_batch=lambda: check_stop(reporter))
         last_eval.update(step=step, epoch=epoch, eval_accuracy=metrics["accuracy"],
                          eval_macro_f1=metrics["macro_f1"])
         reporter.metrics(step, dict(last_eval))
+        return dict(last_eval)
 
     reporter.message(f"Distilling into a {count_parameters(student):,}-parameter student on "
                      f"{len(data.train)} examples ({device.type}).")
@@ -120,6 +124,8 @@ def _distill(
         compute_loss=compute_loss, hp=hp, epochs=hp.epochs, batch_size=hp.batch_size,
         learning_rate=hp.learning_rate, device=device, reporter=reporter, stage="distill",
         on_epoch_end=on_epoch_end,
+        checkpoints=Checkpointer(config.work_dir, hp=hp, reporter=reporter,
+                                 modules={"student": student, "losses": losses}),
     )
     return result, last_eval
 

@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -85,13 +85,15 @@ def check_stop(reporter: Reporter) -> None:
 class Tracker:
     """Progress of one stage: reported at start, every few seconds or on demand, and at the end."""
 
-    def __init__(self, reporter: Reporter, stage: str, total_steps: int) -> None:
+    def __init__(self, reporter: Reporter, stage: str, total_steps: int, *, start: int = 0,
+                 epoch: int = 0) -> None:
         self.reporter = reporter
         self.stage = stage
         self.total = max(1, total_steps)
+        self.start = start  # steps an earlier attempt did (a resumed run): not part of this pace
         self.started = time.monotonic()
         self.last = -math.inf
-        self.report(0, 0, force=True)
+        self.report(start, epoch, force=True)
 
     def report(self, step: int, epoch: int, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -99,7 +101,8 @@ class Tracker:
             return
         self.last = now
         elapsed = now - self.started
-        eta = elapsed / step * (self.total - step) if step else None
+        done = step - self.start
+        eta = elapsed / done * (self.total - step) if done > 0 else None
         self.reporter.progress(Progress(
             stage=self.stage, percent=round(min(100.0, 100.0 * step / self.total), 2), step=step,
             total_steps=self.total, epoch=epoch, eta_seconds=round(eta, 1) if eta is not None else None,
@@ -132,10 +135,34 @@ class FitResult:
     steps: int
     epochs: int
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss) per log
+    # Per epoch: {"step", "epoch", **what on_epoch_end returned} (the curve's eval panel).
+    evals: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def final_loss(self) -> float | None:
         return self.history[-1][1] if self.history else None
+
+
+@dataclass
+class LoopState:
+    """Where `fit` is: what a checkpoint saves, and what a resumed run restores before it starts."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    result: FitResult
+    total_steps: int
+    epoch: int = 1  # the epoch in progress
+    batches_done: int = 0  # batches of `epoch` trained on; its order is rebuilt from batch_seed
+    batch_seed: int = 0
+    window: list[dict[str, float]] = field(default_factory=list)  # losses since the last log
+
+
+class Checkpoints(Protocol):
+    """Saves `fit`'s state as it goes, and restores it when a run starts again."""
+
+    def restore(self, state: LoopState) -> None: ...
+
+    def after_step(self, state: LoopState) -> None: ...
 
 
 LossFn = Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
@@ -155,13 +182,16 @@ def fit(
     reporter: Reporter,
     stage: str,
     loss_key: str = "train_loss",
-    on_epoch_end: Callable[[int, int], None] | None = None,
+    on_epoch_end: Callable[[int, int], dict[str, Any] | None] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> FitResult:
     """Train `modules` on `compute_loss` over length-grouped batches of `features`.
 
     Reports progress for `stage`, a metrics event every `hp.log_every_steps` optimizer steps
     ({loss_key, loss_<term>..., learning_rate}), checks for cancellation before every batch, and
-    calls `on_epoch_end(step, epoch)` after each epoch (evaluation).
+    calls `on_epoch_end(step, epoch)` after each epoch (evaluation; the metrics it returns go to
+    `FitResult.evals`). `checkpoints` restores an earlier attempt's state before the first batch
+    and saves the loop after every optimizer step it chooses.
     """
     lengths = [len(f["input_ids"]) for f in features]
     per_epoch = math.ceil(len(features) / batch_size)
@@ -170,15 +200,22 @@ def fit(
                                           total_steps=total)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     accum = max(1, hp.gradient_accumulation_steps)
-    tracker = Tracker(reporter, stage, total)
     result = FitResult(steps=0, epochs=0)
-    window: list[dict[str, float]] = []
+    state = LoopState(optimizer, scheduler, result, total_steps=total)
+    if checkpoints is not None:
+        checkpoints.restore(state)  # a run started again goes on from its last checkpoint
+    tracker = Tracker(reporter, stage, total, start=result.steps, epoch=result.epochs)
+    window = state.window
     for module in modules:
         module.train()
-    for epoch in range(1, epochs + 1):
-        batches = length_grouped_batches(lengths, batch_size, seed=hp.seed + epoch)
-        loader = (collator([features[i] for i in indices]) for indices in batches)
-        for batch, step_now in accumulate(loader, accum):
+    first_epoch, skip = state.epoch, state.batches_done
+    for epoch in range(first_epoch, epochs + 1):
+        state.batch_seed = hp.seed + epoch
+        batches = length_grouped_batches(lengths, batch_size, seed=state.batch_seed)
+        start = skip if epoch == first_epoch else 0
+        todo = batches[start:] if result.steps < total else []
+        loader = (collator([features[i] for i in indices]) for indices in todo)
+        for done, (batch, step_now) in enumerate(accumulate(loader, accum), start=start + 1):
             check_stop(reporter)
             batch = to_device(batch, device)
             with autocast(device):
@@ -198,12 +235,17 @@ def fit(
                 means = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
                 result.history.append((result.steps, means[loss_key]))
                 reporter.metrics(result.steps, {**means, "learning_rate": scheduler.get_last_lr()[0]})
-                window = []
+                window.clear()
+            if checkpoints is not None:
+                state.epoch, state.batches_done = epoch, done
+                checkpoints.after_step(state)
             if result.steps >= total:
                 break
         result.epochs = epoch
         if on_epoch_end is not None:
-            on_epoch_end(result.steps, epoch)
+            metrics = on_epoch_end(result.steps, epoch)
+            if metrics:
+                result.evals.append({"step": result.steps, "epoch": epoch, **metrics})
             for module in modules:
                 module.train()
         if result.steps >= total:
