@@ -1,8 +1,9 @@
 """Checkpoints and resume: a run killed after a checkpoint is started again with the same config,
-continues from the checkpoint, and ends where an uninterrupted run ends."""
+continues from the checkpoint, and ends where an uninterrupted run ends; the training curve."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ from worker.distillation.config import (
     Progress,
     StudentSpec,
 )
+from worker.distillation.curve import CURVE_FILE
 from worker.distillation.engine import run_job
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class WorkerDied(RuntimeError):
@@ -118,6 +122,22 @@ def test_killed_job_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run
     assert resumed.keys() == reference.keys()
     for name, tensor in reference.items():
         assert (resumed[name] - tensor).abs().max() <= 1e-5, name
+
+
+def test_training_curve_png_is_written_and_in_the_model_card(
+    uninterrupted: tuple[JobConfig, Recorder],
+) -> None:
+    config, _ = uninterrupted
+    curve = config.output_dir / CURVE_FILE
+    data = curve.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 5000
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width >= 400 and height >= 300
+    card = (config.output_dir / "README.md").read_text()
+    assert f"]({CURVE_FILE})" in card and "## Training curve" in card
+    state = json.loads((list_checkpoints(config.work_dir)[0][0] / "state.json").read_text())
+    assert [e["epoch"] for e in state["evals"]] == [1, 2]  # saved before epoch 3's evaluation
+    assert [step for step, _ in state["history"]] == list(range(1, 13))
 
 
 def test_a_resumed_job_reuses_its_finetuned_teacher(tiny_base_dir: Path, tmp_path: Path) -> None:

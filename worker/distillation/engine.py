@@ -199,7 +199,8 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     }
     report = build_report(entries["teacher"], entries["student"], eval_split=data.eval_split)
     write_report(config.output_dir, report, config,
-                 {"epochs": fit_result.epochs, "steps": fit_result.steps, "labels": data.labels})
+                 {"epochs": fit_result.epochs, "steps": fit_result.steps, "labels": data.labels,
+                  "history": fit_result.history, "evals": fit_result.evals})
     tracker.done(fit_result.epochs)
     eval_metrics = {
         **last_eval,

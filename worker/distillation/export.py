@@ -10,6 +10,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from worker.distillation.config import JobConfig
+from worker.distillation.curve import CURVE_FILE, write_training_curve
 from worker.distillation.report import weights_size
 
 
@@ -85,6 +86,8 @@ def model_card(report: dict[str, Any], config: JobConfig, training: dict[str, An
     student = (f"`{config.student.model_path.name}`" if config.student.model_path else
                (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in arch.items())
                 or "the teacher's sizes") + f"; initialised from {config.student.init}")
+    curve = (f"\n## Training curve\n\n![Train loss by optimizer step; evaluation after each epoch]"
+             f"({CURVE_FILE})\n" if training.get("curve") else "")
     note = ("" if split == "validation" else
             "\nNo validation file was given: the figures are measured on training examples.\n")
     return f"""---
@@ -118,7 +121,7 @@ A {_human_count(s["parameters"])}-parameter text classifier distilled from
   {hp.warmup_ratio:g}, seed {hp.seed}
 - Teacher fine-tuned first: {"yes" if config.teacher_finetune else "no"}
 - Labels: {", ".join(training.get("labels", []))}
-
+{curve}
 ## Usage
 
 ```python
@@ -133,6 +136,10 @@ classifier("a moving, funny film")
 def write_report(
     output_dir: Path, report: dict[str, Any], config: JobConfig, training: dict[str, Any]
 ) -> None:
-    """report.json and the README.md model card."""
+    """report.json, training_curve.png (from `training`'s history and evals) and the README.md
+    model card."""
     (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    drawn = write_training_curve(output_dir / CURVE_FILE, training.get("history", []),
+                                 training.get("evals", []))
+    training = {**training, "curve": drawn}
     (output_dir / "README.md").write_text(model_card(report, config, training))
