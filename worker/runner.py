@@ -126,7 +126,11 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
                 repository.add_event(session, job_id=job_id, level="error", message="Traceback",
                                      data={"traceback": traceback.format_exc()[-3500:]})
             status = "failed"
-    shutil.rmtree(job_dir, ignore_errors=True)
+    if status is not None:
+        # Finished for good. A run cut short by a lost lease (returned above) or by the worker's
+        # death keeps the directory, so the attempt that takes the job over resumes from its
+        # checkpoints; and a job another worker took at the last moment (None) is now its own.
+        shutil.rmtree(job_dir, ignore_errors=True)
     return status
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.jobs import service
-from app.jobs.schemas import JobCreate, JobEventOut, JobOut
+from app.jobs.schemas import CheckpointOut, JobCreate, JobEventOut, JobOut
 from app.pagination import ListResponse, page
 
 router = APIRouter(prefix="/distillation/jobs", tags=["distillation jobs"])
@@ -71,3 +71,13 @@ def list_events(
                                limit=limit + 1)
     return page([service.event_to_out(r) for r in rows], limit=limit,
                 ids=[f"event-{r.seq}" for r in rows])
+
+
+@router.get("/{job_id}/checkpoints", response_model=ListResponse[CheckpointOut])
+def list_checkpoints(
+    job_id: str, session: SessionDep, settings: SettingsDep, tenant: TenantDep
+) -> ListResponse[CheckpointOut]:
+    """The checkpoints a running or interrupted job has saved, newest first (the newest two)."""
+    items = service.list_checkpoints(session=session, tenant=tenant, settings=settings,
+                                     job_id=job_id)
+    return page(items, limit=len(items), ids=[c.id for c in items])

@@ -140,3 +140,13 @@ class JobEventOut(BaseModel):
     type: str
     message: str
     data: dict[str, Any] | None
+
+
+class CheckpointOut(BaseModel):
+    id: str
+    object: Literal["distillation.job.checkpoint"] = "distillation.job.checkpoint"
+    step: int
+    epoch: int
+    created_at: int
+    train_loss: float | None = None
+    size_bytes: int | None = None

@@ -8,16 +8,26 @@ import json
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import storage
 from app.auth.tables import TenantRow
 from app.clock import now
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.ids import new_id
 from app.jobs import repository
 from app.jobs.queue import send_wakeup
-from app.jobs.schemas import JobCreate, JobErrorOut, JobEventOut, JobOut, ProgressOut
+from app.jobs.schemas import (
+    CheckpointOut,
+    JobCreate,
+    JobErrorOut,
+    JobEventOut,
+    JobOut,
+    ProgressOut,
+)
 from app.jobs.tables import IdempotencyKeyRow, JobEventRow, JobRow
 from app.jobs.validation import check_job_request
 from app.settings import Settings
+from worker.distillation.checkpoint_index import checkpoint_id
+from worker.distillation.checkpoint_index import list_checkpoints as list_checkpoints_on_disk
 
 
 def to_out(row: JobRow) -> JobOut:
@@ -181,3 +191,18 @@ def list_events(
         if after_seq is None:
             raise InvalidRequest(f"Malformed event id {after!r} in `after`.", param="after")
     return repository.list_events(session, job_id=job.id, after=after_seq, limit=limit)
+
+
+def list_checkpoints(
+    *, session: Session, tenant: TenantRow, settings: Settings, job_id: str
+) -> list[CheckpointOut]:
+    """The checkpoints in the job's working directory, newest first (none once it has finished:
+    the directory goes when the job does)."""
+    job = get_job(session=session, tenant=tenant, job_id=job_id)
+    work_dir = storage.job_dir(settings, job.id) / "work"  # the worker's JobConfig.work_dir
+    return [
+        CheckpointOut(id=checkpoint_id(meta["step"]), step=meta["step"],
+                      epoch=meta.get("epoch", 0), created_at=int(meta.get("created_at", 0)),
+                      train_loss=meta.get("train_loss"), size_bytes=meta.get("size_bytes"))
+        for _, meta in list_checkpoints_on_disk(work_dir)
+    ]
