@@ -165,8 +165,13 @@ def run_demo(*, rows: int | None, epochs: int, sst2_dir: Path | None, port: int)
 
             job = _check(client.post("/v1/distillation/jobs", headers={"Idempotency-Key": key[-12:]},
                                      json=demo_job(train["id"], dev["id"], epochs)))
-            console.print(f"Submitted {job['id']}: all-minilm-l6-v2 (fine-tuned 1 epoch) → "
-                          "4 layers × 128 student, initialised from the teacher.")
+            arch = job["student"]["architecture"]
+            console.print(
+                f"Submitted {job['id']}: {job['teacher']['model']} (fine-tuned "
+                f"{job['teacher']['finetune']['epochs']} epochs first) → {arch['num_layers']} layers "
+                f"× {arch['hidden_size']} student initialised from the teacher, "
+                f"{job['hyperparameters']['epochs']} epochs."
+            )
             job = _follow(client, job["id"])
             if job["status"] != "succeeded":
                 raise SystemExit(f"job {job['status']}: {job['error']}")
