@@ -49,6 +49,12 @@ class DataIn(Strict):
     validation_text_column: str | None = None
     validation_text_pair_column: str | None = None
     validation_label_column: str | None = None
+    # causal-lm: `text`, or `prompt` + `completion` (a file with both is read that way).
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    # seq2seq: `source` → `target`.
+    source_column: str = "source"
+    target_column: str = "target"
     max_seq_length: int = Field(128, ge=8, le=4096)
 
 

@@ -16,10 +16,13 @@ from app.files.tables import FileRow
 from app.jobs.schemas import JobCreate
 from app.models.service import ResolvedModel, resolve_model_ref
 from app.settings import Settings
-from worker.distillation.config import SUPPORTED_TASKS, LossSpec
+from worker.distillation.config import SUPPORTED_TASKS, DataSpec, LossSpec
 from worker.distillation.inspect import BASE_TASK
+from worker.distillation.lm_data import token_columns
 from worker.distillation.losses import check_losses
+from worker.distillation.pairing import check_pair_losses, check_token_pair, vocab_fingerprint
 from worker.distillation.students import check_architecture
+from worker.distillation.tasks import CAUSAL_LM, TOKEN_TASKS
 
 
 @dataclass
@@ -58,6 +61,41 @@ def _check_columns(row: FileRow, wanted: dict[str, str | None], *, file_param: s
             )
 
 
+def _task_columns(
+    request: JobCreate, row: FileRow, *, validation: bool
+) -> dict[str, str | None]:
+    """{param: column} that the task reads from a training (or validation) file."""
+    data = request.data
+    if request.task not in TOKEN_TASKS:
+        if not validation:
+            return {"data.text_column": data.text_column,
+                    "data.text_pair_column": data.text_pair_column,
+                    "data.label_column": data.label_column}
+        return {
+            "data.validation_text_column": data.validation_text_column or data.text_column,
+            "data.validation_text_pair_column": (
+                data.validation_text_pair_column or data.text_pair_column
+            ),
+            "data.validation_label_column": data.validation_label_column or data.label_column,
+        }
+    columns = token_columns(request.task, DataSpec(**data.model_dump()), row.columns,
+                            validation=validation)
+    text_param = "data.validation_text_column" if validation else "data.text_column"
+    if request.task == CAUSAL_LM and columns.text is not None \
+            and columns.text not in row.columns:
+        raise InvalidRequest(
+            f"{'validation_file' if validation else 'training_file'} {row.id!r} has neither a "
+            f"{columns.text!r} column nor both {data.prompt_column!r} and "
+            f"{data.completion_column!r} (its columns: {', '.join(map(str, row.columns))}); "
+            f"causal-lm records are text, or prompt + completion: set {text_param}, or "
+            "data.prompt_column and data.completion_column.",
+            param=text_param, code="missing_column",
+        )
+    return {text_param: columns.text, "data.prompt_column": columns.prompt,
+            "data.completion_column": columns.completion,
+            "data.source_column": columns.source, "data.target_column": columns.target}
+
+
 def check_job_request(
     *, session: Session, tenant_id: str, settings: Settings, request: JobCreate
 ) -> CheckedJob:
@@ -67,34 +105,20 @@ def check_job_request(
             f"Unknown task {request.task!r}; supported: {', '.join(SUPPORTED_TASKS)}.",
             param="task", code="unsupported_task",
         )
-    data = request.data
     train = _check_file(
         session, tenant_id=tenant_id, file_id=request.training_file, purpose="train",
         param="training_file",
     )
-    _check_columns(
-        train,
-        {"data.text_column": data.text_column, "data.text_pair_column": data.text_pair_column,
-         "data.label_column": data.label_column},
-        file_param="training_file",
-    )
+    _check_columns(train, _task_columns(request, train, validation=False),
+                   file_param="training_file")
     validation = None
     if request.validation_file is not None:
         validation = _check_file(
             session, tenant_id=tenant_id, file_id=request.validation_file, purpose="validation",
             param="validation_file",
         )
-        _check_columns(
-            validation,
-            {
-                "data.validation_text_column": data.validation_text_column or data.text_column,
-                "data.validation_text_pair_column": (
-                    data.validation_text_pair_column or data.text_pair_column
-                ),
-                "data.validation_label_column": data.validation_label_column or data.label_column,
-            },
-            file_param="validation_file",
-        )
+        _check_columns(validation, _task_columns(request, validation, validation=True),
+                       file_param="validation_file")
 
     teacher = resolve_model_ref(
         session=session, tenant_id=tenant_id, settings=settings, ref=request.teacher.model,
@@ -137,5 +161,28 @@ def check_job_request(
     if problems:
         param, message = problems[0]
         raise InvalidRequest(message, param=param, code="invalid_loss")
+    _check_pair(request, teacher, student, specs)
     return CheckedJob(training_file=train, validation_file=validation, teacher=teacher,
                       student=student)
+
+
+def _check_pair(
+    request: JobCreate, teacher: ResolvedModel, student: ResolvedModel | None,
+    specs: list[LossSpec],
+) -> None:
+    """The teacher and the student can be distilled together with these losses: one kind and
+    one vocabulary for token-level tasks; hidden states to compare for layer losses."""
+    teacher_vocab = student_vocab = None
+    if student is not None:
+        teacher_vocab, student_vocab = vocab_fingerprint(teacher.path), vocab_fingerprint(student.path)
+    student_info = student.info if student is not None else None
+    problems = check_token_pair(request.task, teacher.info, student_info,
+                                teacher_vocab=teacher_vocab, student_vocab=student_vocab)
+    problems += check_pair_losses(
+        request.task, specs, teacher.info, student_info,
+        same_tokenizer=not (teacher_vocab and student_vocab and teacher_vocab != student_vocab),
+    )
+    if problems:
+        param, message = problems[0]
+        codes = {"student.model": "incompatible_student", "teacher.model": "incompatible_teacher"}
+        raise InvalidRequest(message, param=param, code=codes.get(param, "invalid_loss"))

@@ -13,7 +13,7 @@ Task = Literal["sequence-classification", "causal-lm", "seq2seq"]
 Stage = Literal["finetune_teacher", "cache_teacher", "distill", "evaluate", "export"]
 TASKS: tuple[str, ...] = ("sequence-classification", "causal-lm", "seq2seq")
 # What the engine runs today; the API refuses other tasks at job creation.
-SUPPORTED_TASKS: tuple[str, ...] = ("sequence-classification",)
+SUPPORTED_TASKS: tuple[str, ...] = ("sequence-classification", "causal-lm", "seq2seq")
 LOSS_TYPES: tuple[str, ...] = (
     "kl", "ce", "logit", "mse_logits", "hidden_mse", "attention_mse", "cosine",
 )
@@ -62,6 +62,12 @@ class DataSpec:
     validation_text_column: str | None = None
     validation_text_pair_column: str | None = None
     validation_label_column: str | None = None
+    # causal-lm: `text` records, or `prompt` + `completion` (loss on the completion only).
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    # seq2seq: `source` → `target`.
+    source_column: str = "source"
+    target_column: str = "target"
     max_seq_length: int = 128
 
 

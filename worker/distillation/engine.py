@@ -21,6 +21,7 @@ from worker.distillation.evaluate import evaluate
 from worker.distillation.export import save_model, write_report
 from worker.distillation.finetune import finetune_teacher
 from worker.distillation.inspect import BASE_TASK, ModelInfo, inspect_model, model_info
+from worker.distillation.lm_engine import run_token_job
 from worker.distillation.losses import CompositeLoss, LossInputs, build_losses
 from worker.distillation.prepare import Prepared, prepare_data
 from worker.distillation.report import (
@@ -31,6 +32,7 @@ from worker.distillation.report import (
     weights_size,
 )
 from worker.distillation.students import build_student
+from worker.distillation.tasks import TOKEN_TASKS
 from worker.distillation.training import (
     FitResult,
     Tracker,
@@ -162,6 +164,8 @@ def _evaluate(
 
 def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     """Run a distillation job end to end; raises `Cancelled` when the reporter asks to stop."""
+    if config.task in TOKEN_TASKS:
+        return run_token_job(config, reporter)
     hp = config.hyperparameters
     teacher_info = inspect_model(config.teacher_path)
     check_teacher(config, teacher_info)

@@ -9,6 +9,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from worker.distillation.cards import card_for, quality_rows, retention_of
 from worker.distillation.config import JobConfig
 from worker.distillation.curve import CURVE_FILE, write_training_curve
 from worker.distillation.report import weights_size
@@ -16,14 +17,16 @@ from worker.distillation.report import weights_size
 
 def save_model(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output_dir: Path,
-    labels: list[str],
+    labels: list[str] | None,
 ) -> int:
-    """Save weights (safetensors), config with label names, and tokenizer; returns weight bytes."""
+    """Save weights (safetensors), config with label names (classifiers: `labels` not None),
+    and tokenizer; returns weight bytes."""
     if output_dir.exists():
         shutil.rmtree(output_dir)  # a retried job must not leave an older run's files behind
     output_dir.mkdir(parents=True)
-    model.config.id2label = dict(enumerate(labels))
-    model.config.label2id = {label: i for i, label in enumerate(labels)}
+    if labels is not None:
+        model.config.id2label = dict(enumerate(labels))
+        model.config.label2id = {label: i for i, label in enumerate(labels)}
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
     return weights_size(output_dir)
@@ -58,14 +61,9 @@ def model_card(report: dict[str, Any], config: JobConfig, training: dict[str, An
     def ratio(a: float, b: float, suffix: str = "") -> str:
         return (f"{a / b:.2f}× {suffix}".rstrip()) if b else "n/a"
 
-    def kept(a: float, b: float) -> str:
-        return f"{a / b:.1%} retained" if b else "n/a"
-
+    card, name = card_for(config.task), retention_of(metric)
     rows = [
-        (f"{metric.replace('_', ' ').capitalize()} ({split})", f"{t[metric]:.4f}",
-         f"{s[metric]:.4f}", kept(s[metric], t[metric])),
-        ("Macro-F1", f"{t['macro_f1']:.4f}", f"{s['macro_f1']:.4f}",
-         kept(s["macro_f1"], t["macro_f1"])),
+        *quality_rows(report, config.task),
         ("Parameters", _human_count(t["parameters"]), _human_count(s["parameters"]),
          ratio(t["parameters"], s["parameters"], "fewer")),
         ("Size on disk", _human_bytes(t["size_bytes"]), _human_bytes(s["size_bytes"]),
@@ -88,19 +86,21 @@ def model_card(report: dict[str, Any], config: JobConfig, training: dict[str, An
                 or "the teacher's sizes") + f"; initialised from {config.student.init}")
     curve = (f"\n## Training curve\n\n![Train loss by optimizer step; evaluation after each epoch]"
              f"({CURVE_FILE})\n" if training.get("curve") else "")
+    labels = (f"- Labels: {', '.join(training['labels'])}\n" if training.get("labels")
+              else "")
     note = ("" if split == "validation" else
             "\nNo validation file was given: the figures are measured on training examples.\n")
     return f"""---
 library_name: transformers
-pipeline_tag: text-classification
+pipeline_tag: {card.pipeline_tag}
 tags:
 - distillation
-- text-classification
+- {card.pipeline_tag}
 ---
 
 # Student distilled from {config.teacher_name}
 
-A {_human_count(s["parameters"])}-parameter text classifier distilled from
+A {_human_count(s["parameters"])}-parameter {card.noun} distilled from
 `{config.teacher_name}` ({_human_count(t["parameters"])} parameters).
 
 ## Teacher vs student
@@ -109,7 +109,7 @@ A {_human_count(s["parameters"])}-parameter text classifier distilled from
 |---|---|---|---|
 {table}
 
-**Retention** {f"{retention:.1%}" if retention is not None else "n/a"} of the teacher's {metric} ·
+**Retention** {f"{retention:.1%}" if retention is not None else "n/a"} of the teacher's {name} ·
 **speed-up** {_times(report.get("speedup"))} · **compression** {_times(report.get("compression"))}
 {note}
 ## Training setup
@@ -120,15 +120,11 @@ A {_human_count(s["parameters"])}-parameter text classifier distilled from
   {hp.batch_size}, learning rate {hp.learning_rate:g}, {hp.lr_scheduler} schedule, warm-up
   {hp.warmup_ratio:g}, seed {hp.seed}
 - Teacher fine-tuned first: {"yes" if config.teacher_finetune else "no"}
-- Labels: {", ".join(training.get("labels", []))}
-{curve}
+{labels}{curve}
 ## Usage
 
 ```python
-from transformers import pipeline
-
-classifier = pipeline("text-classification", model="path/to/this/directory")
-classifier("a moving, funny film")
+{card.usage}
 ```
 """
 

@@ -14,6 +14,8 @@ from torch import Tensor, nn
 from worker.distillation.training import model_inputs
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
+# Metrics where less is better: their retention is teacher / student.
+LOWER_IS_BETTER = ("perplexity",)
 Collator = Callable[[list[dict[str, Any]]], dict[str, Tensor]]
 
 
@@ -48,17 +50,20 @@ def measure_speed(
     runs: int = 5,
     warmup: int = 2,
     batch_size: int = 32,
+    inputs: Callable[[dict[str, Tensor]], dict[str, Any]] | None = None,
 ) -> dict[str, float]:
     """CPU latency (median ms, batch 1) and throughput (examples/s, batch `batch_size`).
 
     The model is moved to the CPU and measured in this process; inputs are real examples, so the
-    sequence lengths are the data's.
+    sequence lengths are the data's. `inputs` picks the forward's arguments from a batch
+    (default: `model_inputs`).
     """
     model.to("cpu").eval()
     rows = list(features[:batch_size])
     rows = (rows * (batch_size // len(rows) + 1))[:batch_size]
-    single = model_inputs(model, collator(rows[:1]), prefix)
-    batch = model_inputs(model, collator(rows), prefix)
+    select = inputs or (lambda b: model_inputs(model, b, prefix))
+    single = select(collator(rows[:1]))
+    batch = select(collator(rows))
     latency = _median_seconds(lambda: model(**single), runs=runs, warmup=warmup)
     batch_time = _median_seconds(lambda: model(**batch), runs=runs, warmup=warmup)
     return {"latency_ms_p50": round(latency * 1000, 3),
@@ -68,10 +73,9 @@ def measure_speed(
 def model_entry(
     metrics: dict[str, float], *, parameters: int, size_bytes: int, speed: dict[str, float]
 ) -> dict[str, Any]:
-    """One side of the report."""
+    """One side of the report: each quality metric (rounded), size and speed."""
     return {
-        "accuracy": round(metrics["accuracy"], 4),
-        "macro_f1": round(metrics["macro_f1"], 4),
+        **{name: round(value, 4) for name, value in metrics.items()},
         "parameters": parameters,
         "size_bytes": size_bytes,
         **speed,
@@ -88,15 +92,18 @@ def build_report(
 ) -> dict[str, Any]:
     """{"metric", "teacher", "student", "retention", "speedup", "compression", "eval_split"}.
 
-    retention = student metric / teacher metric (a fraction), speedup = teacher latency / student
-    latency, compression = teacher parameters / student parameters.
+    retention = student metric / teacher metric (a fraction), or teacher / student for a metric
+    where lower is better (perplexity: teacher_ppl / student_ppl, so a student that is as good
+    keeps 1.0 and a worse one less); speedup = teacher latency / student latency, compression =
+    teacher parameters / student parameters.
     """
+    kept, base = (teacher, student) if metric in LOWER_IS_BETTER else (student, teacher)
     return {
         "metric": metric,
         "eval_split": eval_split,
         "teacher": teacher,
         "student": student,
-        "retention": _ratio(student[metric], teacher[metric]),
+        "retention": _ratio(kept[metric], base[metric]),
         "speedup": _ratio(teacher["latency_ms_p50"], student["latency_ms_p50"]),
         "compression": _ratio(teacher["parameters"], student["parameters"]),
     }
