@@ -96,7 +96,8 @@ def finished(teacher_dir: Path,
         validation_file=write_jsonl(tmp / "dev.jsonl", reverse_records(12, seed=2)),
         output_dir=tmp / "output", work_dir=tmp / "work",
         teacher_finetune=FinetuneSpec(epochs=8, learning_rate=1e-2),
-        losses=[LossSpec("kl", 0.5), LossSpec("ce", 0.5), LossSpec("attention_mse", 0.1)],
+        losses=[LossSpec("kl", 0.5), LossSpec("ce", 0.5), LossSpec("attention_mse", 0.1),
+                LossSpec("cosine", 0.1)],
         hyperparameters=Hyperparameters(epochs=3, batch_size=8, learning_rate=1e-2,
                                         warmup_ratio=0.0, log_every_steps=3, eval_batch_size=16),
         benchmark_runs=2,
@@ -113,7 +114,7 @@ def test_seq2seq_job_learns_and_reports_rouge_and_bleu(
     losses = recorder.losses()
     assert losses[-1] < losses[0]
     first = next(data for _, data in recorder.metric_events if "train_loss" in data)
-    assert {"loss_kl", "loss_ce", "loss_attention_mse"} <= set(first)
+    assert {"loss_kl", "loss_ce", "loss_attention_mse", "loss_cosine"} <= set(first)
 
     report: dict[str, Any] = json.loads((config.output_dir / "report.json").read_text())
     assert report == result.report and report["metric"] == "rougeL"

@@ -10,6 +10,7 @@ target as teacher-forced decoder input), not generation, at batch 1 and batch 32
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,11 @@ def run_token_job(config: JobConfig, reporter: Reporter) -> JobResult:
     set_seed(hp.seed)
     student = build_student(config.student, teacher, attn_implementation=attn, task=task)
     student.to(device)  # type: ignore[arg-type]
-    losses = build_losses(config.losses, config.temperature, loss_shape(student.config),
+    # A sequence's first position means little to a causal model or a decoder: cosine pools
+    # the mean of the compared positions instead.
+    specs = [replace(spec, pooling="mean") if spec.type == "cosine" else spec
+             for spec in config.losses]
+    losses = build_losses(specs, config.temperature, loss_shape(student.config),
                           loss_shape(teacher.config)).to(device)
     fit_result, evals = _distill(config, data, teacher, student, losses, device, reporter)
 
