@@ -168,7 +168,7 @@ def test_training_learns_and_reports(finished: tuple[JobConfig, JobResult, Recor
     assert {"step", "epoch", "eval_accuracy", "eval_macro_f1"} <= set(evals[-1])
     assert result.eval_metrics["eval_accuracy"] >= 0.75  # the polar words generalise
 
-    assert recorder.stages() == ["distill", "evaluate", "export"]
+    assert recorder.stages() == ["cache_teacher", "distill", "evaluate", "export"]
     for stage in ("distill", "evaluate", "export"):
         events = [p for p in recorder.progress_events if p.stage == stage]
         assert events[0].percent == 0 and events[-1].percent == 100

@@ -75,7 +75,9 @@ def build_config(job: JobRow, *, settings: Settings) -> JobConfig:
         validation_file=paths["validation_file"],
         data=DataSpec(**req["data"]),
         temperature=req["distillation"]["temperature"],
-        losses=[LossSpec(type=x["type"], weight=x["weight"],
+        temperature_end=req["distillation"].get("temperature_end"),
+        losses=[LossSpec(type=x["type"], weight=x["weight"], weight_end=x.get("weight_end"),
+                         beta=x.get("beta", 0.5),
                          layer_map={int(k): int(v) for k, v in x["layer_map"].items()}
                          if x.get("layer_map") else None)
                 for x in req["distillation"]["losses"]],

@@ -61,6 +61,9 @@ class DataIn(Strict):
 class LossIn(Strict):
     type: str
     weight: float = Field(1.0, ge=0, le=1000)
+    # Set: the weight moves linearly from `weight` to `weight_end` over the optimizer steps.
+    weight_end: float | None = Field(None, ge=0, le=1000)
+    beta: float = Field(0.5, gt=0, lt=1)  # jsd: the teacher's share of the mixture
     layer_map: dict[int, int] | None = None
 
 
@@ -70,6 +73,8 @@ def _default_losses() -> list[LossIn]:
 
 class DistillationIn(Strict):
     temperature: float = Field(2.0, gt=0, le=100)
+    # Set: the temperature moves linearly from `temperature` to this over the optimizer steps.
+    temperature_end: float | None = Field(None, gt=0, le=100)
     losses: list[LossIn] = Field(default_factory=_default_losses, min_length=1, max_length=16)
 
 
@@ -87,6 +92,7 @@ class HyperparametersIn(Strict):
     eval_batch_size: int = Field(64, ge=1, le=4096)
     log_every_steps: int = Field(20, ge=1, le=100_000)
     checkpoint_every_steps: int = Field(200, ge=1, le=10_000_000)
+    cache_teacher: bool = True
 
 
 class JobCreate(Strict):

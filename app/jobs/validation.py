@@ -152,10 +152,11 @@ def check_job_request(
             raise InvalidRequest(message, param=param, code="invalid_architecture")
         student_layers = arch.get("num_layers", teacher.info.num_layers)
 
-    specs = [LossSpec(type=x.type, weight=x.weight, layer_map=x.layer_map)
+    specs = [LossSpec(type=x.type, weight=x.weight, layer_map=x.layer_map,
+                      weight_end=x.weight_end, beta=x.beta)
              for x in request.distillation.losses]
     problems = check_losses(
-        specs, request.distillation.temperature,
+        specs, request.distillation.temperature, temperature_end=request.distillation.temperature_end,
         student_layers=student_layers, teacher_layers=teacher.info.num_layers,
     )
     if problems:

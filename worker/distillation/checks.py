@@ -26,13 +26,17 @@ def check_losses(
     *,
     student_layers: int,
     teacher_layers: int,
+    temperature_end: float | None = None,
 ) -> list[tuple[str, str]]:
     """Every problem with a loss configuration, as (param, message); empty when it is usable."""
     problems: list[tuple[str, str]] = []
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
-            or temperature <= 0:
-        problems.append(("distillation.temperature",
-                         f"distillation.temperature must be a positive number, got {temperature}"))
+    temperatures = {"temperature": temperature}
+    if temperature_end is not None:
+        temperatures["temperature_end"] = temperature_end
+    for name, value in temperatures.items():
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            problems.append((f"distillation.{name}",
+                             f"distillation.{name} must be a positive number, got {value}"))
     if not specs:
         problems.append(("distillation.losses", "distillation.losses must name at least one loss"))
     total_weight = 0.0
@@ -51,6 +55,15 @@ def check_losses(
                              f"{where}.weight must be a non-negative number, got {spec.weight}"))
         else:
             total_weight += spec.weight
+        if spec.weight_end is not None:
+            if not math.isfinite(spec.weight_end) or spec.weight_end < 0:
+                problems.append((f"{where}.weight_end", f"{where}.weight_end must be a "
+                                 f"non-negative number, got {spec.weight_end}"))
+            else:
+                total_weight += spec.weight_end
+        if not (isinstance(spec.beta, (int, float)) and 0 < spec.beta < 1):
+            problems.append((f"{where}.beta",
+                             f"{where}.beta must be strictly between 0 and 1, got {spec.beta}"))
         if spec.layer_map is not None:
             if spec.type not in LAYER_LOSSES:
                 problems.append((f"{where}.layer_map", f"{where}.layer_map only applies to "

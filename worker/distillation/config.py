@@ -15,7 +15,8 @@ TASKS: tuple[str, ...] = ("sequence-classification", "causal-lm", "seq2seq")
 # What the engine runs today; the API refuses other tasks at job creation.
 SUPPORTED_TASKS: tuple[str, ...] = ("sequence-classification", "causal-lm", "seq2seq")
 LOSS_TYPES: tuple[str, ...] = (
-    "kl", "ce", "logit", "mse_logits", "hidden_mse", "attention_mse", "cosine",
+    "kl", "reverse_kl", "jsd", "ce", "logit", "mse_logits", "hidden_mse", "attention_mse",
+    "cosine",
 )
 
 
@@ -25,6 +26,8 @@ class LossSpec:
 
     type: str
     weight: float = 1.0
+    # Set: the weight moves linearly from `weight` to `weight_end` over the optimizer steps.
+    weight_end: float | None = None
     # hidden_mse / attention_mse: student layer index -> teacher layer index (0-based
     # transformer layers); None means evenly spaced teacher layers.
     layer_map: dict[int, int] | None = None
@@ -32,6 +35,8 @@ class LossSpec:
     class_weights: list[float] | None = None
     # cosine: how a sequence becomes one vector, "cls" (first token) or "mean" (masked mean).
     pooling: str = "cls"
+    # jsd: the mixture m = beta·p_teacher + (1 − beta)·p_student, 0 < beta < 1.
+    beta: float = 0.5
 
 
 @dataclass
@@ -86,6 +91,8 @@ class Hyperparameters:
     eval_batch_size: int = 64
     log_every_steps: int = 20
     checkpoint_every_steps: int = 200
+    # Compute the teacher's outputs once per dataset and reuse them every epoch (offline KD).
+    cache_teacher: bool = True
 
 
 @dataclass
@@ -100,6 +107,8 @@ class JobConfig:
     teacher_finetune: FinetuneSpec | None = None
     data: DataSpec = field(default_factory=DataSpec)
     temperature: float = 2.0
+    # Set: the temperature moves linearly from `temperature` to this over the optimizer steps.
+    temperature_end: float | None = None
     losses: list[LossSpec] = field(
         default_factory=lambda: [LossSpec("kl", 0.5), LossSpec("ce", 0.5)]
     )

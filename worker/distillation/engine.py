@@ -1,19 +1,28 @@
 """`run_job`: teacher in, distilled student and its report out.
 
-Stages, each reported through the `Reporter`: `finetune_teacher` (when asked), `distill`,
-`evaluate`, `export`. The engine knows nothing of where the config came from or where the
-reports go; `reporter.should_stop()` is asked before every batch and a stop raises `Cancelled`.
+Stages, each reported through the `Reporter`: `finetune_teacher` (when asked), `cache_teacher`
+(when the teacher's outputs are worth caching), `distill`, `evaluate`, `export`. The engine
+knows nothing of where the config came from or where the reports go; `reporter.should_stop()`
+is asked before every batch and a stop raises `Cancelled`.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, set_seed
+from transformers.modeling_outputs import SequenceClassifierOutput
 
+from worker.distillation.cache import (
+    LogitCache,
+    skip_reason,
+    teacher_logit_cache,
+    with_example_index,
+)
 from worker.distillation.checkpoint import Checkpointer, mark_teacher_finetuned, teacher_finetuned
 from worker.distillation.config import SUPPORTED_TASKS, JobConfig, JobResult, Reporter
 from worker.distillation.data import TEACHER_PREFIX
@@ -39,6 +48,7 @@ from worker.distillation.training import (
     check_stop,
     fit,
     model_inputs,
+    optimizer_steps,
     resolve_device,
 )
 
@@ -88,19 +98,50 @@ def _load_teacher(
     return teacher, save_dir
 
 
-def _distill(
+def _teacher_cache(
+    config: JobConfig, data: Prepared, teacher: PreTrainedModel, losses: CompositeLoss,
+    device: torch.device, reporter: Reporter,
+) -> LogitCache | None:
+    """The teacher's logits on the training set, cached once, when the job asks and it pays."""
+    hp = config.hyperparameters
+    if not hp.cache_teacher:
+        return None
+    per_epoch = math.ceil(len(data.train) / hp.batch_size)
+    steps = optimizer_steps(per_epoch, hp, hp.epochs)
+    reason = skip_reason(needs_hidden_states=losses.needs_hidden_states,
+                         needs_attentions=losses.needs_attentions,
+                         batches=steps * max(1, hp.gradient_accumulation_steps),
+                         batches_per_epoch=per_epoch)
+    if reason is not None:
+        reporter.message(f"Not caching the teacher's outputs: {reason}.")
+        return None
+    return teacher_logit_cache(
+        teacher, data.train, data.student_collator, work_dir=config.work_dir,
+        prefix=TEACHER_PREFIX if data.separate_tokenizers else "",
+        batch_size=hp.eval_batch_size, device=device, reporter=reporter,
+    )
+
+
+def distill(
     config: JobConfig, data: Prepared, teacher: PreTrainedModel, student: PreTrainedModel,
     losses: CompositeLoss, device: torch.device, reporter: Reporter,
 ) -> tuple[FitResult, dict[str, Any]]:
+    """The `cache_teacher` stage (when it pays) and the `distill` stage, evaluating every epoch."""
     hidden, attentions = losses.needs_hidden_states, losses.needs_attentions
     teacher_prefix = TEACHER_PREFIX if data.separate_tokenizers else ""
     hp = config.hyperparameters
     last_eval: dict[str, Any] = {}
+    cache = _teacher_cache(config, data, teacher, losses, device, reporter)
+    features = with_example_index(data.train) if cache is not None else data.train
 
     def compute_loss(batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         flags = {"output_hidden_states": hidden, "output_attentions": attentions}
-        with torch.no_grad():
-            t_out = teacher(**model_inputs(teacher, batch, teacher_prefix), **flags)
+        t_out: Any
+        if cache is not None:  # no hidden states or attentions wanted: logits are all it needs
+            t_out = SequenceClassifierOutput(logits=cache.lookup(batch))
+        else:
+            with torch.no_grad():
+                t_out = teacher(**model_inputs(teacher, batch, teacher_prefix), **flags)
         s_out = student(**model_inputs(student, batch), **flags)
         return losses(LossInputs(
             student_logits=s_out.logits, teacher_logits=t_out.logits, labels=batch["labels"],
@@ -122,10 +163,10 @@ def _distill(
     reporter.message(f"Distilling into a {count_parameters(student):,}-parameter student on "
                      f"{len(data.train)} examples ({device.type}).")
     result = fit(
-        modules=[student, losses], features=data.train, collator=data.student_collator,
+        modules=[student, losses], features=features, collator=data.student_collator,
         compute_loss=compute_loss, hp=hp, epochs=hp.epochs, batch_size=hp.batch_size,
         learning_rate=hp.learning_rate, device=device, reporter=reporter, stage="distill",
-        on_epoch_end=on_epoch_end,
+        on_epoch_end=on_epoch_end, on_progress=losses.set_progress,
         checkpoints=Checkpointer(config.work_dir, hp=hp, reporter=reporter,
                                  modules={"student": student, "losses": losses}),
     )
@@ -185,8 +226,9 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     student = build_student(config.student, teacher, attn_implementation=attn)
     student.to(device)  # type: ignore[arg-type]
     losses = build_losses(config.losses, config.temperature, model_info(student.config),
-                          model_info(teacher.config)).to(device)
-    fit_result, last_eval = _distill(config, data, teacher, student, losses, device, reporter)
+                          model_info(teacher.config),
+                          temperature_end=config.temperature_end).to(device)
+    fit_result, last_eval = distill(config, data, teacher, student, losses, device, reporter)
 
     results = _evaluate(config, data, teacher, student, device, reporter)
 

@@ -136,7 +136,7 @@ def _distill(
         modules=[student, losses], features=data.train, collator=data.collator,
         compute_loss=compute_loss, hp=hp, epochs=hp.epochs, batch_size=hp.batch_size,
         learning_rate=hp.learning_rate, device=device, reporter=reporter, stage="distill",
-        on_epoch_end=on_epoch_end,
+        on_epoch_end=on_epoch_end, on_progress=losses.set_progress,
     )
     return result, evals
 
@@ -192,7 +192,8 @@ def run_token_job(config: JobConfig, reporter: Reporter) -> JobResult:
     specs = [replace(spec, pooling="mean") if spec.type == "cosine" else spec
              for spec in config.losses]
     losses = build_losses(specs, config.temperature, loss_shape(student.config),
-                          loss_shape(teacher.config)).to(device)
+                          loss_shape(teacher.config),
+                          temperature_end=config.temperature_end).to(device)
     fit_result, evals = _distill(config, data, teacher, student, losses, device, reporter)
 
     results = _evaluate(config, data, teacher, student, device, reporter)

@@ -8,6 +8,7 @@ so layer `i` is `hidden_states[i + 1]` (index 0 holds the embeddings) and `atten
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from worker.distillation.checks import as_spec, check_losses
 from worker.distillation.config import LossSpec
 from worker.distillation.layers import even_spread
+from worker.distillation.schedules import Schedule
 
 __all__ = ["CompositeLoss", "LossInputs", "build_losses", "check_losses"]
 
@@ -65,7 +67,13 @@ def _projection(student_width: int, teacher_width: int) -> nn.Module:
     return nn.Linear(student_width, teacher_width)
 
 
-class KLLoss(nn.Module):
+class TemperedLoss(nn.Module):
+    """A term on temperature-softened logits; `CompositeLoss` moves its `temperature` on schedule."""
+
+    temperature: float
+
+
+class KLLoss(TemperedLoss):
     """Soft-target loss: T² · KL(softmax(t/T) ‖ softmax(s/T)), averaged over the batch.
 
     KL(p ‖ q) = Σ_c p_c (log p_c − log q_c); the T² keeps its gradients on the scale of the
@@ -81,6 +89,51 @@ class KLLoss(nn.Module):
         log_q = F.log_softmax(inputs.student_logits.float() / t, dim=-1)
         log_p = F.log_softmax(inputs.teacher_logits.float() / t, dim=-1)
         return F.kl_div(log_q, log_p, log_target=True, reduction="batchmean") * t * t
+
+
+class ReverseKLLoss(TemperedLoss):
+    """Mode-seeking soft-target loss: T² · KL(softmax(s/T) ‖ softmax(t/T)), averaged over the batch.
+
+    KL(q ‖ p) = Σ_c q_c (log q_c − log p_c) with q the student's and p the teacher's softened
+    distribution: the student is penalised for mass where the teacher has little, not for missing
+    some of the teacher's modes.
+    """
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        t = self.temperature
+        log_q = F.log_softmax(inputs.student_logits.float() / t, dim=-1)
+        log_p = F.log_softmax(inputs.teacher_logits.float() / t, dim=-1)
+        return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * t * t
+
+
+class JSDLoss(TemperedLoss):
+    """Generalised Jensen–Shannon: T² · [β·KL(p ‖ m) + (1 − β)·KL(q ‖ m)], batch mean.
+
+    p = softmax(t/T) (teacher), q = softmax(s/T) (student), m = β·p + (1 − β)·q, 0 < β < 1.
+    β = 0.5 is the symmetric JSD (bounded by log 2 per row before the T² factor); β → 0 behaves
+    like forward KL and β → 1 like reverse KL, up to scale (Agarwal et al., 2024).
+    """
+
+    def __init__(self, temperature: float, beta: float = 0.5) -> None:
+        super().__init__()
+        if not 0 < beta < 1:
+            raise ValueError(f"jsd: beta must be strictly between 0 and 1, got {beta}")
+        self.temperature = temperature
+        self.beta = beta
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        t, beta = self.temperature, self.beta
+        log_q = F.log_softmax(inputs.student_logits.float() / t, dim=-1)
+        log_p = F.log_softmax(inputs.teacher_logits.float() / t, dim=-1)
+        log_m = torch.logsumexp(torch.stack([log_p + math.log(beta),
+                                             log_q + math.log(1 - beta)]), dim=0)
+        to_teacher = F.kl_div(log_m, log_p, log_target=True, reduction="batchmean")
+        to_student = F.kl_div(log_m, log_q, log_target=True, reduction="batchmean")
+        return (beta * to_teacher + (1 - beta) * to_student) * t * t
 
 
 class CELoss(nn.Module):
@@ -99,7 +152,7 @@ def logit_margins(logits: Tensor) -> Tensor:
     return logits - others
 
 
-class LogitMarginLoss(nn.Module):
+class LogitMarginLoss(TemperedLoss):
     """Margin agreement: (1/N) Σ_n Σ_i λ_i · T² · log(1 + exp(−s_i · t_i)).
 
     s_i = m_i(student)/T and t_i = m_i(teacher)/T are the logit margins (see `logit_margins`)
@@ -222,13 +275,39 @@ class CosineLoss(nn.Module):
 
 
 class CompositeLoss(nn.Module):
-    """Σ_k w_k · L_k over the configured terms; also hands back each term's value for logging."""
+    """Σ_k w_k · L_k over the configured terms; also hands back each term's value for logging.
 
-    def __init__(self, terms: Sequence[tuple[str, float, nn.Module]]) -> None:
+    Weights and the temperature may follow schedules over training: `set_progress(fraction)`
+    (0 at the first optimizer step, 1 at the last) moves them, and `forward(inputs, progress=...)`
+    does the same before computing. `TemperedLoss` terms get the scheduled temperature.
+    """
+
+    def __init__(
+        self,
+        terms: Sequence[tuple[str, float | Schedule, nn.Module]],
+        temperature: Schedule | None = None,
+    ) -> None:
         super().__init__()
         self.names = [name for name, _, _ in terms]
-        self.weights = [weight for _, weight, _ in terms]
+        self.schedules = [w if isinstance(w, Schedule) else Schedule(w) for _, w, _ in terms]
         self.terms = nn.ModuleList([module for _, _, module in terms])
+        self.temperature = temperature
+        self.progress = 0.0
+        self.set_progress(0.0)
+
+    @property
+    def weights(self) -> list[float]:
+        """Each term's weight at the current progress."""
+        return [schedule.at(self.progress) for schedule in self.schedules]
+
+    def set_progress(self, fraction: float) -> None:
+        """Move the scheduled weights and temperature to `fraction` of training (0 to 1)."""
+        self.progress = min(1.0, max(0.0, fraction))
+        if self.temperature is not None:
+            value = self.temperature.at(self.progress)
+            for module in self.terms:
+                if isinstance(module, TemperedLoss):
+                    module.temperature = value
 
     @property
     def needs_hidden_states(self) -> bool:
@@ -238,7 +317,11 @@ class CompositeLoss(nn.Module):
     def needs_attentions(self) -> bool:
         return any(isinstance(m, AttentionMSELoss) for m in self.terms)
 
-    def forward(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
+    def forward(
+        self, inputs: LossInputs, progress: float | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        if progress is not None:
+            self.set_progress(progress)
         total: Tensor | None = None
         values: dict[str, float] = {}
         for name, weight, module in zip(self.names, self.weights, self.terms, strict=True):
@@ -256,6 +339,10 @@ def _term(
                  else dict(enumerate(even_spread(student.num_layers, teacher.num_layers))))
     if spec.type == "kl":
         return KLLoss(temperature)
+    if spec.type == "reverse_kl":
+        return ReverseKLLoss(temperature)
+    if spec.type == "jsd":
+        return JSDLoss(temperature, spec.beta)
     if spec.type == "ce":
         return CELoss()
     if spec.type == "logit":
@@ -276,17 +363,23 @@ def build_losses(
     temperature: float,
     student_info: ShapeInfo,
     teacher_info: ShapeInfo,
+    temperature_end: float | None = None,
 ) -> CompositeLoss:
-    """The weighted sum of the configured terms; ValueError naming the field when one is wrong."""
+    """The weighted sum of the configured terms; ValueError naming the field when one is wrong.
+
+    `temperature_end` and each spec's `weight_end` make those values linear schedules.
+    """
     problems = check_losses(specs, temperature, student_layers=student_info.num_layers,
-                            teacher_layers=teacher_info.num_layers)
+                            teacher_layers=teacher_info.num_layers,
+                            temperature_end=temperature_end)
     if problems:
         raise ValueError("; ".join(message for _, message in problems))
-    terms: list[tuple[str, float, nn.Module]] = []
+    terms: list[tuple[str, float | Schedule, nn.Module]] = []
     counts: dict[str, int] = {}
     for raw in specs:
         spec = as_spec(raw)
         counts[spec.type] = counts.get(spec.type, 0) + 1
         name = spec.type if counts[spec.type] == 1 else f"{spec.type}_{counts[spec.type]}"
-        terms.append((name, spec.weight, _term(spec, temperature, student_info, teacher_info)))
-    return CompositeLoss(terms)
+        terms.append((name, Schedule(spec.weight, spec.weight_end),
+                      _term(spec, temperature, student_info, teacher_info)))
+    return CompositeLoss(terms, Schedule(temperature, temperature_end))

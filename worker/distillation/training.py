@@ -17,6 +17,7 @@ from transformers import get_scheduler
 
 from worker.distillation.config import Cancelled, Hyperparameters, Progress, Reporter
 from worker.distillation.data import length_grouped_batches
+from worker.distillation.schedules import step_progress
 
 PROGRESS_EVERY_S = 2.0
 
@@ -184,6 +185,7 @@ def fit(
     loss_key: str = "train_loss",
     on_epoch_end: Callable[[int, int], dict[str, Any] | None] | None = None,
     checkpoints: Checkpoints | None = None,
+    on_progress: Callable[[float], None] | None = None,
 ) -> FitResult:
     """Train `modules` on `compute_loss` over length-grouped batches of `features`.
 
@@ -191,7 +193,8 @@ def fit(
     ({loss_key, loss_<term>..., learning_rate}), checks for cancellation before every batch, and
     calls `on_epoch_end(step, epoch)` after each epoch (evaluation; the metrics it returns go to
     `FitResult.evals`). `checkpoints` restores an earlier attempt's state before the first batch
-    and saves the loop after every optimizer step it chooses.
+    and saves the loop after every optimizer step it chooses. `on_progress(fraction)` gets,
+    before every batch, the optimizer step's place in the run (0 first, 1 last: loss schedules).
     """
     lengths = [len(f["input_ids"]) for f in features]
     per_epoch = math.ceil(len(features) / batch_size)
@@ -217,6 +220,8 @@ def fit(
         loader = (collator([features[i] for i in indices]) for indices in todo)
         for done, (batch, step_now) in enumerate(accumulate(loader, accum), start=start + 1):
             check_stop(reporter)
+            if on_progress is not None:
+                on_progress(step_progress(result.steps, total))
             batch = to_device(batch, device)
             with autocast(device):
                 loss, terms = compute_loss(batch)
