@@ -55,7 +55,8 @@ from worker.distillation.prepare import Prepared, prepare_data  # noqa: E402
 from worker.distillation.records import read_file  # noqa: E402
 from worker.distillation.students import build_student  # noqa: E402
 
-SST2 = Path("/work/shared/data/sst2/train.tsv")
+# The shared SST-2 copy beside the project (read in place, never copied into it).
+SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.tsv"
 RESULTS = ROOT / "benchmarks" / "results" / "engine_throughput.json"
 # variant: (teacher cache, pad to max length)
 VARIANTS: dict[str, tuple[bool, bool]] = {
