@@ -93,12 +93,14 @@ class DbReporter:
         if eval_metrics:
             self.metrics_state["eval"] = {**self.metrics_state.get("eval", {}), **eval_metrics}
         summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in data.items())
+                            for k, v in data.items() if k != "step")
+        # Every metrics event carries `step` and `train_loss` (the latest one for an eval event).
+        event_data = {"step": step, "train_loss": self.metrics_state.get("train_loss"), **data}
         with session_scope(self.settings.sqlalchemy_url) as session:
             lifecycle.record_progress(session, job_id=self.job_id, worker_id=self.worker_id,
                                       metrics=self.metrics_state)
             repository.add_event(session, job_id=self.job_id, type="metrics",
-                                 message=f"step {step}: {summary}", data={"step": step, **data})
+                                 message=f"step {step}: {summary}", data=event_data)
 
     def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
         with session_scope(self.settings.sqlalchemy_url) as session:
