@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
+from sqlalchemy import Select, and_, or_
 
 T = TypeVar("T")
 
@@ -27,3 +28,15 @@ def page(items: list[T], *, limit: int, ids: list[str]) -> ListResponse[T]:
         first_id=ids[0] if ids else None,
         last_id=ids[-1] if ids else None,
     )
+
+
+def newest_first(query: Select[Any], table: Any, *, after: Any | None) -> Select[Any]:
+    """Keyset paging, newest first: the rows after the cursor row in (created_at, id) order."""
+    if after is not None:
+        query = query.where(
+            or_(
+                table.created_at < after.created_at,
+                and_(table.created_at == after.created_at, table.id < after.id),
+            )
+        )
+    return query.order_by(table.created_at.desc(), table.id.desc())

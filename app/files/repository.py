@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.files.tables import FileRow
+from app.jobs.repository import ACTIVE_STATUSES as ACTIVE_JOB_STATUSES
 from app.jobs.tables import JobRow
+from app.pagination import newest_first
 
-ACTIVE_JOB_STATUSES = ("queued", "running", "cancelling")
 FILE_FIELDS = ("training_file", "validation_file")
 
 
@@ -32,14 +33,7 @@ def list_for_tenant(
     query = select(FileRow).where(FileRow.tenant_id == tenant_id)
     if purpose is not None:
         query = query.where(FileRow.purpose == purpose)
-    if after is not None:
-        query = query.where(
-            or_(
-                FileRow.created_at < after.created_at,
-                and_(FileRow.created_at == after.created_at, FileRow.id < after.id),
-            )
-        )
-    query = query.order_by(FileRow.created_at.desc(), FileRow.id.desc()).limit(limit)
+    query = newest_first(query, FileRow, after=after).limit(limit)
     return list(session.scalars(query))
 
 

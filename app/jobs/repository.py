@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.clock import now
 from app.jobs.tables import IdempotencyKeyRow, JobEventRow, JobRow
+from app.pagination import newest_first
 
 ACTIVE_STATUSES = ("queued", "running", "cancelling")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
@@ -22,22 +23,13 @@ def get_for_tenant(session: Session, *, tenant_id: str, job_id: str) -> JobRow |
 
 
 def list_for_tenant(
-    session: Session, *, tenant_id: str, limit: int, after: str | None, status: str | None
+    session: Session, *, tenant_id: str, limit: int, after: JobRow | None, status: str | None
 ) -> list[JobRow]:
-    """Newest first; `after` is the id of the last job of the previous page."""
+    """Newest first; `after` is the last job of the previous page."""
     query = select(JobRow).where(JobRow.tenant_id == tenant_id)
     if status:
         query = query.where(JobRow.status == status)
-    if after:
-        cursor = get_for_tenant(session, tenant_id=tenant_id, job_id=after)
-        if cursor is not None:
-            query = query.where(
-                or_(
-                    JobRow.created_at < cursor.created_at,
-                    and_(JobRow.created_at == cursor.created_at, JobRow.id < cursor.id),
-                )
-            )
-    query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit)
+    query = newest_first(query, JobRow, after=after).limit(limit)
     return list(session.scalars(query))
 
 
@@ -77,15 +69,3 @@ def get_idempotency_key(session: Session, *, tenant_id: str, key: str) -> Idempo
             IdempotencyKeyRow.tenant_id == tenant_id, IdempotencyKeyRow.key == key
         )
     )
-
-
-def jobs_using_file(session: Session, *, tenant_id: str, file_id: str) -> list[JobRow]:
-    """The tenant's queued or running jobs that read `file_id`."""
-    rows = session.scalars(
-        select(JobRow).where(JobRow.tenant_id == tenant_id, JobRow.status.in_(ACTIVE_STATUSES))
-    )
-    return [
-        r
-        for r in rows
-        if file_id in (r.request.get("training_file"), r.request.get("validation_file"))
-    ]

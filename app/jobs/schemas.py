@@ -93,6 +93,7 @@ class HyperparametersIn(Strict):
     log_every_steps: int = Field(20, ge=1, le=100_000)
     checkpoint_every_steps: int = Field(200, ge=1, le=10_000_000)
     cache_teacher: bool = True
+    teacher_cache_top_k: int = Field(32, ge=1, le=1024)
 
 
 class JobCreate(Strict):

@@ -159,8 +159,13 @@ def list_jobs(
         raise InvalidRequest(
             f"Unknown status {status!r}; one of {', '.join(repository.STATUSES)}.", param="status"
         )
+    cursor = None
+    if after is not None:
+        cursor = repository.get_for_tenant(session, tenant_id=tenant.id, job_id=after)
+        if cursor is None:
+            raise InvalidRequest(f"`after` names no job of yours: {after!r}.", param="after")
     return repository.list_for_tenant(
-        session, tenant_id=tenant.id, limit=limit, after=after, status=status
+        session, tenant_id=tenant.id, limit=limit, after=cursor, status=status
     )
 
 

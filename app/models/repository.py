@@ -5,10 +5,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.jobs.repository import ACTIVE_STATUSES as ACTIVE_JOB_STATUSES
 from app.jobs.tables import JobRow
 from app.models.tables import ModelRow
-
-ACTIVE_JOB_STATUSES = ("queued", "running", "cancelling")
 
 
 def get_for_tenant(session: Session, *, tenant_id: str, model_id: str) -> ModelRow | None:
