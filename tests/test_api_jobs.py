@@ -76,6 +76,8 @@ def test_list_is_newest_first_with_cursor_paging_and_status_filter(
     assert [j["id"] for j in cancelled["data"]] == [ids[0]]
     bad = client.get("/v1/distillation/jobs?status=done", headers=auth)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "status"
+    unknown = client.get("/v1/distillation/jobs?after=job-nope", headers=auth)
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "after"
 
 
 def test_cancel_queued_job_then_409(client: Any, auth: dict[str, str],
