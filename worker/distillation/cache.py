@@ -57,12 +57,14 @@ def skip_reason(
     return None
 
 
-def dataset_fingerprint(features: Sequence[Features], prefix: str = "") -> str:
-    """sha256 of the teacher's encoded inputs (token ids and segment ids), in dataset order."""
+def dataset_fingerprint(features: Sequence[Features], prefix: str = "",
+                        keys: Sequence[str] = ("input_ids", "token_type_ids")) -> str:
+    """sha256 of the teacher's encoded inputs (by default token ids and segment ids), in
+    dataset order."""
     digest = hashlib.sha256()
     digest.update(len(features).to_bytes(8, "little"))
     for row in features:
-        for key in ("input_ids", "token_type_ids"):
+        for key in keys:
             values = row.get(prefix + key)
             if values is not None:
                 digest.update(key.encode())

@@ -93,6 +93,8 @@ class Hyperparameters:
     checkpoint_every_steps: int = 200
     # Compute the teacher's outputs once per dataset and reuse them every epoch (offline KD).
     cache_teacher: bool = True
+    # Language models: the teacher's most likely tokens kept per target position (plus the tail).
+    teacher_cache_top_k: int = 32
 
 
 @dataclass

@@ -63,4 +63,7 @@ def finetune_teacher(
     save_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(save_dir, safe_serialization=True)
     tokenizer.save_pretrained(save_dir)
+    # Named where it now lives, as a resumed attempt that loads it from there names it: the
+    # teacher cache's header includes the name, so the next attempt reuses the cache.
+    model.config._name_or_path = str(save_dir)
     return model, result

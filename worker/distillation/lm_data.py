@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
+from worker.distillation.cache import EXAMPLE_INDEX
 from worker.distillation.config import DataSpec, JobConfig
 from worker.distillation.evaluate import TRAIN_EVAL_LIMIT
 from worker.distillation.predict import max_input_length
@@ -150,7 +151,8 @@ def shift_right(labels: Tensor, *, start_id: int, pad_id: int) -> Tensor:
 
 class TokenCollator:
     """Pads on the right (ids with the pad token, labels with −100); for seq2seq it also builds
-    `decoder_input_ids` from the labels."""
+    `decoder_input_ids` from the labels. Rows that say which example they are
+    (`cache.EXAMPLE_INDEX`, for the teacher cache) make a batch that says it too."""
 
     def __init__(self, pad_id: int, decoder_start_id: int | None = None) -> None:
         self.pad_id = pad_id
@@ -165,6 +167,8 @@ class TokenCollator:
         if self.decoder_start_id is not None:
             batch["decoder_input_ids"] = shift_right(batch["labels"], start_id=self.decoder_start_id,
                                                      pad_id=self.pad_id)
+        if EXAMPLE_INDEX in rows[0]:
+            batch[EXAMPLE_INDEX] = torch.tensor([r[EXAMPLE_INDEX] for r in rows], dtype=torch.long)
         return batch
 
 

@@ -1,15 +1,21 @@
 """`run_token_job`: `run_job` for the token-level tasks, causal LM and seq2seq.
 
-Same stages as classification (`finetune_teacher` when asked, `distill`, `evaluate`, `export`).
-The student reads the teacher's tokenizer, and every loss term sees one row of logits per target
-token (`tasks.token_loss_inputs`). Evaluation: perplexity after every epoch; at the end
-perplexity, plus ROUGE-L and BLEU of greedy generations for seq2seq, for both models. Speed in
-the report is one forward pass over whole examples (prompt and completion; source, and the
-target as teacher-forced decoder input), not generation, at batch 1 and batch 32.
+Same stages as classification (`finetune_teacher` when asked, `cache_teacher` when the teacher's
+outputs are worth caching, `distill`, `evaluate`, `export`), and the same resume: checkpoints
+every `checkpoint_every_steps`, a fine-tuned teacher kept for the next attempt, the teacher cache
+reused from the work directory. The student reads the teacher's tokenizer, and every loss term
+sees one row of logits per target token (`tasks.token_loss_inputs`). The teacher cache keeps the
+top-k tokens per target position, so with it `kl` is the top-k KL, and jobs with `reverse_kl`,
+`jsd` or `mse_logits` run the teacher every step instead (`lm_cache` says why). Evaluation:
+perplexity after every epoch; at the end perplexity, plus ROUGE-L and BLEU of greedy generations
+for seq2seq, for both models. Speed in the report is one forward pass over whole examples
+(prompt and completion; source, and the target as teacher-forced decoder input), not
+generation, at batch 1 and batch 32.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,9 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import AutoConfig, PreTrainedModel, set_seed
 
+from worker.distillation.cache import EXAMPLE_INDEX, with_example_index
+from worker.distillation.checkpoint import Checkpointer, mark_teacher_finetuned, teacher_finetuned
 from worker.distillation.config import SUPPORTED_TASKS, JobConfig, JobResult, Reporter
 from worker.distillation.export import save_model, write_report
 from worker.distillation.inspect import BASE_TASK, ModelInfo, inspect_model
+from worker.distillation.lm_cache import teacher_topk_cache, token_skip_reason
 from worker.distillation.lm_data import TokenData, prepare_token_data
 from worker.distillation.lm_eval import evaluate_tokens, perplexity
 from worker.distillation.losses import CompositeLoss, build_losses
@@ -43,7 +52,15 @@ from worker.distillation.tasks import (
     target_rows,
     token_loss_inputs,
 )
-from worker.distillation.training import FitResult, Tracker, check_stop, fit, resolve_device
+from worker.distillation.topk_cache import TopKCache
+from worker.distillation.training import (
+    FitResult,
+    Tracker,
+    check_stop,
+    fit,
+    optimizer_steps,
+    resolve_device,
+)
 
 # The metric the report leads with, per task.
 REPORT_METRIC = {CAUSAL_LM: "perplexity", SEQ2SEQ: "rougeL"}
@@ -82,41 +99,79 @@ def _load_teacher(
     config: JobConfig, data: TokenData, device: torch.device, reporter: Reporter,
     attn: str | None,
 ) -> tuple[PreTrainedModel, Path]:
-    """The teacher (trained on the training file's targets first when the job asks), and the
-    directory its weights are in."""
+    """The teacher (trained on the training file's targets first when the job asks, unless an
+    earlier attempt of the job did), and the directory its weights are in."""
     kwargs: dict[str, Any] = {"attn_implementation": attn} if attn else {}
-    teacher = model_class(config.task).from_pretrained(str(config.teacher_path), **kwargs)
-    teacher.to(device)
-    save_dir = config.teacher_path
     spec = config.teacher_finetune
-    if spec is not None:
+    finetuned = config.work_dir / "teacher"
+    reuse = spec is not None and teacher_finetuned(finetuned)
+    if reuse:
+        reporter.message("Using the teacher fine-tuned by an earlier attempt of this job.")
+    save_dir = finetuned if reuse else config.teacher_path
+    teacher = model_class(config.task).from_pretrained(str(save_dir), **kwargs)
+    teacher.to(device)
+    if spec is not None and not reuse:
         reporter.message(f"Fine-tuning the teacher on {len(data.train)} examples "
                          f"for {spec.epochs} epoch(s).")
-        fit(modules=[teacher], features=data.train, collator=data.collator,
-            compute_loss=lambda batch: (_token_ce(teacher, batch, config.task), {}),
-            hp=config.hyperparameters, epochs=spec.epochs,
-            batch_size=spec.batch_size or config.hyperparameters.batch_size,
-            learning_rate=spec.learning_rate, device=device, reporter=reporter,
-            stage="finetune_teacher", loss_key="finetune_loss")
-        save_dir = config.work_dir / "teacher"
+        fitted = fit(modules=[teacher], features=data.train, collator=data.collator,
+                     compute_loss=lambda batch: (_token_ce(teacher, batch, config.task), {}),
+                     hp=config.hyperparameters, epochs=spec.epochs,
+                     batch_size=spec.batch_size or config.hyperparameters.batch_size,
+                     learning_rate=spec.learning_rate, device=device, reporter=reporter,
+                     stage="finetune_teacher", loss_key="finetune_loss")
+        save_dir = finetuned
         save_dir.mkdir(parents=True, exist_ok=True)
         teacher.save_pretrained(save_dir, safe_serialization=True)
         data.tokenizer.save_pretrained(save_dir)
+        mark_teacher_finetuned(save_dir, epochs=fitted.epochs, steps=fitted.steps)
+        # Name it where it now lives, as a resumed attempt that loads it from there will: the
+        # teacher cache's header includes the name, so the next attempt reuses the cache.
+        teacher.config._name_or_path = str(save_dir)
     teacher.eval().requires_grad_(False)
     return teacher, save_dir
 
 
-def _distill(
+def _teacher_cache(
+    config: JobConfig, data: TokenData, teacher: PreTrainedModel, losses: CompositeLoss,
+    device: torch.device, reporter: Reporter,
+) -> TopKCache | None:
+    """The teacher's top-k rows on the training set, cached once, when the job asks and it pays."""
+    hp = config.hyperparameters
+    if not hp.cache_teacher:
+        return None
+    per_epoch = math.ceil(len(data.train) / hp.batch_size)
+    steps = optimizer_steps(per_epoch, hp, hp.epochs)
+    reason = token_skip_reason({spec.type for spec in config.losses},
+                               needs_hidden_states=losses.needs_hidden_states,
+                               needs_attentions=losses.needs_attentions,
+                               batches=steps * max(1, hp.gradient_accumulation_steps),
+                               batches_per_epoch=per_epoch)
+    if reason is not None:
+        reporter.message(f"Not caching the teacher's outputs: {reason}.")
+        return None
+    return teacher_topk_cache(teacher, data.train, data.collator, task=config.task,
+                              k=hp.teacher_cache_top_k, work_dir=config.work_dir,
+                              batch_size=hp.eval_batch_size, device=device, reporter=reporter)
+
+
+def distill(
     config: JobConfig, data: TokenData, teacher: PreTrainedModel, student: PreTrainedModel,
     losses: CompositeLoss, device: torch.device, reporter: Reporter,
-) -> tuple[FitResult, list[dict[str, Any]]]:
+) -> FitResult:
+    """The `cache_teacher` stage (when it pays) and the `distill` stage, with perplexity on the
+    evaluation split every epoch (in `FitResult.evals`); resumes from the job's checkpoints."""
     task, hp = config.task, config.hyperparameters
     hidden, attentions = losses.needs_hidden_states, losses.needs_attentions
-    evals: list[dict[str, Any]] = []
+    cache = _teacher_cache(config, data, teacher, losses, device, reporter)
+    features = with_example_index(data.train) if cache is not None else data.train
 
     def compute_loss(batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         inputs = {**model_batch(batch, task), "use_cache": False,
                   "output_hidden_states": hidden, "output_attentions": attentions}
+        if cache is not None:  # no hidden states or attentions wanted: the top-k rows will do
+            rows = cache.lookup(batch[EXAMPLE_INDEX]).to(device)
+            return losses(token_loss_inputs(task, batch, student(**inputs), None, hidden=False,
+                                            attentions=False, teacher_topk=rows))
         with torch.no_grad():
             t_out = teacher(**inputs)
         s_out = student(**inputs)
@@ -126,19 +181,20 @@ def _distill(
     def on_epoch_end(step: int, epoch: int) -> dict[str, Any]:
         ppl = perplexity(student, data.eval, data.collator, task=task, device=device,
                          batch_size=hp.eval_batch_size, on_batch=lambda: check_stop(reporter))
-        evals.append({"step": step, "epoch": epoch, "eval_perplexity": ppl["perplexity"]})
-        reporter.metrics(step, dict(evals[-1]))
-        return dict(evals[-1])
+        metrics = {"eval_perplexity": ppl["perplexity"]}
+        reporter.metrics(step, {"step": step, "epoch": epoch, **metrics})
+        return metrics
 
     reporter.message(f"Distilling into a {count_parameters(student):,}-parameter student on "
                      f"{len(data.train)} examples ({device.type}).")
-    result = fit(
-        modules=[student, losses], features=data.train, collator=data.collator,
+    return fit(
+        modules=[student, losses], features=features, collator=data.collator,
         compute_loss=compute_loss, hp=hp, epochs=hp.epochs, batch_size=hp.batch_size,
         learning_rate=hp.learning_rate, device=device, reporter=reporter, stage="distill",
         on_epoch_end=on_epoch_end, on_progress=losses.set_progress,
+        checkpoints=Checkpointer(config.work_dir, hp=hp, reporter=reporter,
+                                 modules={"student": student, "losses": losses}),
     )
-    return result, evals
 
 
 def _evaluate(
@@ -194,7 +250,8 @@ def run_token_job(config: JobConfig, reporter: Reporter) -> JobResult:
     losses = build_losses(specs, config.temperature, loss_shape(student.config),
                           loss_shape(teacher.config),
                           temperature_end=config.temperature_end).to(device)
-    fit_result, evals = _distill(config, data, teacher, student, losses, device, reporter)
+    fit_result = distill(config, data, teacher, student, losses, device, reporter)
+    evals = fit_result.evals
 
     results = _evaluate(config, data, teacher, student, device, reporter)
 

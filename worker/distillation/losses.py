@@ -21,6 +21,7 @@ from worker.distillation.checks import as_spec, check_losses
 from worker.distillation.config import LossSpec
 from worker.distillation.layers import even_spread
 from worker.distillation.schedules import Schedule
+from worker.distillation.topk_cache import TopKRows, topk_kl
 
 __all__ = ["CompositeLoss", "LossInputs", "build_losses", "check_losses"]
 
@@ -38,13 +39,23 @@ class LossInputs:
     """The student's and the teacher's outputs on one batch."""
 
     student_logits: Tensor
-    teacher_logits: Tensor
+    # None when the teacher's outputs come from the top-k cache (`teacher_topk`) instead.
+    teacher_logits: Tensor | None
     labels: Tensor | None = None
     attention_mask: Tensor | None = None  # (B, L): 1 for real tokens; shared by both models
     student_hidden: Sequence[Tensor] | None = None  # embeddings, then one (B, L, D) per layer
     teacher_hidden: Sequence[Tensor] | None = None
     student_attentions: Sequence[Tensor] | None = None  # one (B, H, L, L) per layer
     teacher_attentions: Sequence[Tensor] | None = None
+    # The teacher's top-k rows (one per row of `student_logits`), from `topk_cache.TopKCache`.
+    teacher_topk: TopKRows | None = None
+
+
+def _teacher_logits(inputs: LossInputs, loss: str) -> Tensor:
+    if inputs.teacher_logits is None:
+        raise ValueError(f"the {loss} loss needs the teacher's full logits, which a top-k "
+                         "teacher cache does not keep")
+    return inputs.teacher_logits
 
 
 def _require(value: Sequence[Tensor] | None, what: str) -> Sequence[Tensor]:
@@ -77,7 +88,9 @@ class KLLoss(TemperedLoss):
     """Soft-target loss: T² · KL(softmax(t/T) ‖ softmax(s/T)), averaged over the batch.
 
     KL(p ‖ q) = Σ_c p_c (log p_c − log q_c); the T² keeps its gradients on the scale of the
-    hard-label loss as T grows (Hinton et al., 2015).
+    hard-label loss as T grows (Hinton et al., 2015). With the teacher's top-k rows instead of
+    its logits (`inputs.teacher_topk`), the KL over the teacher's top-k tokens and a "rest"
+    bucket (`topk_cache.topk_kl`; the full KL when k is the vocabulary).
     """
 
     def __init__(self, temperature: float) -> None:
@@ -86,8 +99,10 @@ class KLLoss(TemperedLoss):
 
     def forward(self, inputs: LossInputs) -> Tensor:
         t = self.temperature
+        if inputs.teacher_topk is not None:
+            return topk_kl(inputs.student_logits, inputs.teacher_topk, t)
         log_q = F.log_softmax(inputs.student_logits.float() / t, dim=-1)
-        log_p = F.log_softmax(inputs.teacher_logits.float() / t, dim=-1)
+        log_p = F.log_softmax(_teacher_logits(inputs, "kl").float() / t, dim=-1)
         return F.kl_div(log_q, log_p, log_target=True, reduction="batchmean") * t * t
 
 
@@ -106,7 +121,7 @@ class ReverseKLLoss(TemperedLoss):
     def forward(self, inputs: LossInputs) -> Tensor:
         t = self.temperature
         log_q = F.log_softmax(inputs.student_logits.float() / t, dim=-1)
-        log_p = F.log_softmax(inputs.teacher_logits.float() / t, dim=-1)
+        log_p = F.log_softmax(_teacher_logits(inputs, "reverse_kl").float() / t, dim=-1)
         return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * t * t
 
 
@@ -128,7 +143,7 @@ class JSDLoss(TemperedLoss):
     def forward(self, inputs: LossInputs) -> Tensor:
         t, beta = self.temperature, self.beta
         log_q = F.log_softmax(inputs.student_logits.float() / t, dim=-1)
-        log_p = F.log_softmax(inputs.teacher_logits.float() / t, dim=-1)
+        log_p = F.log_softmax(_teacher_logits(inputs, "jsd").float() / t, dim=-1)
         log_m = torch.logsumexp(torch.stack([log_p + math.log(beta),
                                              log_q + math.log(1 - beta)]), dim=0)
         to_teacher = F.kl_div(log_m, log_p, log_target=True, reduction="batchmean")
@@ -173,7 +188,7 @@ class LogitMarginLoss(TemperedLoss):
     def forward(self, inputs: LossInputs) -> Tensor:
         t = self.temperature
         s_margin = logit_margins(inputs.student_logits.float()) / t
-        t_margin = logit_margins(inputs.teacher_logits.float()) / t
+        t_margin = logit_margins(_teacher_logits(inputs, "logit").float()) / t
         per_class = F.softplus(-s_margin * t_margin) * t * t
         if self.class_weights is not None:
             if self.class_weights.numel() != per_class.shape[-1]:
@@ -189,7 +204,8 @@ class MSELogitsLoss(nn.Module):
     """(1/(N·C)) Σ_n Σ_c (s_nc − t_nc)²: regression of the student's logits on the teacher's."""
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        return F.mse_loss(inputs.student_logits.float(), inputs.teacher_logits.float())
+        return F.mse_loss(inputs.student_logits.float(),
+                          _teacher_logits(inputs, "mse_logits").float())
 
 
 class HiddenMSELoss(nn.Module):

@@ -28,6 +28,7 @@ from transformers.models.auto.modeling_auto import (
 
 from worker.distillation.inspect import ModelInfo, model_info
 from worker.distillation.losses import LossInputs
+from worker.distillation.topk_cache import TopKRows
 
 CLASSIFICATION = "sequence-classification"
 CAUSAL_LM = "causal-lm"
@@ -108,16 +109,22 @@ def model_batch(batch: dict[str, Tensor], task: str) -> dict[str, Tensor]:
 
 def token_loss_inputs(
     task: str, batch: dict[str, Tensor], student_out: Any, teacher_out: Any, *,
-    hidden: bool, attentions: bool,
+    hidden: bool, attentions: bool, teacher_topk: TopKRows | None = None,
 ) -> LossInputs:
     """The loss terms' inputs for one batch of a token-level task: logits as target rows; hidden
-    states and attention maps (the decoder's, for seq2seq) per position, with their mask."""
+    states and attention maps (the decoder's, for seq2seq) per position, with their mask.
+
+    `teacher_out` is None when the teacher's rows come from the top-k cache (`teacher_topk`,
+    one row per target position in the order `target_rows` gives).
+    """
     shift = task == CAUSAL_LM
     s_logits, labels = target_rows(student_out.logits, batch["labels"], shift=shift)
-    t_logits, _ = target_rows(teacher_out.logits, batch["labels"], shift=shift)
+    t_logits = (target_rows(teacher_out.logits, batch["labels"], shift=shift)[0]
+                if teacher_out is not None else None)
     prefix = "decoder_" if task == SEQ2SEQ else ""
     return LossInputs(
         student_logits=s_logits, teacher_logits=t_logits, labels=labels,
+        teacher_topk=teacher_topk,
         attention_mask=target_mask(batch, task),
         student_hidden=getattr(student_out, f"{prefix}hidden_states") if hidden else None,
         teacher_hidden=getattr(teacher_out, f"{prefix}hidden_states") if hidden else None,

@@ -41,6 +41,10 @@ class TopKRows:
     indices: Tensor  # (R, k) token ids
     tail_mass: Tensor  # (R,) 1 − Σ top-k probabilities at T = 1
 
+    def to(self, device: torch.device) -> TopKRows:
+        return TopKRows(self.log_probs.to(device), self.indices.to(device),
+                        self.tail_mass.to(device))
+
 
 def compress(logits: Tensor, k: int = DEFAULT_K) -> TopKRows:
     """The top-k rows of teacher logits `(R, V)` (k is capped at V)."""
@@ -73,6 +77,10 @@ def topk_kl(student_logits: Tensor, rows: TopKRows, temperature: float) -> Tenso
     softened probabilities of the teacher's top-k tokens and sums the rest (a logsumexp over the
     other tokens, so a tiny rest keeps its precision).
     """
+    if student_logits.shape[0] != rows.indices.shape[0]:
+        # gather would quietly pair the first rows only: a cache out of step with its batches
+        raise ValueError(f"{student_logits.shape[0]} student rows but {rows.indices.shape[0]} "
+                         "cached teacher rows")
     t = temperature
     log_q = F.log_softmax(student_logits.float() / t, dim=-1)
     indices = rows.indices.long()
