@@ -110,7 +110,7 @@ def keys_create(tenant: Annotated[str, typer.Option(help="Tenant the key belongs
 
 @cli.command()
 def demo(
-    rows: Annotated[int, typer.Option(help="SST-2 training rows to use.")] = 4000,
+    rows: Annotated[int, typer.Option(help="SST-2 training rows to use.")] = 8000,
     full: Annotated[bool, typer.Option("--full", help="Use all 67,349 training rows.")] = False,
     epochs: Annotated[int, typer.Option(help="Distillation epochs.")] = 3,
     sst2_dir: Annotated[Path | None, typer.Option(help="Folder with SST-2 train.tsv/dev.tsv.")]
