@@ -15,6 +15,7 @@ not. LM vocabularies are too wide for full logits: see `topk_cache.TopKCache`.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 from collections.abc import Callable, Sequence
@@ -25,9 +26,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from worker.distillation.config import Reporter
+from worker.distillation.config import Hyperparameters, Reporter
 from worker.distillation.data import Features
-from worker.distillation.training import Tracker, autocast, check_stop, model_inputs, to_device
+from worker.distillation.training import (
+    Tracker,
+    autocast,
+    check_stop,
+    model_inputs,
+    optimizer_steps,
+    to_device,
+)
 
 EXAMPLE_INDEX = "example_index"
 CACHE_FILE = "teacher_cache.pt"
@@ -45,13 +53,16 @@ def with_example_index(features: Sequence[Features]) -> list[Features]:
 
 
 def skip_reason(
-    *, needs_hidden_states: bool, needs_attentions: bool, batches: int, batches_per_epoch: int
+    hp: Hyperparameters, *, needs_hidden_states: bool, needs_attentions: bool, num_examples: int
 ) -> str | None:
     """Why the teacher's outputs should not be cached for this run; None when they should."""
     if needs_hidden_states or needs_attentions:
         what = "hidden states" if needs_hidden_states else "attention maps"
         return (f"a configured loss compares the teacher's {what}, which would be too big to "
                 "keep for every example; the teacher runs every step instead")
+    batches_per_epoch = math.ceil(num_examples / hp.batch_size)
+    batches = (optimizer_steps(batches_per_epoch, hp, hp.epochs)
+               * max(1, hp.gradient_accumulation_steps))
     if batches <= batches_per_epoch:
         return "the run sees each example at most once, so a cache would save nothing"
     return None

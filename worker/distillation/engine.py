@@ -8,7 +8,6 @@ is asked before every batch and a stop raises `Cancelled`.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,6 @@ from worker.distillation.training import (
     check_stop,
     fit,
     model_inputs,
-    optimizer_steps,
     resolve_device,
 )
 
@@ -106,12 +104,8 @@ def _teacher_cache(
     hp = config.hyperparameters
     if not hp.cache_teacher:
         return None
-    per_epoch = math.ceil(len(data.train) / hp.batch_size)
-    steps = optimizer_steps(per_epoch, hp, hp.epochs)
-    reason = skip_reason(needs_hidden_states=losses.needs_hidden_states,
-                         needs_attentions=losses.needs_attentions,
-                         batches=steps * max(1, hp.gradient_accumulation_steps),
-                         batches_per_epoch=per_epoch)
+    reason = skip_reason(hp, needs_hidden_states=losses.needs_hidden_states,
+                         needs_attentions=losses.needs_attentions, num_examples=len(data.train))
     if reason is not None:
         reporter.message(f"Not caching the teacher's outputs: {reason}.")
         return None

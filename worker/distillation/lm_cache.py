@@ -40,7 +40,7 @@ from worker.distillation.cache import (
     skip_reason,
     teacher_identity,
 )
-from worker.distillation.config import Reporter
+from worker.distillation.config import Hyperparameters, Reporter
 from worker.distillation.lm_data import Features
 from worker.distillation.tasks import CAUSAL_LM, IGNORE_INDEX, model_batch, target_rows
 from worker.distillation.topk_cache import TopKCache, TopKRows, compress
@@ -51,13 +51,12 @@ FULL_DISTRIBUTION_LOSSES = ("reverse_kl", "jsd", "mse_logits")
 
 
 def token_skip_reason(
-    loss_types: Collection[str], *, needs_hidden_states: bool, needs_attentions: bool,
-    batches: int, batches_per_epoch: int,
+    loss_types: Collection[str], hp: Hyperparameters, *, needs_hidden_states: bool,
+    needs_attentions: bool, num_examples: int,
 ) -> str | None:
     """Why a token-level job should not cache the teacher's outputs; None when it should."""
-    reason = skip_reason(needs_hidden_states=needs_hidden_states,
-                         needs_attentions=needs_attentions, batches=batches,
-                         batches_per_epoch=batches_per_epoch)
+    reason = skip_reason(hp, needs_hidden_states=needs_hidden_states,
+                         needs_attentions=needs_attentions, num_examples=num_examples)
     if reason is not None:
         return reason
     full = [name for name in FULL_DISTRIBUTION_LOSSES if name in loss_types]

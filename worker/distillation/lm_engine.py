@@ -15,7 +15,6 @@ generation, at batch 1 and batch 32.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,6 @@ from worker.distillation.training import (
     Tracker,
     check_stop,
     fit,
-    optimizer_steps,
     resolve_device,
 )
 
@@ -139,13 +137,10 @@ def _teacher_cache(
     hp = config.hyperparameters
     if not hp.cache_teacher:
         return None
-    per_epoch = math.ceil(len(data.train) / hp.batch_size)
-    steps = optimizer_steps(per_epoch, hp, hp.epochs)
-    reason = token_skip_reason({spec.type for spec in config.losses},
+    reason = token_skip_reason({spec.type for spec in config.losses}, hp,
                                needs_hidden_states=losses.needs_hidden_states,
                                needs_attentions=losses.needs_attentions,
-                               batches=steps * max(1, hp.gradient_accumulation_steps),
-                               batches_per_epoch=per_epoch)
+                               num_examples=len(data.train))
     if reason is not None:
         reporter.message(f"Not caching the teacher's outputs: {reason}.")
         return None
