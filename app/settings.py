@@ -9,12 +9,22 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def default_data_dir() -> Path:
+    """`.distill/` in the project checkout (so every `distill` command run from anywhere finds the
+    same embedded database), or `~/.distill` for an installed package."""
+    project = Path(__file__).resolve().parent.parent
+    if (project / "pyproject.toml").exists():
+        return project / ".distill"
+    return Path.home() / ".distill"
+
+
 class Settings(BaseSettings):
     """One settings object; defaults run with nothing installed (SQLite file, server-less broker)."""
 
     model_config = SettingsConfigDict(env_prefix="DISTILL_", extra="ignore")
 
-    data_dir: Path = Field(default=Path("./.distill"), description="Files, models and job storage.")
+    data_dir: Path = Field(default_factory=default_data_dir,
+                           description="Files, models and job storage.")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: a SQLite file in the data directory."
     )
