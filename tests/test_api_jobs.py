@@ -178,3 +178,45 @@ def test_bad_job_input_is_rejected_and_nothing_is_created(
     assert error["param"] == param and error["message"] and error["code"]
     assert client.get("/v1/distillation/jobs", headers=auth).json()["data"] == []
     assert queued_messages(redis_db) == 0
+
+
+BAD_RECORDS = [
+    # (what, training rows, validation rows or None, param)
+    ("a record without a label", [{"text": "good"}, {"text": "bad film", "label": "negative"}],
+     None, "training_file"),
+    ("a null label", [{"text": "good", "label": "positive"}, {"text": "bad", "label": None}], None,
+     "training_file"),
+    ("a list label", [{"text": "good", "label": "positive"}, {"text": "bad", "label": [1]}], None,
+     "training_file"),
+    ("an empty text", [{"text": "", "label": "positive"}, {"text": "bad", "label": "negative"}],
+     None, "training_file"),
+    ("a single class", [{"text": "good", "label": "positive"}, {"text": "fine", "label": "positive"}],
+     None, "training_file"),
+    ("labels the teacher's head does not know",
+     [{"text": "good", "label": "positive"}, {"text": "meh", "label": "neutral"}], None,
+     "data.label_column"),
+    ("a validation record without text",
+     [{"text": "good", "label": "positive"}, {"text": "bad", "label": "negative"}],
+     [{"text": "fine", "label": "positive"}, {"label": "negative"}], "validation_file"),
+]
+
+
+@pytest.mark.parametrize(("what", "train_rows", "val_rows", "param"), BAD_RECORDS,
+                         ids=[b[0] for b in BAD_RECORDS])
+def test_records_of_the_wrong_shape_are_rejected_at_creation(
+    client: Any, auth: dict[str, str], setup: dict[str, Any], redis_db: int,
+    what: str, train_rows: list[dict[str, Any]], val_rows: list[dict[str, Any]] | None, param: str,
+) -> None:
+    from tests.helpers import upload_records
+
+    body = copy.deepcopy(setup["body"])
+    body["training_file"] = upload_records(client, auth, train_rows)
+    body["validation_file"] = (upload_records(client, auth, val_rows, purpose="validation")
+                               if val_rows else None)
+
+    response = client.post("/v1/distillation/jobs", headers=auth, json=body)
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert client.get("/v1/distillation/jobs", headers=auth).json()["data"] == []
+    assert queued_messages(redis_db) == 0

@@ -11,16 +11,18 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidRequest
-from app.files.service import get_file
+from app.files.service import file_path, get_file
 from app.files.tables import FileRow
 from app.jobs.schemas import JobCreate
 from app.models.service import ResolvedModel, resolve_model_ref
 from app.settings import Settings
 from worker.distillation.config import SUPPORTED_TASKS, DataSpec, LossSpec
+from worker.distillation.dataset_checks import check_label_sets, classification_labels
 from worker.distillation.inspect import BASE_TASK
 from worker.distillation.lm_data import token_columns
 from worker.distillation.losses import check_losses
 from worker.distillation.pairing import check_pair_losses, check_token_pair, vocab_fingerprint
+from worker.distillation.records import read_file
 from worker.distillation.students import check_architecture
 from worker.distillation.tasks import CAUSAL_LM, TOKEN_TASKS
 
@@ -163,8 +165,35 @@ def check_job_request(
         param, message = problems[0]
         raise InvalidRequest(message, param=param, code="invalid_loss")
     _check_pair(request, teacher, student, specs)
+    if request.task == "sequence-classification":
+        _check_classification_data(request, train, validation, teacher, settings=settings)
     return CheckedJob(training_file=train, validation_file=validation, teacher=teacher,
                       student=student)
+
+
+def _check_classification_data(
+    request: JobCreate, train: FileRow, validation: FileRow | None, teacher: ResolvedModel,
+    *, settings: Settings,
+) -> None:
+    """Every record has its text and a string or integer label; two classes at least; labels
+    the teacher's head (if it has one) knows. Reads the stored files once."""
+    label_sets: dict[str, set[str]] = {}
+    for param, row, is_validation in (("training_file", train, False),
+                                      ("validation_file", validation, True)):
+        if row is None:
+            continue
+        records = read_file(file_path(row, settings=settings)).records
+        labels, problem = classification_labels(
+            records, file_param=param,
+            columns=_task_columns(request, row, validation=is_validation),
+        )
+        if problem is not None:
+            raise InvalidRequest(problem.message, param=problem.param, code="invalid_records")
+        label_sets[param] = labels
+    problem = check_label_sets(label_sets["training_file"], label_sets.get("validation_file"),
+                               teacher.info.labels if teacher.info.task == request.task else None)
+    if problem is not None:
+        raise InvalidRequest(problem.message, param=problem.param, code="invalid_labels")
 
 
 def _check_pair(
