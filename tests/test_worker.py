@@ -225,3 +225,31 @@ def test_reconciler_requeues_then_fails_a_job_whose_worker_died(
     assert job["error"]["code"] == "worker_lost" and job["attempts"] == settings.max_attempts
     events = client.get(f"/v1/distillation/jobs/{job_id}/events", headers=auth).json()["data"]
     assert sum("re-queued" in e["message"] for e in events) == settings.max_attempts - 1
+
+
+def test_a_cancel_that_arrives_as_training_ends_is_honoured(
+    client: Any, auth: dict[str, str], settings: Any, tiny_teacher_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import worker.runner as runner
+
+    train_id, val_id = sentiment_files(client, auth, train=32, validation=16)
+    teacher = upload_model_dir(client, auth, tiny_teacher_dir)["id"]
+    body = job_body(teacher=teacher, training_file=train_id, validation_file=val_id)
+    body["hyperparameters"]["max_steps"] = 2
+    job_id = client.post("/v1/distillation/jobs", headers=auth, json=body).json()["id"]
+    real_run_job = runner.run_job
+
+    def run_then_cancel(config: Any, reporter: Any) -> Any:
+        result = real_run_job(config, reporter)
+        cancel = client.post(f"/v1/distillation/jobs/{job_id}/cancel", headers=auth).json()
+        assert cancel["status"] == "cancelling"  # acknowledged before the worker records success
+        return result
+
+    monkeypatch.setattr(runner, "run_job", run_then_cancel)
+
+    assert runner.execute_job(job_id, settings=settings) == "cancelled"
+    job = client.get(f"/v1/distillation/jobs/{job_id}", headers=auth).json()
+    assert job["status"] == "cancelled" and job["result_model"] is None
+    assert [m["id"] for m in client.get("/v1/models", headers=auth).json()["data"]] == [
+        "all-minilm-l6-v2", teacher]

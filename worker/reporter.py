@@ -40,6 +40,7 @@ class DbReporter:
         self._closing = threading.Event()
         self._last_progress_write = 0.0
         self._last_stage: str | None = None
+        self.train_progress: dict[str, Any] = {}  # the distill stage's last step counters
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
 
     def __enter__(self) -> DbReporter:
@@ -71,6 +72,8 @@ class DbReporter:
         return self._stopped.is_set()
 
     def progress(self, progress: Progress) -> None:
+        if progress.stage == "distill":
+            self.train_progress = asdict(progress)
         t = time.monotonic()
         new_stage = progress.stage != self._last_stage
         # At most one write a second, but never miss a stage change or the end of a stage.

@@ -112,7 +112,7 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
             config = build_config(job, settings=settings)
             result = run_job(config, reporter)
             status = _record_success(job, result, settings=settings, worker_id=worker_id,
-                                     metrics_state=reporter.metrics_state)
+                                     reporter=reporter)
         except Cancelled:
             if reporter.stop_reason == "lease_lost":
                 log.warning("job %s: lease lost; another worker owns it now", job_id)
@@ -137,8 +137,9 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
 
 
 def _record_success(job: JobRow, result: JobResult, *, settings: Settings, worker_id: str,
-                    metrics_state: dict[str, Any]) -> str | None:
-    """Register the student and mark the job succeeded in one transaction."""
+                    reporter: DbReporter) -> str | None:
+    """Register the student and mark the job succeeded in one transaction, unless a cancel came
+    in meanwhile: an acknowledged cancel is honoured even when training got to the end."""
     with session_scope(settings.sqlalchemy_url) as session:
         model = register_distilled_model(
             session=session, tenant_id=job.tenant_id, job_id=job.id,
@@ -146,26 +147,29 @@ def _record_success(job: JobRow, result: JobResult, *, settings: Settings, worke
             size_bytes=result.size_bytes, labels=result.labels, report=result.report,
             settings=settings,
         )
-        metrics = {**metrics_state, "train_loss": result.train_loss,
+        metrics = {**reporter.metrics_state, "train_loss": result.train_loss,
                    "eval": eval_view(result.eval_metrics)}
+        trained = reporter.train_progress
         done = lifecycle.finish(
             session, job_id=job.id, worker_id=worker_id, status="succeeded",
-            result_model=model.id, metrics=metrics,
-            progress={"stage": "export", "percent": 100.0, "step": 0, "total_steps": 0,
-                      "epoch": 0, "eta_seconds": 0.0} | _last_steps(job.id, settings),
+            result_model=model.id, metrics=metrics, from_statuses=("running",),
+            progress={"stage": "export", "percent": 100.0, "step": trained.get("step", 0),
+                      "total_steps": trained.get("total_steps", 0),
+                      "epoch": trained.get("epoch", 0), "eta_seconds": 0.0},
         )
-        if not done:  # taken over by another worker at the last moment: keep nothing
+        if not done:  # cancelled, or taken over by another worker: keep nothing
             session.rollback()
             shutil.rmtree(settings.models_dir / model.id, ignore_errors=True)
-            return None
-        repository.add_event(session, job_id=job.id, message=f"Job succeeded: model {model.id}.",
-                             data={"model": model.id, "report": result.report})
-    return "succeeded"
-
-
-def _last_steps(job_id: str, settings: Settings) -> dict[str, Any]:
-    """Keep the step counters of the last progress write in the final progress."""
+        else:
+            repository.add_event(session, job_id=job.id,
+                                 message=f"Job succeeded: model {model.id}.",
+                                 data={"model": model.id, "report": result.report})
+    if done:
+        return "succeeded"
     with session_scope(settings.sqlalchemy_url) as session:
-        row = session.get(JobRow, job_id)
-        progress = dict(row.progress) if row is not None else {}
-    return {k: progress[k] for k in ("step", "total_steps", "epoch") if k in progress}
+        cancelled = lifecycle.finish(session, job_id=job.id, worker_id=worker_id,
+                                     status="cancelled", from_statuses=("cancelling",))
+        if cancelled:
+            repository.add_event(session, job_id=job.id,
+                                 message="Job cancelled (the request came in as it finished).")
+    return "cancelled" if cancelled else None

@@ -78,8 +78,10 @@ def finish(
     result_model: str | None = None,
     metrics: dict[str, Any] | None = None,
     progress: dict[str, Any] | None = None,
+    from_statuses: tuple[str, ...] = RUNNING,
 ) -> bool:
-    """End this worker's run with `status`; False if the job is no longer this worker's."""
+    """End this worker's run with `status`; False if the job is no longer this worker's (or not
+    in one of `from_statuses`)."""
     values: dict[str, Any] = {"status": status, "finished_at": now(), "error": error,
                               "result_model": result_model}
     if metrics is not None:
@@ -88,7 +90,8 @@ def finish(
         values["progress"] = progress
     result = session.execute(
         update(JobRow)
-        .where(JobRow.id == job_id, JobRow.worker_id == worker_id, JobRow.status.in_(RUNNING))
+        .where(JobRow.id == job_id, JobRow.worker_id == worker_id,
+               JobRow.status.in_(from_statuses))
         .values(**values)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
