@@ -77,8 +77,12 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     _prepare(settings)
     env = {**os.environ, "DISTILL_DATA_DIR": str(settings.resolved_data_dir)}
     worker_proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", *_worker_argv(1)], env=env
+        [sys.executable, "-m", "celery", "-A", "worker.celery_app", *_worker_argv(1)], env=env,
+        preexec_fn=_die_with_parent,
     )
+    # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it runs the `finally`
+    # below, which stops the worker too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     typer.echo(f"distill: data in {settings.resolved_data_dir}; API on http://{host}:{port} "
                f"(docs at /docs); worker pid {worker_proc.pid}")
     try:
@@ -89,6 +93,16 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
             worker_proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             worker_proc.kill()
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM if `distill serve` dies without cleaning up (SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 @keys_cli.command("create")
@@ -134,6 +148,7 @@ def _redact(url: str) -> str:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the demo
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # `keys create` should print the key
     cli()
 
 
