@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import ServiceError
@@ -16,13 +17,42 @@ from app.errors import ServiceError
 log = logging.getLogger(__name__)
 
 
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx/5xx answer."""
+
+    error: ErrorDetail
+
+
+# For OpenAPI: what every /v1 route may answer besides its success.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in [(400, "Invalid request (the field is in `param`)"),
+                         (401, "Missing or unknown API key"),
+                         (404, "No such object for this tenant"),
+                         (409, "Conflict with the object's state"),
+                         (413, "Upload over the size limit"),
+                         (422, "Malformed request (the field is in `param`)")]
+}
+
+
 def error_body(code: str, message: str, param: str | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "param": param}}
 
 
 def _loc_to_param(loc: Sequence[Any]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
-    return ".".join(parts) or None
+    """`("body", "distillation", "losses", 0, "weight")` → `distillation.losses[0].weight`."""
+    param = ""
+    for part in loc:
+        if part in ("body", "query", "path", "header", "form"):
+            continue
+        param += f"[{part}]" if isinstance(part, int) else (f".{part}" if param else str(part))
+    return param or None
 
 
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
@@ -33,7 +63,11 @@ async def _service_error(_: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    first: dict[str, Any] = dict(errors[0]) if errors else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", first["msg"])
+        return JSONResponse(error_body("invalid_json", f"The body is not valid JSON: {detail}."),
+                            status_code=422)
     param = _loc_to_param(first.get("loc", ()))
     message = "; ".join(
         f"{_loc_to_param(e.get('loc', ())) or 'request'}: {e.get('msg', 'invalid')}"

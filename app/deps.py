@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.auth.service import authenticate
@@ -28,8 +29,14 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
+# Declares the scheme in OpenAPI (so /docs has an "Authorize" button); the header itself is
+# read below, so that a malformed one gets a precise message.
+bearer_scheme = HTTPBearer(auto_error=False, description="`distill keys create --tenant NAME`")
+
+
 def get_tenant(
     session: SessionDep,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> TenantRow:
     return authenticate(session=session, authorization=authorization)

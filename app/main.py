@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app import health
-from app.api_errors import install_error_handlers
+from app.api_errors import ERROR_RESPONSES, install_error_handlers
 from app.files.endpoints import router as files_router
 from app.inference.endpoints import router as inference_router
 from app.jobs.endpoints import router as jobs_router
@@ -22,7 +22,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     for router in (files_router, jobs_router, models_router, inference_router):
-        app.include_router(router, prefix="/v1")
+        app.include_router(router, prefix="/v1", responses=ERROR_RESPONSES)
     return app
 
 

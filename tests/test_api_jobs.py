@@ -220,3 +220,27 @@ def test_records_of_the_wrong_shape_are_rejected_at_creation(
     assert response.json()["error"]["param"] == param
     assert client.get("/v1/distillation/jobs", headers=auth).json()["data"] == []
     assert queued_messages(redis_db) == 0
+
+
+def test_malformed_json_and_list_fields_are_reported_plainly(
+    client: Any, auth: dict[str, str], setup: dict[str, Any]
+) -> None:
+    broken = client.post("/v1/distillation/jobs", headers={**auth, "Content-Type": "application/json"},
+                         content=b'{"task": ')
+    body = _set(setup["body"], "distillation.losses", [{"type": "kl", "weight": -1}])
+    negative = client.post("/v1/distillation/jobs", headers=auth, json=body)
+
+    assert broken.status_code == 422 and broken.json()["error"]["code"] == "invalid_json"
+    assert broken.json()["error"]["param"] is None
+    assert negative.status_code == 422
+    assert negative.json()["error"]["param"] == "distillation.losses[0].weight"
+
+
+def test_openapi_declares_bearer_auth_and_the_error_shape(client: Any) -> None:
+    spec = client.get("/openapi.json").json()
+
+    create = spec["paths"]["/v1/distillation/jobs"]["post"]
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert create["security"] == [{"HTTPBearer": []}]
+    assert create["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ErrorResponse")
