@@ -64,7 +64,7 @@ def test_checkpoints_of_a_killed_job_are_listed_and_the_next_attempt_resumes(
     assert abs(newest["created_at"] - time.time()) < 300
     assert client.get(url, headers=other_auth).status_code == 404
     missing = client.get("/v1/distillation/jobs/job-missing/checkpoints", headers=auth)
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "job_not_found"
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
     # When the reconciler finds the dead worker's job and another worker runs it
     with session_scope(settings.sqlalchemy_url) as session:

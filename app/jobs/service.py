@@ -148,7 +148,7 @@ def create_job(
 def get_job(*, session: Session, tenant: TenantRow, job_id: str) -> JobRow:
     job = repository.get_for_tenant(session, tenant_id=tenant.id, job_id=job_id)
     if job is None:
-        raise NotFound(f"No distillation job {job_id!r}.", param="id", code="job_not_found")
+        raise NotFound(f"No distillation job with id {job_id!r}.", param="job_id")
     return job
 
 
