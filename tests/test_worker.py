@@ -67,6 +67,18 @@ def worker(settings: Any) -> Iterator[subprocess.Popen[bytes]]:
         proc.kill()
 
 
+def create_job(client: Any, auth: dict[str, str], teacher_dir: Path, *, train: int = 16,
+               validation: int = 8, **hyperparameters: Any) -> tuple[str, str]:
+    """Upload a toy data set and the tiny teacher, create a job; (job id, teacher model id)."""
+    train_id, val_id = sentiment_files(client, auth, train=train, validation=validation)
+    teacher = upload_model_dir(client, auth, teacher_dir)["id"]
+    body = job_body(teacher=teacher, training_file=train_id, validation_file=val_id)
+    body["hyperparameters"].update(hyperparameters)
+    response = client.post("/v1/distillation/jobs", headers=auth, json=body)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"]), teacher
+
+
 def wait_for(client: Any, auth: dict[str, str], job_id: str, statuses: set[str],
              timeout: float = 240) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
@@ -162,11 +174,7 @@ def test_a_message_for_a_claimed_job_does_not_run_it_again(
 ) -> None:
     from worker.runner import execute_job
 
-    train_id, val_id = sentiment_files(client, auth, train=32, validation=16)
-    teacher = upload_model_dir(client, auth, tiny_teacher_dir)["id"]
-    body = job_body(teacher=teacher, training_file=train_id, validation_file=val_id)
-    body["hyperparameters"]["max_steps"] = 2
-    job_id = client.post("/v1/distillation/jobs", headers=auth, json=body).json()["id"]
+    job_id, _ = create_job(client, auth, tiny_teacher_dir, train=32, validation=16, max_steps=2)
 
     assert execute_job(job_id, settings=settings) == "succeeded"
     assert execute_job(job_id, settings=settings) is None  # the redelivered message
@@ -186,10 +194,7 @@ def test_reconciler_resends_a_lost_message(
 ) -> None:
     from worker.reconciler import reconcile_once
 
-    train_id, _ = sentiment_files(client, auth, train=16, validation=8)
-    teacher = upload_model_dir(client, auth, tiny_teacher_dir)["id"]
-    job_id = client.post("/v1/distillation/jobs", headers=auth,
-                         json=job_body(teacher=teacher, training_file=train_id)).json()["id"]
+    job_id, _ = create_job(client, auth, tiny_teacher_dir)
     r = redis.Redis.from_url(f"{REDIS_URL}/{redis_db}")
     r.flushdb()  # the broker lost the message
 
@@ -205,10 +210,7 @@ def test_reconciler_requeues_then_fails_a_job_whose_worker_died(
 ) -> None:
     from worker.reconciler import reconcile_once
 
-    train_id, _ = sentiment_files(client, auth, train=16, validation=8)
-    teacher = upload_model_dir(client, auth, tiny_teacher_dir)["id"]
-    job_id = client.post("/v1/distillation/jobs", headers=auth,
-                         json=job_body(teacher=teacher, training_file=train_id)).json()["id"]
+    job_id, _ = create_job(client, auth, tiny_teacher_dir)
     r = redis.Redis.from_url(f"{REDIS_URL}/{redis_db}")
 
     statuses = []
@@ -233,11 +235,8 @@ def test_a_cancel_that_arrives_as_training_ends_is_honoured(
 ) -> None:
     import worker.runner as runner
 
-    train_id, val_id = sentiment_files(client, auth, train=32, validation=16)
-    teacher = upload_model_dir(client, auth, tiny_teacher_dir)["id"]
-    body = job_body(teacher=teacher, training_file=train_id, validation_file=val_id)
-    body["hyperparameters"]["max_steps"] = 2
-    job_id = client.post("/v1/distillation/jobs", headers=auth, json=body).json()["id"]
+    job_id, teacher = create_job(client, auth, tiny_teacher_dir, train=32, validation=16,
+                                 max_steps=2)
     real_run_job = runner.run_job
 
     def run_then_cancel(config: Any, reporter: Any) -> Any:
