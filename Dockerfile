@@ -13,6 +13,7 @@ WORKDIR /srv/distill
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
+COPY distillation ./distillation
 COPY migrations ./migrations
 RUN pip install .
 

@@ -10,9 +10,9 @@ demo: setup
 test: setup
 	./scripts/services.sh
 	.venv/bin/ruff check .
-	.venv/bin/mypy app worker
+	.venv/bin/mypy app worker distillation
 	.venv/bin/pytest -q
 
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy app worker
+	.venv/bin/mypy app worker distillation

@@ -1,10 +1,18 @@
-"""Database engine, sessions and the declarative base shared by every slice's tables."""
+"""Database engine, sessions and the declarative base shared by every slice's tables.
+
+Engines are made once per URL per process, and never cross a `fork`: a child process (Celery's
+pool forks one per job, uvicorn and multiprocessing may fork too) gets fresh, empty pools, so it
+never talks to Postgres over its parent's server sessions. Two processes on one session corrupt
+each other's protocol state and clash on psycopg's prepared statement names
+(`prepared statement "_pg3_0" already exists`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+import os
+import threading
 from typing import Any
 
 from sqlalchemy import MetaData, create_engine, event
@@ -44,10 +52,30 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
-@lru_cache(maxsize=8)
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
 def engine_for(url: str) -> Engine:
     """One engine per URL per process."""
-    return make_engine(url)
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = make_engine(url)
+        return engine
+
+
+def _drop_inherited_pools() -> None:
+    """In a forked child: forget the parent's pooled connections without closing them (closing
+    would end the parent's server sessions too); the child opens its own on first use. This is
+    SQLAlchemy's recipe for pools and `fork` (`Engine.dispose(close=False)`)."""
+    global _engines_lock
+    _engines_lock = threading.Lock()  # the parent may have held it while forking
+    for engine in _engines.values():
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_drop_inherited_pools)
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

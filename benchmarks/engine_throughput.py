@@ -39,7 +39,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.distillation.config import (  # noqa: E402
+from distillation.config import (  # noqa: E402
     DataSpec,
     Hyperparameters,
     JobConfig,
@@ -47,13 +47,13 @@ from worker.distillation.config import (  # noqa: E402
     Progress,
     StudentSpec,
 )
-from worker.distillation.data import PairedCollator  # noqa: E402
-from worker.distillation.engine import distill  # noqa: E402
-from worker.distillation.inspect import inspect_model, model_info  # noqa: E402
-from worker.distillation.losses import build_losses  # noqa: E402
-from worker.distillation.prepare import Prepared, prepare_data  # noqa: E402
-from worker.distillation.records import read_file  # noqa: E402
-from worker.distillation.students import build_student  # noqa: E402
+from distillation.data import PairedCollator  # noqa: E402
+from distillation.engine import distill  # noqa: E402
+from distillation.inspect import inspect_model, model_info  # noqa: E402
+from distillation.losses import build_losses  # noqa: E402
+from distillation.prepare import Prepared, prepare_data  # noqa: E402
+from distillation.records import read_file  # noqa: E402
+from distillation.students import build_student  # noqa: E402
 
 # The shared SST-2 copy beside the project (read in place, never copied into it).
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.tsv"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+from tests.factories.api import REDIS_URL, make_key
 
-POSITIVE = ["good", "great", "fine", "lovely", "superb", "wonderful", "moving", "funny"]
-NEGATIVE = ["bad", "awful", "dull", "boring", "poor", "terrible", "weak", "tedious"]
-FILLER = ["the", "film", "movie", "plot", "is", "was", "very", "really", "acting", "story"]
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="session")
@@ -83,15 +78,6 @@ def client(settings: Any) -> Iterator[Any]:
         yield test_client
 
 
-def make_key(settings: Any, tenant: str) -> dict[str, str]:
-    from app.auth.service import create_key
-    from app.db import session_scope
-
-    with session_scope(settings.sqlalchemy_url) as session:
-        _, key = create_key(session=session, tenant_name=tenant)
-    return {"Authorization": f"Bearer {key}"}
-
-
 @pytest.fixture
 def auth(settings: Any) -> dict[str, str]:
     """Headers with a fresh API key of tenant `acme`."""
@@ -102,23 +88,6 @@ def auth(settings: Any) -> dict[str, str]:
 def other_auth(settings: Any) -> dict[str, str]:
     """Headers with an API key of another tenant, `globex`."""
     return make_key(settings, "globex")
-
-
-def sentiment_records(n: int, *, seed: int = 0) -> list[dict[str, Any]]:
-    """A learnable toy sentiment set: the label follows the polar words in the sentence."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        positive = i % 2 == 0
-        words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if positive else NEGATIVE, 2)
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": "positive" if positive else "negative"})
-    return rows
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="session")

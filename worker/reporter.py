@@ -15,7 +15,7 @@ from typing import Any
 from app.db import session_scope
 from app.jobs import lifecycle, repository
 from app.settings import Settings
-from worker.distillation.config import Progress
+from distillation.config import Progress
 
 log = logging.getLogger(__name__)
 

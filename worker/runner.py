@@ -17,7 +17,7 @@ from app.jobs import lifecycle, repository
 from app.jobs.tables import JobRow
 from app.models.service import register_distilled_model, resolve_model_ref
 from app.settings import Settings
-from worker.distillation.config import (
+from distillation.config import (
     Cancelled,
     DataSpec,
     FinetuneSpec,
@@ -27,7 +27,7 @@ from worker.distillation.config import (
     LossSpec,
     StudentSpec,
 )
-from worker.distillation.engine import run_job
+from distillation.engine import run_job
 from worker.reporter import DbReporter, eval_view
 
 log = logging.getLogger(__name__)

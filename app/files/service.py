@@ -14,7 +14,7 @@ from app.files.schemas import PURPOSES
 from app.files.tables import FileRow
 from app.ids import new_id
 from app.settings import Settings
-from worker.distillation.records import RecordError, parse_bytes
+from distillation.records import RecordError, parse_bytes
 
 MAX_FILENAME = 255
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.storage import dir_mtime_ns
-from worker.distillation.predict import Predictor
+from distillation.predict import Predictor
 
 DEFAULT_SIZE = 4
 

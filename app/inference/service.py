@@ -12,7 +12,7 @@ from app.inference.cache import PredictorCache, predictors
 from app.inference.schemas import Classification, Generation, PredictResponse
 from app.models import service as models
 from app.settings import Settings
-from worker.distillation.inspect import BASE_TASK
+from distillation.inspect import BASE_TASK
 
 CLASSIFICATION = "sequence-classification"
 GENERATION = ("causal-lm", "seq2seq")

@@ -26,8 +26,8 @@ from app.jobs.schemas import (
 from app.jobs.tables import IdempotencyKeyRow, JobEventRow, JobRow
 from app.jobs.validation import check_job_request
 from app.settings import Settings
-from worker.distillation.checkpoint_index import checkpoint_id
-from worker.distillation.checkpoint_index import list_checkpoints as list_checkpoints_on_disk
+from distillation.checkpoint_index import checkpoint_id
+from distillation.checkpoint_index import list_checkpoints as list_checkpoints_on_disk
 
 
 def to_out(row: JobRow) -> JobOut:

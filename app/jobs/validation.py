@@ -16,15 +16,15 @@ from app.files.tables import FileRow
 from app.jobs.schemas import JobCreate
 from app.models.service import ResolvedModel, resolve_model_ref
 from app.settings import Settings
-from worker.distillation.config import SUPPORTED_TASKS, DataSpec, LossSpec
-from worker.distillation.dataset_checks import check_label_sets, classification_labels
-from worker.distillation.inspect import BASE_TASK
-from worker.distillation.lm_data import token_columns
-from worker.distillation.losses import check_losses
-from worker.distillation.pairing import check_pair_losses, check_token_pair, vocab_fingerprint
-from worker.distillation.records import read_file
-from worker.distillation.students import check_architecture
-from worker.distillation.tasks import CAUSAL_LM, TOKEN_TASKS
+from distillation.config import SUPPORTED_TASKS, DataSpec, LossSpec
+from distillation.dataset_checks import check_label_sets, classification_labels
+from distillation.inspect import BASE_TASK
+from distillation.lm_data import token_columns
+from distillation.losses import check_losses
+from distillation.pairing import check_pair_losses, check_token_pair, vocab_fingerprint
+from distillation.records import read_file
+from distillation.students import check_architecture
+from distillation.tasks import CAUSAL_LM, TOKEN_TASKS
 
 
 @dataclass

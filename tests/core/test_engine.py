@@ -1,0 +1,253 @@
+"""run_job end to end on tiny models: export, report, progress, cancellation, fine-tuning."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from distillation.config import (
+    Cancelled,
+    FinetuneSpec,
+    Hyperparameters,
+    JobConfig,
+    JobResult,
+    LossSpec,
+    Progress,
+    StudentSpec,
+)
+from distillation.engine import run_job
+from distillation.losses import KLLoss, LossInputs
+from distillation.predict import Predictor
+from distillation.students import build_student
+from tests.factories.records import sentiment_records, write_jsonl
+
+
+@dataclass
+class Recorder:
+    """A reporter that keeps everything, and asks to stop after `stop_after` checks."""
+
+    stop_after: int | None = None
+    progress_events: list[Progress] = field(default_factory=list)
+    metric_events: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    checks: int = 0
+
+    def progress(self, progress: Progress) -> None:
+        self.progress_events.append(progress)
+
+    def metrics(self, step: int, data: dict[str, Any]) -> None:
+        self.metric_events.append((step, data))
+
+    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        self.messages.append(text)
+
+    def should_stop(self) -> bool:
+        self.checks += 1
+        return self.stop_after is not None and self.checks > self.stop_after
+
+    def stages(self) -> list[str]:
+        seen: list[str] = []
+        for event in self.progress_events:
+            if not seen or seen[-1] != event.stage:
+                seen.append(event.stage)
+        return seen
+
+    def losses(self, key: str = "train_loss") -> list[float]:
+        return [data[key] for _, data in self.metric_events if key in data]
+
+
+def make_config(teacher: Path, tmp: Path, **overrides: Any) -> JobConfig:
+    train = write_jsonl(tmp / "train.jsonl", sentiment_records(32))
+    hp = overrides.pop("hyperparameters", None) or Hyperparameters(
+        epochs=10, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0, log_every_steps=5,
+        eval_batch_size=16,
+    )
+    values: dict[str, Any] = {
+        "task": "sequence-classification",
+        "teacher_path": teacher,
+        "student": StudentSpec(architecture={"num_layers": 1, "hidden_size": 32}, init="teacher"),
+        "train_file": train,
+        "output_dir": tmp / "output",
+        "work_dir": tmp / "work",
+        "losses": [LossSpec("kl", 0.5), LossSpec("ce", 0.5)],
+        "hyperparameters": hp,
+        "benchmark_runs": 3,
+        **overrides,
+    }
+    return JobConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def finished(
+    tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[JobConfig, JobResult, Recorder]:
+    tmp = tmp_path_factory.mktemp("job")
+    validation = write_jsonl(tmp / "validation.jsonl", sentiment_records(24, seed=1))
+    config = make_config(tiny_teacher_dir, tmp, validation_file=validation)
+    recorder = Recorder()
+    return config, run_job(config, recorder), recorder
+
+
+@pytest.fixture(scope="module")
+def finetuned(
+    tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[JobConfig, JobResult, Recorder]:
+    tmp = tmp_path_factory.mktemp("finetune")
+    config = make_config(
+        tiny_base_dir, tmp, teacher_finetune=FinetuneSpec(epochs=10, learning_rate=5e-3),
+        hyperparameters=Hyperparameters(epochs=1, batch_size=8, learning_rate=5e-3, max_steps=40,
+                                        warmup_ratio=0.0, log_every_steps=5),
+    )
+    recorder = Recorder()
+    return config, run_job(config, recorder), recorder
+
+
+def test_export_loads_and_matches_predictor(finished: tuple[JobConfig, JobResult, Recorder]) -> None:
+    config, result, _ = finished
+    out = config.output_dir
+    assert result.model_dir == out
+    assert (out / "model.safetensors").exists() and not list(out.glob("*.bin"))
+    assert result.size_bytes == (out / "model.safetensors").stat().st_size
+    assert result.labels == ["negative", "positive"]
+
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    assert model.config.num_hidden_layers == 1
+    assert result.parameters == sum(p.numel() for p in model.parameters())
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    texts = ["the film was superb and moving", "a dull boring plot"]
+    with torch.no_grad():
+        probs = torch.softmax(model(**tokenizer(texts, padding=True, return_tensors="pt")).logits,
+                              dim=-1)
+    predicted = Predictor.load(out).classify(texts)
+    for row, prediction in zip(probs, predicted, strict=True):
+        assert prediction["scores"]["negative"] == pytest.approx(float(row[0]), abs=1e-5)
+        assert prediction["scores"]["positive"] == pytest.approx(float(row[1]), abs=1e-5)
+
+
+def test_report_and_model_card(finished: tuple[JobConfig, JobResult, Recorder]) -> None:
+    config, result, _ = finished
+    report = json.loads((config.output_dir / "report.json").read_text())
+    assert report == result.report
+    assert report["metric"] == "accuracy" and report["eval_split"] == "validation"
+    for side in ("teacher", "student"):
+        assert set(report[side]) == {"accuracy", "macro_f1", "parameters", "size_bytes",
+                                     "latency_ms_p50", "throughput_per_s"}
+        assert report[side]["latency_ms_p50"] > 0 and report[side]["throughput_per_s"] > 0
+    assert report["retention"] == pytest.approx(
+        report["student"]["accuracy"] / report["teacher"]["accuracy"], abs=1e-3)
+    assert report["compression"] == pytest.approx(
+        report["teacher"]["parameters"] / report["student"]["parameters"], abs=1e-3)
+    assert report["student"]["size_bytes"] == result.size_bytes
+
+    card = (config.output_dir / "README.md").read_text()
+    front = card.split("---")[1]
+    assert "library_name: transformers" in front and "pipeline_tag: text-classification" in front
+    assert "- distillation" in front
+    for text in ("| Parameters |", "| Size on disk |", "CPU latency", "throughput", "Retention",
+                 "speed-up", "0.5 × kl, 0.5 × ce", "temperature 2"):
+        assert text in card
+
+
+def test_training_learns_and_reports(finished: tuple[JobConfig, JobResult, Recorder]) -> None:
+    _, result, recorder = finished
+    losses = recorder.losses()
+    assert len(losses) == 8  # 40 optimizer steps, a metrics event every 5
+    assert losses[-1] < losses[0] * 0.8
+    assert result.train_loss == losses[-1]
+    first = next(data for _, data in recorder.metric_events if "train_loss" in data)
+    assert {"train_loss", "loss_kl", "loss_ce", "learning_rate"} <= set(first)
+    evals = [data for _, data in recorder.metric_events if "eval_accuracy" in data]
+    assert [e["epoch"] for e in evals] == list(range(1, 11))
+    assert {"step", "epoch", "eval_accuracy", "eval_macro_f1"} <= set(evals[-1])
+    assert result.eval_metrics["eval_accuracy"] >= 0.75  # the polar words generalise
+
+    assert recorder.stages() == ["cache_teacher", "distill", "evaluate", "export"]
+    for stage in ("distill", "evaluate", "export"):
+        events = [p for p in recorder.progress_events if p.stage == stage]
+        assert events[0].percent == 0 and events[-1].percent == 100
+    assert recorder.checks >= 40  # asked before every batch
+
+
+def test_should_stop_cancels_promptly(tiny_teacher_dir: Path, tmp_path: Path) -> None:
+    config = make_config(tiny_teacher_dir, tmp_path)
+    recorder = Recorder(stop_after=3)
+    with pytest.raises(Cancelled):
+        run_job(config, recorder)
+    assert recorder.checks == 4
+    assert not (config.output_dir / "model.safetensors").exists()
+
+
+def test_base_teacher_needs_finetune(tiny_base_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no sequence-classification head"):
+        run_job(make_config(tiny_base_dir, tmp_path), Recorder())
+
+
+def test_finetune_base_teacher_then_distill(
+    finetuned: tuple[JobConfig, JobResult, Recorder],
+) -> None:
+    config, result, recorder = finetuned
+    assert recorder.stages() == ["finetune_teacher", "distill", "evaluate", "export"]
+    finetune_losses = recorder.losses("finetune_loss")
+    assert finetune_losses[-1] < finetune_losses[0]
+    saved = config.work_dir / "teacher"
+    teacher = AutoModelForSequenceClassification.from_pretrained(saved)
+    assert teacher.config.id2label == {0: "negative", 1: "positive"}
+    assert result.labels == ["negative", "positive"]
+    assert result.report["eval_split"] == "train"
+    assert result.report["teacher"]["accuracy"] >= 0.9
+    assert result.report["teacher"]["size_bytes"] == (saved / "model.safetensors").stat().st_size
+
+
+def test_svd_init_starts_closer_than_random(
+    finetuned: tuple[JobConfig, JobResult, Recorder],
+) -> None:
+    # Given a trained width-32 teacher, when width-16 students are built from it,
+    # then the one projected from the teacher's weights starts nearer the teacher's outputs.
+    config, _, _ = finetuned
+    teacher = AutoModelForSequenceClassification.from_pretrained(config.work_dir / "teacher")
+    teacher.eval()
+    tokenizer = AutoTokenizer.from_pretrained(config.work_dir / "teacher")
+    texts = [r["text"] for r in sentiment_records(32, seed=5)]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    kd = {}
+    with torch.no_grad():
+        teacher_logits = teacher(**batch).logits
+        for name, width, init in (("svd", 16, "teacher"), ("random", 16, "random"),
+                                  ("copy", 32, "teacher")):
+            torch.manual_seed(0)
+            spec = StudentSpec(architecture={"hidden_size": width}, init=init)  # type: ignore[arg-type]
+            student = build_student(spec, teacher).eval()
+            assert student.config.hidden_size == width
+            kd[name] = KLLoss(2.0)(LossInputs(student(**batch).logits, teacher_logits)).item()
+    assert kd["svd"] < kd["random"]
+    assert kd["copy"] == pytest.approx(0.0, abs=1e-6)  # same width and depth: an exact copy
+
+
+def test_layer_losses_run_in_a_job(tiny_teacher_dir: Path, tmp_path: Path) -> None:
+    config = make_config(
+        tiny_teacher_dir, tmp_path,
+        student=StudentSpec(architecture={"num_layers": 1, "hidden_size": 16, "num_heads": 1,
+                                          "intermediate_size": 32}),
+        losses=[LossSpec("kl", 1.0), LossSpec("hidden_mse", 1.0, layer_map={0: 1}),
+                LossSpec("attention_mse", 1.0), LossSpec("cosine", 0.5, pooling="mean")],
+        hyperparameters=Hyperparameters(epochs=1, batch_size=8, max_steps=4, log_every_steps=1,
+                                        learning_rate=1e-3),
+    )
+    recorder = Recorder()
+
+    result = run_job(config, recorder)
+
+    steps = [data for _, data in recorder.metric_events if "train_loss" in data]
+    assert len(steps) == 4
+    for key in ("loss_hidden_mse", "loss_attention_mse", "loss_cosine"):
+        assert all(data[key] > 0 and data[key] == data[key] for data in steps)
+    assert steps[-1]["loss_hidden_mse"] < steps[0]["loss_hidden_mse"]
+    assert AutoModelForSequenceClassification.from_pretrained(result.model_dir).config.hidden_size \
+        == 16

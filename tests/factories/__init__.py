@@ -1,0 +1,1 @@
+"""Shared test factories: toy records, tiny models, API helpers and worker processes."""
