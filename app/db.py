@@ -9,10 +9,10 @@ each other's protocol state and clash on psycopg's prepared statement names
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import MetaData, create_engine, event

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         default=60.0, description="Re-send the wake-up message of a job queued this long."
     )
     heartbeat_interval_s: float = Field(default=5.0, description="Worker heartbeat period.")
+    db_write_retry_s: float = Field(
+        default=60.0, description="How long a worker retries a job's database write (progress, "
+        "events, the final status) through an outage before it gives that write up."
+    )
     stale_heartbeat_after_s: float = Field(
         default=120.0, description="A running job whose heartbeat is this old is re-queued."
     )

@@ -37,9 +37,22 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_db() -> int:
-    """A Redis database number for this session's broker traffic."""
-    return 5 + (os.getpid() % 10)
+def redis_db() -> Iterator[int]:
+    """A Redis database number of this session's own (tests flush it), leased from databases
+    1-14 (15 is the soak benchmark's) so that two test sessions on one machine never share one."""
+    import redis
+
+    admin = redis.Redis.from_url(f"{REDIS_URL}/0")
+    token = uuid.uuid4().hex
+    for number in range(1, 15):
+        if admin.set(f"distill-test-db-lease:{number}", token, nx=True, ex=3 * 3600):
+            break
+    else:
+        raise RuntimeError("all 14 Redis test databases are leased; delete the keys "
+                           "distill-test-db-lease:* in Redis database 0 if no tests run")
+    yield number
+    if admin.get(f"distill-test-db-lease:{number}") == token.encode():
+        admin.delete(f"distill-test-db-lease:{number}")
 
 
 @pytest.fixture

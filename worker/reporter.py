@@ -2,6 +2,11 @@
 
 A heartbeat thread keeps the worker's lease fresh and notices `cancelling` (or a lost lease)
 within `heartbeat_interval_s`, even while the core is inside a long step.
+
+Progress, metrics and events are telemetry: each write is retried through a database outage
+(`db_write_retry_s`), and one that still fails is logged and counted, never raised into the
+training core, so an outage cannot fail a healthy job. The count is reported in a warning event
+once the database answers again.
 """
 
 from __future__ import annotations
@@ -9,13 +14,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from app.db import session_scope
 from app.jobs import lifecycle, repository
 from app.settings import Settings
 from distillation.config import Progress
+from worker.db_retry import write_with_retry
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,7 @@ class DbReporter:
         self._last_progress_write = 0.0
         self._last_stage: str | None = None
         self.train_progress: dict[str, Any] = {}  # the distill stage's last step counters
+        self.lost_writes = 0  # writes given up on during an outage, not yet reported
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
 
     def __enter__(self) -> DbReporter:
@@ -80,13 +91,16 @@ class DbReporter:
         if not new_stage and progress.percent < 100 and t - self._last_progress_write < 1.0:
             return
         self._last_progress_write = t
-        with session_scope(self.settings.sqlalchemy_url) as session:
+        stage = progress.stage
+
+        def write(session: Session) -> None:
             lifecycle.record_progress(session, job_id=self.job_id, worker_id=self.worker_id,
                                       progress=asdict(progress))
             if new_stage:
                 repository.add_event(session, job_id=self.job_id,
-                                     message=f"Stage {progress.stage} started.",
-                                     data={"stage": progress.stage})
+                                     message=f"Stage {stage} started.", data={"stage": stage})
+
+        self._write(f"progress ({stage})", write)
         self._last_stage = progress.stage
 
     def metrics(self, step: int, data: dict[str, Any]) -> None:
@@ -99,12 +113,36 @@ class DbReporter:
                             for k, v in data.items() if k != "step")
         # Every metrics event carries `step` and `train_loss` (the latest one for an eval event).
         event_data = {"step": step, "train_loss": self.metrics_state.get("train_loss"), **data}
-        with session_scope(self.settings.sqlalchemy_url) as session:
+
+        def write(session: Session) -> None:
             lifecycle.record_progress(session, job_id=self.job_id, worker_id=self.worker_id,
                                       metrics=self.metrics_state)
             repository.add_event(session, job_id=self.job_id, type="metrics",
                                  message=f"step {step}: {summary}", data=event_data)
 
+        self._write(f"metrics (step {step})", write)
+
     def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
-        with session_scope(self.settings.sqlalchemy_url) as session:
-            repository.add_event(session, job_id=self.job_id, message=text, level=level, data=data)
+        self._write("event", lambda session: repository.add_event(
+            session, job_id=self.job_id, message=text, level=level, data=data))
+
+    def _write(self, what: str, work: Callable[[Session], object]) -> None:
+        """One telemetry write, retried through an outage; given up (and counted) after that."""
+        try:
+            write_with_retry(self.settings.sqlalchemy_url, work,
+                             within_s=self.settings.db_write_retry_s)
+        except SQLAlchemyError:
+            self.lost_writes += 1
+            log.error("job %s: gave up writing %s after %.0f s of database errors; training "
+                      "goes on", self.job_id, what, self.settings.db_write_retry_s, exc_info=True)
+            return
+        if self.lost_writes:
+            lost, self.lost_writes = self.lost_writes, 0
+            try:
+                with session_scope(self.settings.sqlalchemy_url) as session:
+                    repository.add_event(
+                        session, job_id=self.job_id, level="warning",
+                        message=f"{lost} progress or event write(s) were lost during a database "
+                                "outage; training went on.", data={"lost_writes": lost})
+            except SQLAlchemyError:
+                self.lost_writes += lost

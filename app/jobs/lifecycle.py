@@ -97,6 +97,25 @@ def finish(
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
+def release(session: Session, *, job_id: str, worker_id: str, message: str) -> str | None:
+    """This worker hands its running job back: `running` becomes `queued` again (its checkpoints
+    stay for the next attempt) and `cancelling` becomes `cancelled`; the new status, or None if
+    the job is no longer this worker's."""
+    t = now()
+    for old, new, extra in (("running", "queued", {"enqueued_at": t}),
+                            ("cancelling", "cancelled", {"finished_at": t})):
+        result = session.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.worker_id == worker_id, JobRow.status == old)
+            .values(status=new, worker_id=None, **extra)
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            repository.add_event(session, job_id=job_id, level="warning",
+                                 message=f"{message} Job {new}.")
+            return new
+    return None
+
+
 def stale_queued(session: Session, *, older_than: float) -> list[str]:
     """Queued jobs whose wake-up message went out before `older_than` (maybe lost)."""
     return list(
