@@ -181,6 +181,7 @@ def main() -> None:
                 "hyperparameters": {"epochs": 2, "batch_size": 4, "learning_rate": 1e-3,
                                     "checkpoint_every_steps": 10}}
         total = int(args.minutes * 60 / args.interval)
+        started = time.monotonic()  # the schedule counts from the first submission
         kill_at, restart_at = total // 2, total // 2 + 1
         for i in range(total):
             next_at = started + (i + 1) * args.interval
