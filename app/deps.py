@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.service import authenticate
 from app.auth.tables import TenantRow
-from app.db import session_factory
+from app.kit.db import session_factory
 from app.settings import Settings, get_settings
 
 

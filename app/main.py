@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app import health
-from app.api_errors import ERROR_RESPONSES, install_error_handlers
 from app.files.endpoints import router as files_router
 from app.inference.endpoints import router as inference_router
 from app.jobs.endpoints import router as jobs_router
+from app.kit import health
+from app.kit.http_errors import ERROR_RESPONSES, install_error_handlers
 from app.models.endpoints import router as models_router
 
 

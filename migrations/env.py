@@ -1,8 +1,8 @@
-"""Alembic environment: the URL comes from the caller (app.migrate) or from DISTILL_* settings."""
+"""Alembic environment: the URL comes from the caller (app.kit.migrate) or from DISTILL_* settings."""
 
 from alembic import context
 
-from app.db import make_engine
+from app.kit.db import make_engine
 from app.settings import get_settings
 from app.tables import Base
 

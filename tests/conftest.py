@@ -19,7 +19,7 @@ PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgre
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A new Postgres database for this test session, its schema built by running the migrations."""
-    from app.migrate import upgrade
+    from app.kit.migrate import upgrade
 
     name = f"distill_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -28,7 +28,7 @@ def pg_url() -> Iterator[str]:
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     upgrade(url)
     yield url
-    from app.db import engine_for
+    from app.kit.db import engine_for
 
     engine_for(url).dispose()
     with admin.connect() as conn:
@@ -73,7 +73,7 @@ def settings(pg_url: str, redis_db: int, tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def _truncate_all(url: str) -> None:
-    from app.db import engine_for
+    from app.kit.db import engine_for
     from app.tables import Base
 
     names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)

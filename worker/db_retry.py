@@ -17,7 +17,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from app.db import session_scope
+from app.kit.db import session_scope
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from app.clock import now
-from app.db import session_scope
 from app.jobs import lifecycle
 from app.jobs.queue import send_wakeup
+from app.kit.clock import now
+from app.kit.db import session_scope
 from app.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.db import session_scope
 from app.jobs import lifecycle, repository
+from app.kit.db import session_scope
 from app.settings import Settings
 from distillation.config import Progress
 from worker.db_retry import write_with_retry

@@ -20,12 +20,12 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app import storage
-from app.db import session_scope
 from app.files.service import file_path, get_file
 from app.jobs import lifecycle, repository
 from app.jobs.queue import send_wakeup
 from app.jobs.tables import JobRow
+from app.kit import storage
+from app.kit.db import session_scope
 from app.models.service import register_distilled_model, resolve_model_ref
 from app.settings import Settings
 from distillation.config import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from app.db import session_scope
 from app.jobs.tables import JobRow
+from app.kit.db import session_scope
 from app.settings import Settings, get_settings
 from worker.celery_app import celery_app
 

@@ -9,9 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.tables import ApiKeyRow, TenantRow
-from app.clock import now
-from app.errors import Unauthorized
-from app.ids import new_id
+from app.kit.clock import now
+from app.kit.errors import Unauthorized
+from app.kit.ids import new_id
 
 KEY_PREFIX = "dsk_"
 

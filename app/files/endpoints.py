@@ -11,7 +11,7 @@ from app.deps import SessionDep, SettingsDep, TenantDep
 from app.files import service
 from app.files.multipart import multipart_openapi, receive_upload
 from app.files.schemas import FileDeleted, FileObject, Purpose
-from app.pagination import ListResponse, page
+from app.kit.pagination import ListResponse, page
 
 router = APIRouter(prefix="/files", tags=["files"])
 

@@ -17,7 +17,7 @@ from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from app.errors import InvalidRequest, PayloadTooLarge
+from app.kit.errors import InvalidRequest, PayloadTooLarge
 
 # Room for the multipart boundaries, part headers and small fields such as `purpose`.
 FORM_OVERHEAD_BYTES = 64 * 1024

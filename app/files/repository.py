@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from app.files.tables import FileRow
 from app.jobs.repository import ACTIVE_STATUSES as ACTIVE_JOB_STATUSES
 from app.jobs.tables import JobRow
-from app.pagination import newest_first
+from app.kit.pagination import newest_first
 
 FILE_FIELDS = ("training_file", "validation_file")
 

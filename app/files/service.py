@@ -6,13 +6,13 @@ from pathlib import Path, PurePath
 
 from sqlalchemy.orm import Session
 
-from app import storage
-from app.clock import now
-from app.errors import Conflict, InvalidRequest, NotFound
 from app.files import repository
 from app.files.schemas import PURPOSES
 from app.files.tables import FileRow
-from app.ids import new_id
+from app.kit import storage
+from app.kit.clock import now
+from app.kit.errors import Conflict, InvalidRequest, NotFound
+from app.kit.ids import new_id
 from app.settings import Settings
 from distillation.records import RecordError, parse_bytes
 

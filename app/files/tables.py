@@ -8,7 +8,7 @@ from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.auth import tables as _auth_tables  # noqa: F401 - registers `tenants`, the FK target
-from app.db import Base
+from app.kit.db import Base
 
 
 class FileRow(Base):

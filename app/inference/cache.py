@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.storage import dir_mtime_ns
+from app.kit.storage import dir_mtime_ns
 from distillation.predict import Predictor
 
 DEFAULT_SIZE = 4

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from app.errors import InvalidRequest
 from app.inference.cache import PredictorCache, predictors
 from app.inference.schemas import Classification, Generation, PredictResponse
+from app.kit.errors import InvalidRequest
 from app.models import service as models
 from app.settings import Settings
 from distillation.inspect import BASE_TASK

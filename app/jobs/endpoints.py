@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.jobs import service
 from app.jobs.schemas import CheckpointOut, JobCreate, JobEventOut, JobOut
-from app.pagination import ListResponse, page
+from app.kit.pagination import ListResponse, page
 
 router = APIRouter(prefix="/distillation/jobs", tags=["distillation jobs"])
 

@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.clock import now
 from app.jobs import repository
 from app.jobs.tables import JobRow
+from app.kit.clock import now
 
 RUNNING = ("running", "cancelling")
 

@@ -7,9 +7,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.clock import now
 from app.jobs.tables import IdempotencyKeyRow, JobEventRow, JobRow
-from app.pagination import newest_first
+from app.kit.clock import now
+from app.kit.pagination import newest_first
 
 ACTIVE_STATUSES = ("queued", "running", "cancelling")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")

@@ -8,11 +8,7 @@ import json
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import storage
 from app.auth.tables import TenantRow
-from app.clock import now
-from app.errors import Conflict, InvalidRequest, NotFound
-from app.ids import new_id
 from app.jobs import repository
 from app.jobs.queue import send_wakeup
 from app.jobs.schemas import (
@@ -25,6 +21,10 @@ from app.jobs.schemas import (
 )
 from app.jobs.tables import IdempotencyKeyRow, JobEventRow, JobRow
 from app.jobs.validation import check_job_request
+from app.kit import storage
+from app.kit.clock import now
+from app.kit.errors import Conflict, InvalidRequest, NotFound
+from app.kit.ids import new_id
 from app.settings import Settings
 from distillation.checkpoint_index import checkpoint_id
 from distillation.checkpoint_index import list_checkpoints as list_checkpoints_on_disk

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from app.errors import InvalidRequest
 from app.files.service import file_path, get_file
 from app.files.tables import FileRow
 from app.jobs.schemas import JobCreate
+from app.kit.errors import InvalidRequest
 from app.models.service import ResolvedModel, resolve_model_ref
 from app.settings import Settings
 from distillation.config import SUPPORTED_TASKS, DataSpec, LossSpec

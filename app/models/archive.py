@@ -1,7 +1,7 @@
 """What an uploaded model archive may hold: a Hugging Face directory with safetensors weights.
 
 Refused: pickle weights (loading them runs arbitrary code), Python files and `auto_map`
-entries (remote code), members that escape the directory (see `app.storage`), and archives
+entries (remote code), members that escape the directory (see `app.kit.storage`), and archives
 without a `config.json` or safetensors weights.
 """
 
@@ -11,9 +11,9 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from app import storage
-from app.errors import InvalidRequest
-from app.storage import ArchiveMember, UnsafeArchive
+from app.kit import storage
+from app.kit.errors import InvalidRequest
+from app.kit.storage import ArchiveMember, UnsafeArchive
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so")

@@ -8,9 +8,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.files.multipart import multipart_openapi, receive_upload
+from app.kit.pagination import ListResponse
 from app.models import service
 from app.models.schemas import ModelDeleted, ModelObject
-from app.pagination import ListResponse
 
 router = APIRouter(prefix="/models", tags=["models"])
 

@@ -13,10 +13,10 @@ from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
-from app import storage
-from app.clock import now
-from app.errors import Conflict, InvalidRequest, NotFound
-from app.ids import new_id
+from app.kit import storage
+from app.kit.clock import now
+from app.kit.errors import Conflict, InvalidRequest, NotFound
+from app.kit.ids import new_id
 from app.models import repository
 from app.models.archive import invalid_archive, unpack_model_archive
 from app.models.builtin import BUILTINS, get_builtin

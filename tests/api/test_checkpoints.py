@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from app.db import session_scope
 from app.jobs.tables import JobRow
+from app.kit.db import session_scope
 from distillation.checkpoint import Checkpointer
 from distillation.training import LoopState
 from tests.factories.api import job_body, sentiment_files, upload_model_dir

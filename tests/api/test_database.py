@@ -6,7 +6,7 @@ import os
 
 from sqlalchemy import text
 
-from app.db import engine_for, session_scope
+from app.kit.db import engine_for, session_scope
 
 
 def backend_pid(url: str) -> int:

@@ -165,10 +165,10 @@ def test_delete_removes_row_and_bytes(client: Any, auth: dict[str, str], setting
 def test_delete_is_409_while_an_active_job_uses_the_file(
     client: Any, auth: dict[str, str], settings: Any
 ) -> None:
-    from app.clock import now
-    from app.db import session_scope
     from app.files.tables import FileRow
     from app.jobs.tables import JobRow
+    from app.kit.clock import now
+    from app.kit.db import session_scope
 
     file_id = upload(client, auth, "busy.jsonl", jsonl(sentiment_records(4))).json()["id"]
     with session_scope(settings.sqlalchemy_url) as session:

@@ -158,8 +158,8 @@ def test_delete(client: Any, auth: dict[str, str], settings: Any, tiny_teacher_d
 def test_resolve_model_ref(client: Any, auth: dict[str, str], other_auth: dict[str, str],
                            settings: Any, tiny_teacher_dir: Path,
                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.db import session_scope
-    from app.errors import InvalidRequest
+    from app.kit.db import session_scope
+    from app.kit.errors import InvalidRequest
     from app.models.service import resolve_model_ref
     from app.models.tables import ModelRow
     from app.settings import get_settings
@@ -195,7 +195,7 @@ def test_register_distilled_model(settings: Any, auth: dict[str, str], tiny_teac
     import shutil
 
     from app.auth.tables import TenantRow
-    from app.db import session_scope
+    from app.kit.db import session_scope
     from app.models.service import register_distilled_model
 
     export = tmp_path / "export"

@@ -63,7 +63,7 @@ def job_body(*, teacher: str, training_file: str, validation_file: str | None = 
 
 def make_key(settings: Any, tenant: str) -> dict[str, str]:
     from app.auth.service import create_key
-    from app.db import session_scope
+    from app.kit.db import session_scope
 
     with session_scope(settings.sqlalchemy_url) as session:
         _, key = create_key(session=session, tenant_name=tenant)

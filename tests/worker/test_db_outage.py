@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from app.db import engine_for
+from app.kit.db import engine_for
 from distillation.checkpoint_index import list_checkpoints
 from tests.factories.worker import create_job
 

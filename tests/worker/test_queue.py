@@ -16,10 +16,10 @@ import torch
 from sqlalchemy import update
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from app.db import session_scope
 from app.jobs import lifecycle
 from app.jobs.queue import send_wakeup
 from app.jobs.tables import JobRow
+from app.kit.db import session_scope
 from tests.factories.api import REDIS_URL, job_body, sentiment_files, upload_model_dir, upload_records
 from tests.factories.records import sentiment_records
 from tests.factories.worker import create_job, wait_for

@@ -26,7 +26,7 @@ from rich.table import Table
 from app.settings import get_settings
 
 console = Console()
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SST2 = PROJECT_ROOT.parent / "shared" / "data" / "sst2"
 SENTENCES = [
     "a gorgeous , witty , seductive movie .",

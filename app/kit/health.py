@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app.db import engine_for
 from app.deps import SettingsDep
+from app.kit.db import engine_for
 
 router = APIRouter(tags=["health"])
 

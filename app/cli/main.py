@@ -25,7 +25,7 @@ PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
 
 def _prepare(settings: Settings) -> None:
     """Create the data directory and bring the schema up to date (idempotent)."""
-    from app.migrate import upgrade
+    from app.kit.migrate import upgrade
 
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     for path in (settings.files_dir, settings.models_dir, settings.jobs_dir):
@@ -109,7 +109,7 @@ def _die_with_parent() -> None:
 def keys_create(tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")]) -> None:
     """Create an API key; the key is printed once, as the last word of the last line."""
     from app.auth.service import create_key
-    from app.db import session_scope
+    from app.kit.db import session_scope
 
     if not tenant.strip():
         raise typer.BadParameter("the tenant name must not be empty", param_hint="--tenant")
@@ -133,7 +133,7 @@ def demo(
 ) -> None:
     """Serve, upload SST-2, distil the built-in MiniLM into a 4x smaller student, download it,
     predict with it and print the report."""
-    from app.demo import run_demo
+    from app.cli.demo import run_demo
 
     run_demo(rows=None if full else rows, epochs=epochs, sst2_dir=sst2_dir, port=port)
 

@@ -1,0 +1,1 @@
+"""The `distill` command: server processes, keys and the demo."""

@@ -1,0 +1,5 @@
+"""`python -m app.cli …` is the `distill` command."""
+
+from app.cli.main import main
+
+main()

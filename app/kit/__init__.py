@@ -1,0 +1,1 @@
+"""Infrastructure the feature slices share: database, storage, ids, paging, time, errors."""
