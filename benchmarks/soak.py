@@ -137,7 +137,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="how long jobs are submitted")
     parser.add_argument("--interval", type=float, default=20.0, help="seconds between jobs")
-    parser.add_argument("--drain-minutes", type=float, default=8.0, help="max wait at the end")
+    parser.add_argument("--drain-minutes", type=float, default=20.0,
+                        help="max wait at the end for the queue to drain")
     parser.add_argument("--no-save", action="store_true", help="do not write the results file")
     args = parser.parse_args()
 
@@ -199,7 +200,8 @@ def main() -> None:
             print(f"[{time.monotonic() - started:6.0f}s] submitted {len(jobs)}: "
                   f"{dict(statuses)}", flush=True)
             time.sleep(max(0.0, next_at - time.monotonic()))
-        drain_until = time.monotonic() + args.drain_minutes * 60
+        drain_started = time.monotonic()
+        drain_until = drain_started + args.drain_minutes * 60
         final: dict[str, dict[str, Any]] = {}
         while time.monotonic() < drain_until:
             final = {j: api.get(f"/v1/distillation/jobs/{j}").json() for j in jobs}
@@ -216,6 +218,7 @@ def main() -> None:
                 twice.append(job_id)
         statuses = Counter(j["status"] for j in final.values())
         failures = {j["id"]: j["error"] for j in final.values() if j["status"] == "failed"}
+        unfinished = {j["id"]: j["status"] for j in final.values() if j["status"] not in FINAL}
         row = {
             "submitted": len(jobs), "succeeded": statuses["succeeded"],
             "failed": statuses["failed"], "cancelled": statuses["cancelled"],
@@ -223,7 +226,8 @@ def main() -> None:
             "run_twice": len(twice),
             "resumed": sum(j["attempts"] > 1 for j in final.values()),
             "minutes": round((time.monotonic() - started) / 60, 1),
-            "failures": failures,
+            "drain_minutes": round((time.monotonic() - drain_started) / 60, 1),
+            "failures": failures, "unfinished": unfinished,
         }
     finally:
         services.stop()
@@ -231,10 +235,13 @@ def main() -> None:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
         admin.dispose()
     print()
-    for name in ("submitted", "succeeded", "failed", "lost", "run_twice", "resumed", "minutes"):
+    for name in ("submitted", "succeeded", "failed", "lost", "run_twice", "resumed", "minutes",
+                 "drain_minutes"):
         print(f"{name:>10}: {row[name]}")
     for job_id, error in failures.items():
         print(f"failed {job_id}: {error}")
+    for job_id, status in unfinished.items():
+        print(f"not finished {job_id}: {status}")
     if not args.no_save:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps({

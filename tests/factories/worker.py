@@ -16,15 +16,22 @@ ROOT = Path(__file__).resolve().parents[2]
 FINAL = {"succeeded", "failed", "cancelled"}
 
 
-def start_worker(settings: Any, **env: str) -> subprocess.Popen[bytes]:
+def start_worker(settings: Any, *, log: Path | None = None, **env: str) -> subprocess.Popen[bytes]:
     """A real `distill worker` (its own process group) on the settings' database, broker and
-    data directory; `env` overrides `DISTILL_*` variables (heartbeat 0.5 s by default)."""
+    data directory; `env` overrides `DISTILL_*` variables (heartbeat 0.5 s by default); its
+    output goes to `log` when given (appended)."""
     full_env = {**os.environ, "DISTILL_DATABASE_URL": settings.database_url,
                 "DISTILL_BROKER_URL": settings.broker_url,
                 "DISTILL_DATA_DIR": str(settings.resolved_data_dir),
                 "DISTILL_HEARTBEAT_INTERVAL_S": "0.5", **env}
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=full_env, cwd=ROOT,
-                            start_new_session=True)
+    out = log.open("ab") if log is not None else None
+    try:
+        return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=full_env,
+                                cwd=ROOT, start_new_session=True, stdout=out,
+                                stderr=subprocess.STDOUT if out else None)
+    finally:
+        if out is not None:
+            out.close()  # the child has its own copy of the descriptor
 
 
 def stop_worker(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
