@@ -11,8 +11,10 @@ test: setup
 	./scripts/services.sh
 	.venv/bin/ruff check .
 	.venv/bin/mypy app worker distillation
+	.venv/bin/lint-imports
 	.venv/bin/pytest -q
 
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy app worker distillation
+	.venv/bin/lint-imports

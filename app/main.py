@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app.files.endpoints import router as files_router
+from app.health.endpoints import router as health_router
 from app.inference.endpoints import router as inference_router
 from app.jobs.endpoints import router as jobs_router
-from app.kit import health
 from app.kit.http_errors import ERROR_RESPONSES, install_error_handlers
 from app.models.endpoints import router as models_router
 
@@ -20,7 +20,7 @@ def create_app() -> FastAPI:
         docs_url="/docs",
     )
     install_error_handlers(app)
-    app.include_router(health.router)
+    app.include_router(health_router)
     for router in (files_router, jobs_router, models_router, inference_router):
         app.include_router(router, prefix="/v1", responses=ERROR_RESPONSES)
     return app

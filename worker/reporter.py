@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.jobs import lifecycle, repository
+from app.jobs.status import JobStatus
 from app.kit.db import session_scope
 from app.settings import Settings
 from distillation.config import Progress
@@ -74,7 +75,7 @@ class DbReporter:
             if status is None:
                 self.stop_reason = "lease_lost"
                 self._stopped.set()
-            elif status == "cancelling":
+            elif status == JobStatus.CANCELLING:
                 self.stop_reason = "cancelled"
                 self._stopped.set()
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from app.files.service import file_path, get_file
 from app.jobs import lifecycle, repository
 from app.jobs.queue import send_wakeup
+from app.jobs.status import JobStatus
 from app.jobs.tables import JobRow
 from app.kit import storage
 from app.kit.db import session_scope
@@ -119,7 +120,7 @@ def _hand_back(settings: Settings, job_id: str, worker_id: str, exc: BaseExcepti
                 session, job_id=job_id, worker_id=worker_id,
                 message=f"The worker lost the database ({type(exc).__name__}); its checkpoints "
                         "are kept for the next attempt.")
-        if new_status == "queued":
+        if new_status == JobStatus.QUEUED:
             send_wakeup(job_id, settings=settings)
     except SQLAlchemyError:
         log.warning("job %s: could not hand it back; the reconciler will re-queue it", job_id)
@@ -152,8 +153,9 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
                 log.warning("job %s: lease lost; another worker owns it now", job_id)
                 return None
             try:
-                _finish(settings, job_id, worker_id, status="cancelled", message="Job cancelled.")
-                status = "cancelled"
+                _finish(settings, job_id, worker_id, status=JobStatus.CANCELLED,
+                        message="Job cancelled.")
+                status = JobStatus.CANCELLED
             except SQLAlchemyError as exc:
                 _hand_back(settings, job_id, worker_id, exc)
                 return None
@@ -165,13 +167,13 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
             error = {"code": "training_failed", "message": f"{type(exc).__name__}: {exc}"}
             trace = traceback.format_exc()[-3500:]
             try:
-                _finish(settings, job_id, worker_id, status="failed", error=error,
+                _finish(settings, job_id, worker_id, status=JobStatus.FAILED, error=error,
                         message=f"Job failed: {error['message']}", level="error")
             except SQLAlchemyError as db_exc:
                 _hand_back(settings, job_id, worker_id, db_exc)
                 return None
             reporter.message("Traceback", level="error", data={"traceback": trace})
-            status = "failed"
+            status = JobStatus.FAILED
     if status is not None:
         # Finished for good. A run cut short by a lost lease or the database (returned above) or
         # by the worker's death keeps the directory, so the attempt that takes the job over
@@ -199,8 +201,8 @@ def _record_success(job: JobRow, result: JobResult, *, settings: Settings, worke
         registered = Path(model.path)
         try:
             done = lifecycle.finish(
-                session, job_id=job.id, worker_id=worker_id, status="succeeded",
-                result_model=model.id, metrics=metrics, from_statuses=("running",),
+                session, job_id=job.id, worker_id=worker_id, status=JobStatus.SUCCEEDED,
+                result_model=model.id, metrics=metrics, from_statuses=(JobStatus.RUNNING,),
                 progress={"stage": "export", "percent": 100.0, "step": trained.get("step", 0),
                           "total_steps": trained.get("total_steps", 0),
                           "epoch": trained.get("epoch", 0), "eta_seconds": 0.0},
@@ -222,11 +224,12 @@ def _record_success(job: JobRow, result: JobResult, *, settings: Settings, worke
         return True
 
     if write_with_retry(settings.sqlalchemy_url, record, within_s=settings.db_write_retry_s):
-        return "succeeded"
+        return JobStatus.SUCCEEDED
 
     def cancel_instead(session: Session) -> bool:
         cancelled = lifecycle.finish(session, job_id=job.id, worker_id=worker_id,
-                                     status="cancelled", from_statuses=("cancelling",))
+                                     status=JobStatus.CANCELLED,
+                                     from_statuses=(JobStatus.CANCELLING,))
         if cancelled:
             repository.add_event(session, job_id=job.id,
                                  message="Job cancelled (the request came in as it finished).")
@@ -234,4 +237,4 @@ def _record_success(job: JobRow, result: JobResult, *, settings: Settings, worke
 
     cancelled = write_with_retry(settings.sqlalchemy_url, cancel_instead,
                                  within_s=settings.db_write_retry_s)
-    return "cancelled" if cancelled else None
+    return JobStatus.CANCELLED if cancelled else None

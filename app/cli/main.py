@@ -34,7 +34,12 @@ def _prepare(settings: Settings) -> None:
 
 
 def _worker_argv(concurrency: int) -> list[str]:
-    return ["worker", "-Q", "training", "-c", str(concurrency), "--loglevel", "INFO",
+    """The Celery worker's command line. The CLI starts the worker as a program, never imports
+    it: the API side (this package) stays below the Celery process in the layers."""
+    from app.jobs.queue import TRAINING_QUEUE
+
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+            "-Q", TRAINING_QUEUE, "-c", str(concurrency), "--loglevel", "INFO",
             "--without-gossip", "--without-mingle"]
 
 
@@ -59,12 +64,13 @@ def worker(
     concurrency: Annotated[int, typer.Option(help="Jobs run at once (one per process).")] = 1,
 ) -> None:
     """Run a Celery training worker (and its reconciler timer)."""
-    from worker.celery_app import celery_app
-
     settings = get_settings()
     if not settings.database_url:  # embedded SQLite: nobody else runs the migrations
         _prepare(settings)
-    celery_app.worker_main(_worker_argv(concurrency))
+    argv = _worker_argv(concurrency)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)  # the worker takes this process over (same pid, same signals)
 
 
 @cli.command()
@@ -76,10 +82,7 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     settings = get_settings()
     _prepare(settings)
     env = {**os.environ, "DISTILL_DATA_DIR": str(settings.resolved_data_dir)}
-    worker_proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", *_worker_argv(1)], env=env,
-        preexec_fn=_die_with_parent,
-    )
+    worker_proc = subprocess.Popen(_worker_argv(1), env=env, preexec_fn=_die_with_parent)
     # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it runs the `finally`
     # below, which stops the worker too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.files.tables import FileRow
-from app.jobs.repository import ACTIVE_STATUSES as ACTIVE_JOB_STATUSES
+from app.jobs.status import ACTIVE as ACTIVE_JOB_STATUSES
 from app.jobs.tables import JobRow
 from app.kit.pagination import newest_first
 

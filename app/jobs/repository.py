@@ -11,9 +11,6 @@ from app.jobs.tables import IdempotencyKeyRow, JobEventRow, JobRow
 from app.kit.clock import now
 from app.kit.pagination import newest_first
 
-ACTIVE_STATUSES = ("queued", "running", "cancelling")
-FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
-STATUSES = ("queued", "running", "cancelling", *FINISHED_STATUSES)
 EVENT_PREFIX = "event-"
 
 

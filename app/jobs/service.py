@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.tables import TenantRow
-from app.jobs import repository
+from app.jobs import lifecycle, repository
 from app.jobs.queue import send_wakeup
 from app.jobs.schemas import (
     CheckpointOut,
@@ -19,6 +19,7 @@ from app.jobs.schemas import (
     JobOut,
     ProgressOut,
 )
+from app.jobs.status import JobStatus
 from app.jobs.tables import IdempotencyKeyRow, JobEventRow, JobRow
 from app.jobs.validation import check_job_request
 from app.kit import storage
@@ -115,7 +116,7 @@ def create_job(
     job = JobRow(
         id=new_id("job"),
         tenant_id=tenant.id,
-        status="queued",
+        status=JobStatus.QUEUED,
         task=request.task,
         request=request.model_dump(mode="json"),
         progress=ProgressOut().model_dump(),
@@ -155,9 +156,9 @@ def get_job(*, session: Session, tenant: TenantRow, job_id: str) -> JobRow:
 def list_jobs(
     *, session: Session, tenant: TenantRow, limit: int, after: str | None, status: str | None
 ) -> list[JobRow]:
-    if status is not None and status not in repository.STATUSES:
+    if status is not None and status not in list(JobStatus):
         raise InvalidRequest(
-            f"Unknown status {status!r}; one of {', '.join(repository.STATUSES)}.", param="status"
+            f"Unknown status {status!r}; one of {', '.join(JobStatus)}.", param="status"
         )
     cursor = None
     if after is not None:
@@ -172,17 +173,13 @@ def list_jobs(
 def cancel_job(*, session: Session, tenant: TenantRow, job_id: str) -> JobRow:
     """Queued jobs are cancelled at once; running ones become `cancelling` until the worker stops."""
     job = get_job(session=session, tenant=tenant, job_id=job_id)
-    if job.status in repository.FINISHED_STATUSES:
+    if lifecycle.request_cancel(session, job_id=job.id) is None:
+        session.rollback()
+        session.refresh(job)
         raise Conflict(f"Job {job_id!r} has already finished ({job.status}).",
                        param="id", code="job_finished")
-    if job.status == "queued":
-        job.status = "cancelled"
-        job.finished_at = now()
-        repository.add_event(session, job_id=job.id, message="Job cancelled before it started.")
-    elif job.status == "running":
-        job.status = "cancelling"
-        repository.add_event(session, job_id=job.id, message="Cancellation requested.")
     session.commit()
+    session.refresh(job)
     return job
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.jobs.repository import ACTIVE_STATUSES as ACTIVE_JOB_STATUSES
+from app.jobs.status import ACTIVE as ACTIVE_JOB_STATUSES
 from app.jobs.tables import JobRow
 from app.models.tables import ModelRow
 

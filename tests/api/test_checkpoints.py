@@ -15,6 +15,7 @@ from app.kit.db import session_scope
 from distillation.checkpoint import Checkpointer
 from distillation.training import LoopState
 from tests.factories.api import job_body, sentiment_files, upload_model_dir
+from tests.factories.worker import reconcile_now
 
 
 class WorkerDied(BaseException):
@@ -25,7 +26,6 @@ def test_checkpoints_of_a_killed_job_are_listed_and_the_next_attempt_resumes(
     client: Any, auth: dict[str, str], other_auth: dict[str, str], settings: Any,
     tiny_teacher_dir: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from worker.reconciler import reconcile_once
     from worker.runner import execute_job
 
     # Given a job of 4 optimizer steps that checkpoints every step
@@ -70,7 +70,7 @@ def test_checkpoints_of_a_killed_job_are_listed_and_the_next_attempt_resumes(
     with session_scope(settings.sqlalchemy_url) as session:
         session.execute(update(JobRow).where(JobRow.id == job_id)
                         .values(heartbeat_at=time.time() - 3600))
-    assert reconcile_once(settings)["queued"] == [job_id]
+    assert reconcile_now(settings)["queued"] == [job_id]
     assert execute_job(job_id, settings=settings) == "succeeded"
 
     # Then the second attempt resumed from step 2 and trained steps 3 and 4 only

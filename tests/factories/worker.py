@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.jobs.lifecycle import reconcile
+from app.kit.db import session_scope
 from tests.factories.api import job_body, sentiment_files, upload_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,3 +70,9 @@ def wait_for(client: Any, auth: dict[str, str], job_id: str, statuses: set[str],
     raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
 
 
+
+
+def reconcile_now(settings: Any) -> dict[str, list[str]]:
+    """One reconciler pass, as a worker's timer runs it."""
+    with session_scope(settings.sqlalchemy_url) as session:
+        return reconcile(session, settings=settings)

@@ -22,7 +22,7 @@ from app.jobs.tables import JobRow
 from app.kit.db import session_scope
 from tests.factories.api import REDIS_URL, job_body, sentiment_files, upload_model_dir, upload_records
 from tests.factories.records import sentiment_records
-from tests.factories.worker import create_job, wait_for
+from tests.factories.worker import create_job, reconcile_now, wait_for
 
 
 def test_full_job_through_a_real_worker(
@@ -127,15 +127,13 @@ def _age(settings: Any, job_id: str, **fields: float) -> None:
 def test_reconciler_resends_a_lost_message(
     client: Any, auth: dict[str, str], settings: Any, tiny_teacher_dir: Path, redis_db: int
 ) -> None:
-    from worker.reconciler import reconcile_once
-
     job_id, _ = create_job(client, auth, tiny_teacher_dir)
     r = redis.Redis.from_url(f"{REDIS_URL}/{redis_db}")
     r.flushdb()  # the broker lost the message
 
-    assert reconcile_once(settings)["resent"] == []  # too recent to be considered lost
+    assert reconcile_now(settings)["resent"] == []  # too recent to be considered lost
     _age(settings, job_id, enqueued_at=time.time() - 3600)
-    done = reconcile_once(settings)
+    done = reconcile_now(settings)
 
     assert done["resent"] == [job_id] and r.llen("training") == 1
 
@@ -143,8 +141,6 @@ def test_reconciler_resends_a_lost_message(
 def test_reconciler_requeues_then_fails_a_job_whose_worker_died(
     client: Any, auth: dict[str, str], settings: Any, tiny_teacher_dir: Path, redis_db: int
 ) -> None:
-    from worker.reconciler import reconcile_once
-
     job_id, _ = create_job(client, auth, tiny_teacher_dir)
     r = redis.Redis.from_url(f"{REDIS_URL}/{redis_db}")
 
@@ -154,7 +150,7 @@ def test_reconciler_requeues_then_fails_a_job_whose_worker_died(
         with session_scope(settings.sqlalchemy_url) as session:
             assert lifecycle.claim(session, job_id=job_id, worker_id=f"dead-{attempt}")
         _age(settings, job_id, heartbeat_at=time.time() - 3600)
-        reconcile_once(settings)
+        reconcile_now(settings)
         job = client.get(f"/v1/distillation/jobs/{job_id}", headers=auth).json()
         statuses.append(job["status"])
 

@@ -29,10 +29,10 @@ def _check_database(url: str) -> str | None:
 
 
 def _check_broker(url: str) -> str | None:
-    from worker.celery_app import celery_app
+    from kombu import Connection
 
     try:
-        with celery_app.connection_for_write(url=url) as conn:
+        with Connection(url) as conn:
             conn.ensure_connection(max_retries=1, timeout=3)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"[:300]

@@ -1,0 +1,1 @@
+"""Liveness and readiness checks (`/healthz`, `/readyz`), open without a key."""
