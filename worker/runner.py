@@ -20,27 +20,18 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.files.service import file_path, get_file
 from app.jobs import lifecycle, repository
+from app.jobs.core_config import to_job_config
 from app.jobs.queue import send_wakeup
 from app.jobs.status import JobStatus
 from app.jobs.tables import JobRow
 from app.kit import storage
 from app.kit.db import session_scope
-from app.models.service import register_distilled_model, resolve_model_ref
+from app.models.service import register_distilled_model
 from app.settings import Settings
-from distillation.config import (
-    Cancelled,
-    DataSpec,
-    FinetuneSpec,
-    Hyperparameters,
-    JobConfig,
-    JobResult,
-    LossSpec,
-    StudentSpec,
-)
+from distillation.config import Cancelled, JobResult
 from distillation.engine import run_job
-from worker.db_retry import retry_db, write_with_retry
+from worker.db_retry import write_with_retry
 from worker.reporter import DbReporter, eval_view
 
 log = logging.getLogger(__name__)
@@ -48,56 +39,6 @@ log = logging.getLogger(__name__)
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def build_config(job: JobRow, *, settings: Settings) -> JobConfig:
-    """The training core's config for a job row (refs and file ids resolved to paths)."""
-    req = job.request
-    with session_scope(settings.sqlalchemy_url) as session:
-        teacher = resolve_model_ref(session=session, tenant_id=job.tenant_id, settings=settings,
-                                    ref=req["teacher"]["model"], param="teacher.model")
-        student_path = None
-        if req["student"].get("model"):
-            student_path = resolve_model_ref(
-                session=session, tenant_id=job.tenant_id, settings=settings,
-                ref=req["student"]["model"], param="student.model",
-            ).path
-        paths: dict[str, Path | None] = {}
-        for key in ("training_file", "validation_file"):
-            row = (get_file(session=session, tenant_id=job.tenant_id, file_id=req[key])
-                   if req.get(key) else None)
-            if req.get(key) and row is None:
-                raise ValueError(f"{key} {req[key]!r} was deleted before the job ran")
-            paths[key] = file_path(row, settings=settings) if row is not None else None
-    train_path = paths["training_file"]
-    assert train_path is not None
-    job_dir = settings.jobs_dir / job.id
-    finetune = req["teacher"].get("finetune")
-    arch = req["student"].get("architecture")
-    return JobConfig(
-        task=job.task,
-        teacher_path=teacher.path,
-        teacher_name=req["teacher"]["model"],
-        teacher_finetune=FinetuneSpec(**finetune) if finetune else None,
-        student=StudentSpec(
-            model_path=student_path,
-            architecture={k: v for k, v in arch.items() if v is not None} if arch else None,
-            init=req["student"].get("init", "teacher"),
-        ),
-        train_file=train_path,
-        validation_file=paths["validation_file"],
-        data=DataSpec(**req["data"]),
-        temperature=req["distillation"]["temperature"],
-        temperature_end=req["distillation"].get("temperature_end"),
-        losses=[LossSpec(type=x["type"], weight=x["weight"], weight_end=x.get("weight_end"),
-                         beta=x.get("beta", 0.5),
-                         layer_map={int(k): int(v) for k, v in x["layer_map"].items()}
-                         if x.get("layer_map") else None)
-                for x in req["distillation"]["losses"]],
-        hyperparameters=Hyperparameters(**req["hyperparameters"]),
-        output_dir=job_dir / "output",
-        work_dir=job_dir / "work",
-    )
 
 
 def _finish(settings: Settings, job_id: str, worker_id: str, *, status: str, message: str,
@@ -143,8 +84,10 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
     with DbReporter(settings=settings, job_id=job_id, worker_id=worker_id,
                     metrics=dict(job.metrics)) as reporter:
         try:
-            config = retry_db(lambda: build_config(job, settings=settings),
-                              within_s=settings.db_write_retry_s)
+            config = write_with_retry(
+                settings.sqlalchemy_url,
+                lambda session: to_job_config(job, session=session, settings=settings),
+                within_s=settings.db_write_retry_s)
             result = run_job(config, reporter)
             status = _record_success(job, result, settings=settings, worker_id=worker_id,
                                      reporter=reporter)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.files.tables import FileRow
 from app.jobs.status import ACTIVE as ACTIVE_JOB_STATUSES
 from app.jobs.tables import JobRow
 from app.kit.pagination import newest_first
-
-FILE_FIELDS = ("training_file", "validation_file")
 
 
 def get_for_tenant(session: Session, *, tenant_id: str, file_id: str) -> FileRow | None:
@@ -39,13 +37,9 @@ def list_for_tenant(
 
 def active_jobs_using(session: Session, *, tenant_id: str, file_id: str) -> list[str]:
     """Ids of the tenant's queued, running or cancelling jobs that read this file."""
-    jobs = session.execute(
-        select(JobRow.id, JobRow.request).where(
-            JobRow.tenant_id == tenant_id, JobRow.status.in_(ACTIVE_JOB_STATUSES)
+    return list(session.scalars(
+        select(JobRow.id).where(
+            JobRow.tenant_id == tenant_id, JobRow.status.in_(ACTIVE_JOB_STATUSES),
+            or_(JobRow.training_file_id == file_id, JobRow.validation_file_id == file_id),
         )
-    )
-    return [
-        job_id
-        for job_id, request in jobs
-        if any((request or {}).get(field) == file_id for field in FILE_FIELDS)
-    ]
+    ))

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.tables import TenantRow
 from app.jobs import lifecycle, repository
+from app.jobs.core_config import stored_request
 from app.jobs.queue import send_wakeup
 from app.jobs.schemas import (
     CheckpointOut,
@@ -26,25 +27,26 @@ from app.kit import storage
 from app.kit.clock import now
 from app.kit.errors import Conflict, InvalidRequest, NotFound
 from app.kit.ids import new_id
+from app.models import repository as models_repository
 from app.settings import Settings
 from distillation.checkpoint_index import checkpoint_id
 from distillation.checkpoint_index import list_checkpoints as list_checkpoints_on_disk
 
 
 def to_out(row: JobRow) -> JobOut:
-    req = row.request
+    req = stored_request(row)
     return JobOut(
         id=row.id,
         status=row.status,
         task=row.task,
-        teacher=req["teacher"],
-        student=req["student"],
-        training_file=req["training_file"],
-        validation_file=req.get("validation_file"),
-        data=req["data"],
-        hyperparameters=req["hyperparameters"],
-        distillation=req["distillation"],
-        metadata=req.get("metadata") or {},
+        teacher=req.teacher.model_dump(mode="json"),
+        student=req.student.model_dump(mode="json"),
+        training_file=req.training_file,
+        validation_file=req.validation_file,
+        data=req.data.model_dump(mode="json"),
+        hyperparameters=req.hyperparameters.model_dump(mode="json"),
+        distillation=req.distillation.model_dump(mode="json"),
+        metadata=req.metadata,
         progress=ProgressOut(**row.progress),
         metrics=row.metrics,
         result_model=row.result_model,
@@ -65,6 +67,14 @@ def event_to_out(row: JobEventRow) -> JobEventOut:
         message=row.message,
         data=row.data,
     )
+
+
+def _stored_model_id(session: Session, tenant: TenantRow, ref: str | None) -> str | None:
+    """The id of the tenant's stored model a (validated) ref names; None for a built-in."""
+    if ref is None:
+        return None
+    row = models_repository.get_for_tenant(session, tenant_id=tenant.id, model_id=ref)
+    return row.id if row is not None else None
 
 
 def _request_hash(request: JobCreate) -> str:
@@ -119,6 +129,10 @@ def create_job(
         status=JobStatus.QUEUED,
         task=request.task,
         request=request.model_dump(mode="json"),
+        training_file_id=request.training_file,
+        validation_file_id=request.validation_file,
+        teacher_model_id=_stored_model_id(session, tenant, request.teacher.model),
+        student_model_id=_stored_model_id(session, tenant, request.student.model),
         progress=ProgressOut().model_dump(),
         metrics={"train_loss": None, "eval": {}},
         created_at=created,

@@ -23,6 +23,16 @@ class JobRow(Base):
     task: Mapped[str] = mapped_column(String(64))
     # The validated request as the user sent it (teacher, student, files, data, losses, ...).
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The stored files and models the request names (null for a built-in teacher, or once the
+    # file or model is deleted after the job finished): "is it in use" asks these keys.
+    training_file_id: Mapped[str | None] = mapped_column(
+        ForeignKey("files.id", ondelete="SET NULL"), nullable=True, index=True)
+    validation_file_id: Mapped[str | None] = mapped_column(
+        ForeignKey("files.id", ondelete="SET NULL"), nullable=True, index=True)
+    teacher_model_id: Mapped[str | None] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL"), nullable=True, index=True)
+    student_model_id: Mapped[str | None] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL"), nullable=True, index=True)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     result_model: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.jobs.status import ACTIVE as ACTIVE_JOB_STATUSES
@@ -30,14 +30,9 @@ def list_for_tenant(session: Session, *, tenant_id: str) -> list[ModelRow]:
 
 def active_jobs_using(session: Session, *, tenant_id: str, model_id: str) -> list[str]:
     """Ids of the tenant's unfinished jobs whose teacher or student is this model."""
-    jobs = session.execute(
-        select(JobRow.id, JobRow.request).where(
-            JobRow.tenant_id == tenant_id, JobRow.status.in_(ACTIVE_JOB_STATUSES)
+    return list(session.scalars(
+        select(JobRow.id).where(
+            JobRow.tenant_id == tenant_id, JobRow.status.in_(ACTIVE_JOB_STATUSES),
+            or_(JobRow.teacher_model_id == model_id, JobRow.student_model_id == model_id),
         )
-    )
-    using = []
-    for job_id, request in jobs:
-        refs = [(request or {}).get(side) for side in ("teacher", "student")]
-        if any(isinstance(ref, dict) and ref.get("model") == model_id for ref in refs):
-            using.append(job_id)
-    return using
+    ))

@@ -177,7 +177,7 @@ def test_delete_is_409_while_an_active_job_uses_the_file(
             session.add(JobRow(
                 id=f"job-{status}", tenant_id=tenant_id, status=status, task="causal-lm",
                 request={"training_file": "file-other", "validation_file": file_id},
-                progress={}, metrics={}, created_at=now(), attempts=0,
+                validation_file_id=file_id, progress={}, metrics={}, created_at=now(), attempts=0,
             ))
 
     assert_error(client.delete(f"/v1/files/{file_id}", headers=auth), 409, param="file_id")

@@ -238,3 +238,25 @@ def test_openapi_declares_bearer_auth_and_the_error_shape(client: Any) -> None:
     assert create["security"] == [{"HTTPBearer": []}]
     assert create["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/ErrorResponse")
+
+
+def test_files_and_models_of_an_unfinished_job_cannot_be_deleted_until_it_finishes(
+    client: Any, auth: dict[str, str], setup: dict[str, Any]
+) -> None:
+    # Given a queued job that reads both files and distils the uploaded teacher
+    job = client.post("/v1/distillation/jobs", headers=auth, json=setup["body"]).json()
+
+    # Then neither file nor the teacher can be deleted while it is queued
+    for path in (f"/v1/files/{setup['train']}", f"/v1/files/{setup['validation']}",
+                 f"/v1/models/{setup['teacher']}"):
+        response = client.delete(path, headers=auth)
+        assert response.status_code == 409, (path, response.text)
+        assert job["id"] in response.json()["error"]["message"]
+
+    # and once it is cancelled they can, and the job keeps naming them
+    client.post(f"/v1/distillation/jobs/{job['id']}/cancel", headers=auth)
+    for path in (f"/v1/files/{setup['train']}", f"/v1/models/{setup['teacher']}"):
+        assert client.delete(path, headers=auth).status_code == 200, path
+    after = client.get(f"/v1/distillation/jobs/{job['id']}", headers=auth).json()
+    assert (after["training_file"], after["teacher"]["model"]) == (
+        setup["train"], setup["teacher"])

@@ -1,0 +1,78 @@
+"""From a stored job to the training core's config: the one place that maps the API's request
+schema onto `distillation.config.JobConfig` (model refs and file ids resolved to paths)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from app.files.service import file_path, get_file
+from app.jobs.schemas import JobCreate
+from app.jobs.tables import JobRow
+from app.models.service import resolve_model_ref
+from app.settings import Settings
+from distillation.config import (
+    DataSpec,
+    FinetuneSpec,
+    Hyperparameters,
+    JobConfig,
+    LossSpec,
+    StudentSpec,
+)
+
+
+def stored_request(job: JobRow) -> JobCreate:
+    """The job's request, read back through the schema it was validated with."""
+    return JobCreate.model_validate(job.request)
+
+
+def _file(session: Session, job: JobRow, file_id: str | None, *, field: str,
+          settings: Settings) -> Path | None:
+    if file_id is None:
+        return None
+    row = get_file(session=session, tenant_id=job.tenant_id, file_id=file_id)
+    if row is None:
+        raise ValueError(f"{field} {file_id!r} was deleted before the job ran")
+    return file_path(row, settings=settings)
+
+
+def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobConfig:
+    """The training core's config for a job row."""
+    request = stored_request(job)
+    teacher = resolve_model_ref(session=session, tenant_id=job.tenant_id, settings=settings,
+                                ref=request.teacher.model, param="teacher.model")
+    student_path = None
+    if request.student.model is not None:
+        student_path = resolve_model_ref(session=session, tenant_id=job.tenant_id,
+                                         settings=settings, ref=request.student.model,
+                                         param="student.model").path
+    train_path = _file(session, job, request.training_file, field="training_file",
+                       settings=settings)
+    assert train_path is not None
+    arch = request.student.architecture
+    finetune = request.teacher.finetune
+    job_dir = settings.jobs_dir / job.id
+    return JobConfig(
+        task=request.task,
+        teacher_path=teacher.path,
+        teacher_name=request.teacher.model,
+        teacher_finetune=FinetuneSpec(**finetune.model_dump()) if finetune else None,
+        student=StudentSpec(
+            model_path=student_path,
+            architecture=arch.model_dump(exclude_none=True) if arch else None,
+            init=request.student.init,
+        ),
+        train_file=train_path,
+        validation_file=_file(session, job, request.validation_file, field="validation_file",
+                              settings=settings),
+        data=DataSpec(**request.data.model_dump()),
+        temperature=request.distillation.temperature,
+        temperature_end=request.distillation.temperature_end,
+        losses=[LossSpec(type=loss.type, weight=loss.weight, weight_end=loss.weight_end,
+                         beta=loss.beta, layer_map=loss.layer_map)
+                for loss in request.distillation.losses],
+        hyperparameters=Hyperparameters(**request.hyperparameters.model_dump()),
+        output_dir=job_dir / "output",
+        work_dir=job_dir / "work",
+    )

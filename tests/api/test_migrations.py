@@ -1,0 +1,73 @@
+"""Migrations on real Postgres: revision 0002 fills the jobs' file and model keys from the
+requests stored before it, and downgrades cleanly."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from app.kit.migrate import downgrade, upgrade
+from tests.conftest import PG_ADMIN_URL
+
+
+@pytest.fixture
+def empty_db() -> Iterator[str]:
+    name = f"distill_migr_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_0002_fills_job_keys_from_stored_requests(empty_db: str) -> None:
+    # Given a database at revision 0001 with a job that names two files, an uploaded teacher
+    # and a built-in student model, as the first release stored it
+    upgrade(empty_db, "0001")
+    engine = create_engine(empty_db)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants VALUES ('tn-1', 'acme', 0)"))
+        for file_id in ("file-train", "file-dev"):
+            conn.execute(text(
+                "INSERT INTO files (id, tenant_id, filename, purpose, format, bytes, "
+                "num_records, columns, path, created_at) VALUES "
+                "(:id, 'tn-1', 'f.jsonl', 'train', 'jsonl', 1, 1, '[]', '/x', 0)"), {"id": file_id})
+        conn.execute(text(
+            "INSERT INTO models (id, tenant_id, task, source, parameters, size_bytes, path, "
+            "created_at) VALUES ('model-t', 'tn-1', 'sequence-classification', 'uploaded', 1, "
+            "1, '/x', 0)"))
+        conn.execute(text(
+            "INSERT INTO jobs (id, tenant_id, status, task, request, progress, metrics, "
+            "created_at, attempts) VALUES ('job-1', 'tn-1', 'queued', 'sequence-classification', "
+            "CAST(:request AS JSON), '{}', '{}', 0, 0)"),
+            {"request": '{"training_file": "file-train", "validation_file": "file-dev", '
+                        '"teacher": {"model": "model-t"}, '
+                        '"student": {"model": "all-minilm-l6-v2"}}'})
+
+    # When the migrations run to the head
+    upgrade(empty_db)
+
+    # Then the keys point at the stored rows, and the built-in (no row) is null
+    with engine.connect() as conn:
+        keys = conn.execute(text(
+            "SELECT training_file_id, validation_file_id, teacher_model_id, student_model_id "
+            "FROM jobs")).one()
+    assert tuple(keys) == ("file-train", "file-dev", "model-t", None)
+
+    # and a file deleted after its job finished leaves the job with a null key
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET status = 'succeeded'"))
+        conn.execute(text("DELETE FROM files WHERE id = 'file-dev'"))
+        assert conn.execute(text("SELECT validation_file_id FROM jobs")).scalar_one() is None
+
+    downgrade(empty_db, "0001")
+    with engine.connect() as conn:
+        columns = {row[0] for row in conn.execute(text(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'"))}
+    assert "training_file_id" not in columns
+    engine.dispose()
