@@ -1,8 +1,11 @@
-"""The FastAPI application: the contract's `/v1` routes, health checks and OpenAPI at `/docs`."""
+"""The FastAPI application: the contract's `/v1` routes, health checks and OpenAPI at `/docs`
+(Swagger UI and ReDoc served from the `fastapi-offline` package, so the docs load with no
+internet access)."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.files.endpoints import router as files_router
 from app.health.endpoints import router as health_router
@@ -13,7 +16,7 @@ from app.models.endpoints import router as models_router
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(
+    app = FastAPIOffline(
         title="distill",
         version="1",
         summary="Distillation as a service: upload data, distil a teacher into a small student.",

@@ -192,3 +192,4 @@ def test_missing_or_unknown_key_is_401(client: Any) -> None:
     assert_error(client.get("/v1/files"), 401, code="invalid_api_key")
     assert_error(upload(client, {"Authorization": "Bearer dsk_nope"}, "a.jsonl", body), 401)
     assert_error(client.get("/v1/files", headers={"Authorization": "Basic abc"}), 401)
+
