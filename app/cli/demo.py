@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from app.cli.processes import stop_process
 from app.settings import get_settings
 
 console = Console()
@@ -192,11 +193,7 @@ def run_demo(*, rows: int | None, epochs: int, sst2_dir: Path | None, port: int)
                 console.print(f"  {pred['label']:>3} ({pred['score']:.2f})  {sentence}")
             console.print(_report_table(model))
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, sig=signal.SIGINT, timeout=30)
 
 
 def demo_job(train_id: str, dev_id: str, epochs: int) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from app.cli.processes import stop_process
 from app.settings import Settings, get_settings
 
 cli = typer.Typer(help="Distillation as a service: teacher in, small fast student out.",
@@ -91,11 +92,7 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     try:
         uvicorn.run("app.main:app", host=host, port=port, log_level="info")
     finally:
-        worker_proc.send_signal(signal.SIGTERM)
-        try:
-            worker_proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker_proc.kill()
+        stop_process(worker_proc)
 
 
 def _die_with_parent() -> None:
