@@ -49,7 +49,8 @@ def add_event(
 def event_seq(event_id: str) -> int | None:
     """The sequence number inside an event id such as `event-42`, or None if malformed."""
     digits = event_id.removeprefix(EVENT_PREFIX)
-    return int(digits) if digits.isdigit() else None
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    return int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 19 else None
 
 
 def list_events(session: Session, *, job_id: str, after: int | None, limit: int) -> list[JobEventRow]:

@@ -96,6 +96,11 @@ def test_events_page_with_after(client: Any, auth: dict[str, str], setup: dict[s
 
     assert len(all_events) == 2 and newer == all_events[1:]
     assert {"id", "created_at", "level", "type", "message", "data"} <= set(all_events[0])
+    for bad in ("event-²", "event-١٢", "event-99999999999999999999999", "event-", "nope"):
+        response = client.get(f"/v1/distillation/jobs/{job_id}/events", params={"after": bad},
+                              headers=auth)
+        assert response.status_code == 400, (bad, response.text)
+        assert response.json()["error"]["param"] == "after"
 
 
 def test_another_tenants_job_is_404(client: Any, auth: dict[str, str],
