@@ -27,7 +27,7 @@ __all__ = ["CompositeLoss", "LossInputs", "build_losses", "check_losses"]
 
 
 class ShapeInfo(Protocol):
-    """What the builder needs to know of a model (`inspect.ModelInfo` has it)."""
+    """What the builder needs to know of a model (`model_info.ModelInfo` has it)."""
 
     num_layers: int
     hidden_size: int
