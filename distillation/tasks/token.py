@@ -9,11 +9,9 @@ remaining position becomes one row of logits over the vocabulary, so every row-w
 (kl, ce, mse_logits, ...) applies per target token unchanged.
 
 The student reads the teacher's tokenizer. The teacher cache keeps the top-k tokens per target
-position (`topk_cache`; k is `hyperparameters.teacher_cache_top_k`), so with it `kl` is the top-k
-KL; `reverse_kl`, `jsd` and `mse_logits` need the teacher's whole distribution, which the cache
-does not keep, so a job with them runs the teacher every step instead (a k + 1-bucket reverse KL
-or JSD is well defined, but it is not the loss asked for, and `mse_logits` regresses on raw
-logits), and an event says why. Speed in the report is one forward pass over whole examples,
+position (`token_cache`), so with it `kl` is the top-k KL, and jobs with `reverse_kl`, `jsd` or
+`mse_logits` run the teacher every step instead. Speed in the report is one forward pass over
+whole examples (prompt and completion; source, and the target as teacher-forced decoder input),
 not generation.
 """
 
@@ -21,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,26 +33,14 @@ from distillation.losses import LossInputs
 from distillation.model_info import BASE_TASK, ModelInfo, inspect_model, model_info
 from distillation.records import Record
 from distillation.tasks.base import Problems, Side, Task, TaskData, attn_kwargs, model_kind
-from distillation.tasks.token_data import IGNORE_INDEX, TokenColumns, prepare_token_data
-from distillation.teacher_cache import EXAMPLE_INDEX, dataset_fingerprint
-from distillation.topk_cache import TopKCache, TopKRows, compress
+from distillation.tasks.token_cache import FULL_DISTRIBUTION_LOSSES, TopKFormat
+from distillation.tasks.token_data import TokenColumns, prepare_token_data, target_rows
+from distillation.teacher_cache import EXAMPLE_INDEX
+from distillation.topk_cache import TopKRows
 from distillation.training import Collator, Features, autocast, to_device
 from distillation.vocab import vocab_fingerprint
 
-# Loss terms that compare the student with the teacher's whole distribution over the vocabulary.
-FULL_DISTRIBUTION_LOSSES = ("reverse_kl", "jsd", "mse_logits")
 PREDICT_BATCH = 32
-
-
-def target_rows(logits: Tensor, labels: Tensor, *, shift: bool) -> tuple[Tensor, Tensor]:
-    """(N, V) logits and (N,) labels of the N target positions (labels ≠ −100).
-
-    `shift` (causal LM): logits at t are compared with the label at t + 1.
-    """
-    if shift:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    keep = labels != IGNORE_INDEX
-    return logits[keep], labels[keep]
 
 
 def decoder_layers(config: PretrainedConfig) -> int:
@@ -65,56 +51,6 @@ def decoder_layers(config: PretrainedConfig) -> int:
             if isinstance(value, int):
                 return value
     return model_info(config).num_layers
-
-
-@dataclass
-class TopKFormat:
-    """The token-level teacher cache: the top-k rows of each example's target positions."""
-
-    task: TokenTask
-    k: int
-    prefix: str = ""
-    kind: str = "topk"
-    header: dict[str, Any] = field(default_factory=dict)
-    vocab_size: int = 0  # the teacher's, seen in its logits
-
-    def __post_init__(self) -> None:
-        self.header = {"task": self.task.name, "k": self.k}
-
-    def fingerprint(self, features: Sequence[Features]) -> str:
-        return dataset_fingerprint(features, keys=("input_ids", "labels"))
-
-    def logits(self, teacher: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        return teacher(**self.task.model_batch(batch), use_cache=False).logits  # type: ignore[no-any-return]
-
-    def split(self, logits: Tensor, batch: dict[str, Tensor]) -> list[Any]:
-        shift = self.task.shift
-        rows = compress(target_rows(logits, batch["labels"], shift=shift)[0], self.k)
-        # target_rows flattens row-major: each example's positions, in batch order.
-        labels = batch["labels"][:, 1:] if shift else batch["labels"]
-        counts = (labels != IGNORE_INDEX).sum(dim=1).tolist()
-        parts = zip(rows.log_probs.split(counts), rows.indices.split(counts),
-                    rows.tail_mass.split(counts), strict=True)
-        self.vocab_size = logits.shape[-1]
-        return [TopKRows(log_probs.cpu(), indices.cpu(), tail.cpu())
-                for log_probs, indices, tail in parts]
-
-    def build(self, examples: list[Any], device: torch.device) -> TopKCache:
-        return TopKCache.from_examples(examples, vocab_size=self.vocab_size)
-
-    def restore(self, tensors: dict[str, Tensor], examples: int,
-                device: torch.device) -> TopKCache | None:
-        if not {"offsets", "shape"} <= tensors.keys() or tensors["offsets"].shape[0] != examples + 1:
-            return None
-        return TopKCache.from_tensors(tensors)
-
-    def reused_message(self, examples: int) -> str:
-        return f"Reusing the teacher's cached top-{self.k} tokens on {examples} examples."
-
-    def cached_message(self, cache: Any, examples: int) -> str:
-        return (f"Cached the teacher's top-{cache.k} tokens and tail mass at "
-                f"{len(cache.tail_mass)} target positions of {examples} examples; every epoch "
-                "reuses them instead of running the teacher.")
 
 
 @torch.inference_mode()

@@ -60,6 +60,17 @@ def read_token_records(path: Path, task: TokenTask, spec: DataSpec, *,
     return dataset.records, columns
 
 
+def target_rows(logits: Tensor, labels: Tensor, *, shift: bool) -> tuple[Tensor, Tensor]:
+    """(N, V) logits and (N,) labels of the N target positions (labels ≠ −100).
+
+    `shift` (causal LM): logits at t are compared with the label at t + 1.
+    """
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = labels != IGNORE_INDEX
+    return logits[keep], labels[keep]
+
+
 def _pad(rows: Sequence[list[int]], value: int) -> Tensor:
     width = max(len(r) for r in rows)
     return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)

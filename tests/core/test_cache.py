@@ -29,21 +29,11 @@ from distillation.teacher_cache import (
 )
 from distillation.topk_cache import TopKCache, compress, sparse_target, topk_kl
 from tests.factories.jobs import toy_job
+from tests.factories.probes import TeacherCounter
 from tests.factories.records import sentiment_records
 from tests.factories.reporting import RecordingReporter
 
 CPU = torch.device("cpu")
-
-
-class TeacherCounter:
-    """Counts the examples a model's forward sees."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.examples = 0
-        model.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        self.examples += int(output.logits.shape[0])
 
 
 def _config(teacher_dir: Path, tmp: Path, *, cache: bool, epochs: int = 3,
@@ -65,13 +55,18 @@ def _parts(config: JobConfig) -> tuple[TaskData, PreTrainedModel, PreTrainedMode
     return data, teacher, student, losses
 
 
+def _logit_cache(teacher: nn.Module, features: list[Any], config: JobConfig,
+                 data: TaskData) -> Any:
+    """The classification teacher cache of `features`, in batches of 5."""
+    return teacher_logit_cache(teacher, features, data.student.collator, work_dir=config.work_dir,
+                               prefix="", batch_size=5, device=CPU, reporter=RecordingReporter())
+
+
 def test_cached_logits_give_the_same_loss_on_a_batch(tiny_teacher_dir: Path, tmp_path: Path) -> None:
     # Given a cache of the teacher's logits on the training set (computed in other batches)
     config = _config(tiny_teacher_dir, tmp_path, cache=True)
     data, teacher, student, losses = _parts(config)
-    cache = teacher_logit_cache(teacher, data.student.train, data.student.collator,
-                                work_dir=config.work_dir, prefix="", batch_size=5, device=CPU,
-                                reporter=RecordingReporter())
+    cache = _logit_cache(teacher, data.student.train, config, data)
     # When one training batch is scored with the teacher run live and with the cache
     rows = with_example_index(data.student.train)
     batch = data.student.collator([rows[i] for i in (3, 17, 0, 9, 22, 11)])
@@ -121,25 +116,17 @@ def test_cache_on_runs_the_teacher_once_per_example_and_trains_the_same(
 def test_a_resumed_job_reuses_the_cache_file(tiny_teacher_dir: Path, tmp_path: Path) -> None:
     config = _config(tiny_teacher_dir, tmp_path, cache=True)
     data, teacher, _, _ = _parts(config)
-    first = teacher_logit_cache(teacher, data.student.train, data.student.collator,
-                                work_dir=config.work_dir, prefix="", batch_size=5, device=CPU,
-                                reporter=RecordingReporter())
+    first = _logit_cache(teacher, data.student.train, config, data)
     counter = TeacherCounter(teacher)
     # When the job starts again with the same data and teacher, it reads the file
-    again = teacher_logit_cache(teacher, data.student.train, data.student.collator,
-                                work_dir=config.work_dir, prefix="", batch_size=5, device=CPU,
-                                reporter=RecordingReporter())
+    again = _logit_cache(teacher, data.student.train, config, data)
     assert again.reused and not first.reused and counter.examples == 0
     torch.testing.assert_close(again.logits, first.logits)
     # A changed teacher (another head) or changed data misses the cache.
     with torch.no_grad():
         teacher.classifier.weight.add_(0.1)
-    changed = teacher_logit_cache(teacher, data.student.train, data.student.collator,
-                                  work_dir=config.work_dir, prefix="", batch_size=5, device=CPU,
-                                  reporter=RecordingReporter())
-    fewer = teacher_logit_cache(teacher, data.student.train[:10], data.student.collator,
-                                work_dir=config.work_dir, prefix="", batch_size=5, device=CPU,
-                                reporter=RecordingReporter())
+    changed = _logit_cache(teacher, data.student.train, config, data)
+    fewer = _logit_cache(teacher, data.student.train[:10], config, data)
     assert not changed.reused and not fewer.reused
     assert counter.examples == 24 + 10
 

@@ -27,8 +27,7 @@ from distillation.predict import Predictor
 from distillation.students import build_student, principal_directions, transfer
 from distillation.tasks import CAUSAL_LM, get_task
 from distillation.tasks.causal_lm import causal_columns, encode_causal
-from distillation.tasks.token import target_rows
-from distillation.tasks.token_data import TokenCollator
+from distillation.tasks.token_data import TokenCollator, target_rows
 from distillation.vocab import vocab_fingerprint
 from tests.factories.jobs import toy_job
 from tests.factories.lm import copy_records, lm_tokenizer, permute_vocab, save_gpt2

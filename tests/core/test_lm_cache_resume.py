@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
 from transformers import PreTrainedModel, set_seed
 
 from distillation.checkpoint_index import list_checkpoints
@@ -23,22 +22,12 @@ from distillation.tasks import CAUSAL_LM, SEQ2SEQ, TaskData, get_task
 from distillation.teacher_cache import cache_path
 from tests.factories.jobs import toy_job
 from tests.factories.lm import copy_records, lm_tokenizer, reverse_records, save_gpt2, save_t5
+from tests.factories.probes import TeacherCounter
 from tests.factories.records import write_jsonl
 from tests.factories.reporting import RecordingReporter, WorkerDied
 
 CPU = torch.device("cpu")
 VOCAB = len(lm_tokenizer())  # 20 tokens
-
-
-class TeacherCounter:
-    """Counts the examples a model's forward sees."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.examples = 0
-        model.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        self.examples += int(output.logits.shape[0])
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from distillation.students import build_student
 from distillation.tasks import SEQ2SEQ, get_task
 from distillation.tasks.seq2seq import encode_seq2seq, seq2seq_columns, text_metrics
 from distillation.tasks.token_data import TokenCollator
+from tests.factories.jobs import toy_job
 from tests.factories.lm import lm_tokenizer, reverse_records, save_gpt2, save_t5
 from tests.factories.records import write_jsonl
 from tests.factories.reporting import RecordingReporter
@@ -89,12 +90,9 @@ def test_seq2seq_teacher_needs_a_seq2seq_student(teacher_dir: Path, tmp_path: Pa
 def finished(teacher_dir: Path,
              tmp_path_factory: pytest.TempPathFactory) -> tuple[JobConfig, JobResult, RecordingReporter]:
     tmp = tmp_path_factory.mktemp("seq2seq_job")
-    config = JobConfig(
-        task="seq2seq", teacher_path=teacher_dir,
-        student=StudentSpec(architecture={"num_layers": 1}, init="teacher"),
-        train_file=write_jsonl(tmp / "train.jsonl", reverse_records(48, seed=1)),
+    config = toy_job(
+        teacher_dir, tmp, reverse_records(48, seed=1), task=SEQ2SEQ,
         validation_file=write_jsonl(tmp / "dev.jsonl", reverse_records(12, seed=2)),
-        output_dir=tmp / "output", work_dir=tmp / "work",
         teacher_finetune=FinetuneSpec(epochs=8, learning_rate=1e-2),
         losses=[LossSpec("kl", 0.5), LossSpec("ce", 0.5), LossSpec("attention_mse", 0.1),
                 LossSpec("cosine", 0.1)],
