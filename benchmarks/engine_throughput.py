@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -47,13 +47,13 @@ from distillation.config import (  # noqa: E402
     Progress,
     StudentSpec,
 )
-from distillation.data import PairedCollator  # noqa: E402
 from distillation.engine import distill  # noqa: E402
-from distillation.inspect import inspect_model, model_info  # noqa: E402
 from distillation.losses import build_losses  # noqa: E402
-from distillation.prepare import Prepared, prepare_data  # noqa: E402
+from distillation.model_info import inspect_model, model_info  # noqa: E402
 from distillation.records import read_file  # noqa: E402
 from distillation.students import build_student  # noqa: E402
+from distillation.tasks import TaskData  # noqa: E402
+from distillation.tasks.classification_data import PairedCollator, prepare_data  # noqa: E402
 
 # The shared SST-2 copy beside the project (read in place, never copied into it).
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.tsv"
@@ -197,19 +197,19 @@ def job_config(name: str, args: argparse.Namespace, train_file: Path, scratch: P
 
 
 def run_variant(name: str, clock: Clock, config: JobConfig, teacher: Any,
-                data: Prepared) -> dict[str, Any]:
+                data: TaskData) -> dict[str, Any]:
     """The engine's distill stage for one variant (in its own thread, on the turnstile)."""
     cache, pad_to_max = VARIANTS[name]
     clock.begin()
     try:
-        collator: Any = data.student_collator
+        collator: Any = data.student.collator
         if pad_to_max:
-            collator = PairedCollator(data.student_tokenizer)
+            collator = PairedCollator(data.student.tokenizer)
             collator.student = DataCollatorWithPadding(
-                data.student_tokenizer, padding="max_length",
+                data.student.tokenizer, padding="max_length",
                 max_length=config.data.max_seq_length, return_tensors="pt")
         counter = TokenCounter(collator, clock)
-        variant_data = replace(data, student_collator=cast(PairedCollator, counter))  # duck-typed
+        variant_data = replace(data, student=replace(data.student, collator=counter))
         set_seed(0)
         student = build_student(config.student, teacher)
         losses = build_losses(config.losses, config.temperature, model_info(student.config),
@@ -220,7 +220,7 @@ def run_variant(name: str, clock: Clock, config: JobConfig, teacher: Any,
     finally:
         clock.end()
 
-    n, epochs = len(data.train), config.hyperparameters.epochs
+    n, epochs = len(data.student.train), config.hyperparameters.epochs
     fit_start = clock.first("distill")
     assert fit_start is not None and len(clock.epoch_ends) == epochs
     epoch_s = [b - a for a, b in itertools.pairwise([fit_start, *clock.epoch_ends])]
@@ -242,7 +242,7 @@ def run_variant(name: str, clock: Clock, config: JobConfig, teacher: Any,
 
 
 def run_interleaved(names: list[str], configs: dict[str, JobConfig], teacher: Any,
-                    data: Prepared) -> list[dict[str, Any]]:
+                    data: TaskData) -> list[dict[str, Any]]:
     turnstile = Turnstile(names)
     results: dict[str, dict[str, Any]] = {}
     errors: list[BaseException] = []
@@ -284,8 +284,10 @@ def main() -> None:
                    for name in args.variants}
         data = prepare_data(next(iter(configs.values())), inspect_model(teacher_path))
         # A small evaluation set: the engine evaluates every epoch, which is not what is measured.
-        data = replace(data, student_eval=data.student_eval[:32], teacher_eval=[])
+        data = replace(data, student=replace(data.student, evaluation=data.student.evaluation[:32]),
+                       teacher=replace(data.teacher, evaluation=[]))
         set_seed(0)
+        assert data.labels is not None
         teacher = AutoModelForSequenceClassification.from_pretrained(
             str(teacher_path), num_labels=len(data.labels))
         teacher.config.id2label = dict(enumerate(data.labels))

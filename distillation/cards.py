@@ -1,58 +1,22 @@
-"""What the model card says per task: its pipeline tag, what the model is, the quality rows of the
-teacher-vs-student table, and how to use it."""
+"""The quality rows of the model card's teacher-vs-student table, and the names of the metrics in
+it; each task's own card text (pipeline tag, what the model is, how to use it) is its
+`Task.card`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from distillation.model_info import CLASSIFICATION
 from distillation.report import LOWER_IS_BETTER
+from distillation.tasks import TASKS, TaskCard
 
 METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "perplexity": "Perplexity",
                 "rougeL": "ROUGE-L", "bleu": "BLEU"}
 
 
-@dataclass(frozen=True)
-class TaskCard:
-    pipeline_tag: str
-    noun: str  # "A 1.2M-parameter <noun> distilled from …"
-    metrics: tuple[str, ...]  # the quality rows, in order, where the report has them
-    usage: str
-
-
-CARDS = {
-    "sequence-classification": TaskCard(
-        pipeline_tag="text-classification", noun="text classifier",
-        metrics=("macro_f1",),
-        usage="""from transformers import pipeline
-
-classifier = pipeline("text-classification", model="path/to/this/directory")
-classifier("a moving, funny film")""",
-    ),
-    "causal-lm": TaskCard(
-        pipeline_tag="text-generation", noun="causal language model",
-        metrics=("perplexity",),
-        usage="""from transformers import pipeline
-
-generator = pipeline("text-generation", model="path/to/this/directory")
-generator("Once upon a time", max_new_tokens=32, do_sample=False)""",
-    ),
-    "seq2seq": TaskCard(
-        pipeline_tag="text2text-generation", noun="sequence-to-sequence model",
-        metrics=("rougeL", "bleu", "perplexity"),
-        usage="""from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")
-model = AutoModelForSeq2SeqLM.from_pretrained("path/to/this/directory")
-inputs = tokenizer(["a text to transform"], return_tensors="pt")
-print(tokenizer.batch_decode(model.generate(**inputs, max_new_tokens=32),
-                             skip_special_tokens=True))""",
-    ),
-}
-
-
 def card_for(task: str) -> TaskCard:
-    return CARDS.get(task, CARDS["sequence-classification"])
+    """What the card says of the task's models (a classifier's, for a task it does not know)."""
+    return TASKS.get(task, TASKS[CLASSIFICATION]).card
 
 
 def metric_name(metric: str) -> str:

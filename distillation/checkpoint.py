@@ -41,12 +41,12 @@ from distillation.checkpoint_index import (
     step_dir,
 )
 from distillation.config import Hyperparameters, Reporter
+from distillation.teacher_cache import cache_path
 from distillation.training import LoopState
 
 FORMAT = 1
 TRAINER = "trainer.pt"
 STATE = "state.json"
-TEACHER_CACHE = "teacher_cache.pt"  # the teacher-output cache's file in work_dir, when it runs
 # Settings that decide the batches and the schedule: a checkpoint taken under others is not resumed.
 FINGERPRINT_KEYS = ("epochs", "batch_size", "seed", "gradient_accumulation_steps", "max_steps",
                     "learning_rate", "lr_scheduler", "warmup_ratio")
@@ -154,7 +154,7 @@ class Checkpointer:
                 "batch_seed": state.batch_seed, "history": state.result.history,
                 "evals": state.result.evals, "window": state.window,
             }))
-            cache = self.work_dir / TEACHER_CACHE
+            cache = cache_path(self.work_dir)
             meta = {
                 "id": checkpoint_id(step), "step": step,
                 "epoch": state.epoch, "created_at": int(time.time()),

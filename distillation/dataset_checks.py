@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from distillation.data import label_index, label_text
+from distillation.labels import label_index, label_text
 
 Record = dict[str, Any]
 

@@ -1,7 +1,11 @@
 """The distillation loss terms, each a small `nn.Module` with its formula, and their weighted sum.
 
-Logit terms take rows of logits `(N, C)`: one row per example for sequence classification (a
-causal-LM or seq2seq task would flatten its unmasked token positions into rows). Hidden-state and
+Over 300 lines on purpose: every term is a few lines beside the formula it computes, and
+`build_losses` maps each name of `config.LOSS_TYPES` to its class; one file keeps the formulas
+side by side, where a reader compares them.
+
+Logit terms take rows of logits `(N, C)`: one row per example for sequence classification, one
+per target token for the token-level tasks (`tasks.token_data.target_rows`). Hidden-state and
 attention terms take the models' per-layer outputs; layer indices are 0-based transformer layers,
 so layer `i` is `hidden_states[i + 1]` (index 0 holds the embeddings) and `attentions[i]`.
 """
@@ -27,7 +31,7 @@ __all__ = ["CompositeLoss", "LossInputs", "build_losses", "check_losses"]
 
 
 class ShapeInfo(Protocol):
-    """What the builder needs to know of a model (`inspect.ModelInfo` has it)."""
+    """What the builder needs to know of a model (`model_info.ModelInfo` has it)."""
 
     num_layers: int
     hidden_size: int

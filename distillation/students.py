@@ -23,9 +23,9 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from distillation.config import StudentSpec
-from distillation.inspect import ModelInfo, model_info
 from distillation.layers import even_spread
-from distillation.tasks import CLASSIFICATION, model_class
+from distillation.model_info import ModelInfo, model_info
+from distillation.tasks import CLASSIFICATION, get_task
 
 ARCH_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 # Config attributes that hold the feed-forward width, by model family (every one present is set).
@@ -101,8 +101,8 @@ def build_student(
     kwargs: dict[str, Any] = {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    auto = model_class(task)
-    if spec.model_path is not None and task != CLASSIFICATION:
+    auto = get_task(task).model_class
+    if spec.model_path is not None and not get_task(task).labelled:
         return auto.from_pretrained(str(spec.model_path), **kwargs)  # type: ignore[no-any-return]
     if spec.model_path is not None:
         return auto.from_pretrained(  # type: ignore[no-any-return]

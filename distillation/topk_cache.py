@@ -128,7 +128,7 @@ class TopKCache:
                         self.tail_mass[rows])
 
     def tensors(self) -> dict[str, Tensor]:
-        """What `cache.save_tensors` writes; `from_tensors` reads it back."""
+        """What `teacher_cache.save_tensors` writes; `from_tensors` reads it back."""
         return {"log_probs": self.log_probs, "indices": self.indices, "tail_mass": self.tail_mass,
                 "offsets": self.offsets,
                 "shape": torch.tensor([self.k, self.vocab_size], dtype=torch.int64)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,10 +17,11 @@ from torch import Tensor, nn
 from transformers import get_scheduler
 
 from distillation.config import Cancelled, Hyperparameters, Progress, Reporter
-from distillation.data import length_grouped_batches
 from distillation.schedules import step_progress
 
 PROGRESS_EVERY_S = 2.0
+Features = dict[str, Any]  # one encoded example: token ids, labels, ...
+Collator = Callable[[list[Features]], dict[str, Tensor]]  # examples -> a padded batch
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -43,6 +45,23 @@ def model_inputs(model: nn.Module, batch: dict[str, Tensor], prefix: str = "") -
     accepted = inspect.signature(model.forward).parameters
     wanted = ("input_ids", "attention_mask", "token_type_ids")
     return {k: batch[prefix + k] for k in wanted if prefix + k in batch and k in accepted}
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, *, seed: int, bucket_batches: int = 50
+) -> list[list[int]]:
+    """Shuffled batches of similar length: shuffle, sort within buckets, shuffle the batches, so
+    a batch of short examples is not padded to the longest example of the epoch."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    bucket = batch_size * bucket_batches
+    batches: list[list[int]] = []
+    for start in range(0, len(order), bucket):
+        chunk = sorted(order[start : start + bucket], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def optimizer_steps(batches_per_epoch: int, hp: Hyperparameters, epochs: int) -> int:
@@ -172,8 +191,8 @@ LossFn = Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
 def fit(
     *,
     modules: Sequence[nn.Module],
-    features: Sequence[dict[str, Any]],
-    collator: Callable[[list[dict[str, Any]]], dict[str, Tensor]],
+    features: Sequence[Features],
+    collator: Collator,
     compute_loss: LossFn,
     hp: Hyperparameters,
     epochs: int,

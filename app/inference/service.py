@@ -12,10 +12,8 @@ from app.inference.schemas import Classification, Generation, PredictResponse
 from app.kit.errors import InvalidRequest
 from app.models import service as models
 from app.settings import Settings
-from distillation.inspect import BASE_TASK
-
-CLASSIFICATION = "sequence-classification"
-GENERATION = ("causal-lm", "seq2seq")
+from distillation.model_info import BASE_TASK
+from distillation.tasks import TASKS
 
 PredictInput = str | list[str]
 
@@ -39,8 +37,9 @@ def check_inputs(inputs: list[PredictInput], *, task: str, settings: Settings) -
             param="inputs",
         )
     for index, item in enumerate(inputs):
-        if isinstance(item, list) and (task != CLASSIFICATION or len(item) != 2):
-            shape = "[text, text_pair] pairs" if task == CLASSIFICATION else "no pairs"
+        takes_pairs = task in TASKS and TASKS[task].head == "classify"
+        if isinstance(item, list) and (not takes_pairs or len(item) != 2):
+            shape = "[text, text_pair] pairs" if takes_pairs else "no pairs"
             raise InvalidRequest(
                 f"inputs[{index}]: expected a text ({task} models take {shape}).",
                 param="inputs",
@@ -73,7 +72,7 @@ def predict(
             "it is a base model with no task head; distil or fine-tune it into a "
             "classifier or language model first",
         )
-    if view.task != CLASSIFICATION and view.task not in GENERATION:
+    if view.task not in TASKS:
         raise _not_servable(model_id, f"its task {view.task!r} has no predict endpoint")
     check_inputs(inputs, task=view.task, settings=settings)
     # The session is not needed past this point; give its connection back before the model runs.
@@ -81,7 +80,7 @@ def predict(
     try:
         loaded = cache.get(view.id, view.path)
         with loaded.lock:
-            if view.task == CLASSIFICATION:
+            if TASKS[view.task].head == "classify":
                 results = loaded.predictor.classify(inputs)
                 data: list[Classification] | list[Generation] = [
                     Classification(**r) for r in results

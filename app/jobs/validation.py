@@ -16,15 +16,15 @@ from app.jobs.schemas import JobCreate
 from app.kit.errors import InvalidRequest
 from app.models.service import ResolvedModel, resolve_model_ref
 from app.settings import Settings
-from distillation.config import SUPPORTED_TASKS, DataSpec, LossSpec
+from distillation.config import DataSpec, LossSpec
 from distillation.dataset_checks import check_label_sets, classification_labels
-from distillation.inspect import BASE_TASK
-from distillation.lm_data import token_columns
 from distillation.losses import check_losses
-from distillation.pairing import check_pair_losses, check_token_pair, vocab_fingerprint
+from distillation.model_info import BASE_TASK
 from distillation.records import read_file
 from distillation.students import check_architecture
-from distillation.tasks import CAUSAL_LM, TOKEN_TASKS
+from distillation.tasks import TASKS, get_task
+from distillation.tasks.base import MissingColumns
+from distillation.vocab import vocab_fingerprint
 
 
 @dataclass
@@ -67,44 +67,24 @@ def _task_columns(
     request: JobCreate, row: FileRow, *, validation: bool
 ) -> dict[str, str | None]:
     """{param: column} that the task reads from a training (or validation) file."""
-    data = request.data
-    if request.task not in TOKEN_TASKS:
-        if not validation:
-            return {"data.text_column": data.text_column,
-                    "data.text_pair_column": data.text_pair_column,
-                    "data.label_column": data.label_column}
-        return {
-            "data.validation_text_column": data.validation_text_column or data.text_column,
-            "data.validation_text_pair_column": (
-                data.validation_text_pair_column or data.text_pair_column
-            ),
-            "data.validation_label_column": data.validation_label_column or data.label_column,
-        }
-    columns = token_columns(request.task, DataSpec(**data.model_dump()), row.columns,
-                            validation=validation)
-    text_param = "data.validation_text_column" if validation else "data.text_column"
-    if request.task == CAUSAL_LM and columns.text is not None \
-            and columns.text not in row.columns:
+    try:
+        return get_task(request.task).record_columns(
+            DataSpec(**request.data.model_dump()), row.columns, validation=validation)
+    except MissingColumns as missing:
         raise InvalidRequest(
-            f"{'validation_file' if validation else 'training_file'} {row.id!r} has neither a "
-            f"{columns.text!r} column nor both {data.prompt_column!r} and "
-            f"{data.completion_column!r} (its columns: {', '.join(map(str, row.columns))}); "
-            f"causal-lm records are text, or prompt + completion: set {text_param}, or "
-            "data.prompt_column and data.completion_column.",
-            param=text_param, code="missing_column",
-        )
-    return {text_param: columns.text, "data.prompt_column": columns.prompt,
-            "data.completion_column": columns.completion,
-            "data.source_column": columns.source, "data.target_column": columns.target}
+            f"{'validation_file' if validation else 'training_file'} {row.id!r} has "
+            f"{missing.what} (its columns: {', '.join(map(str, row.columns))}); {missing.hint}",
+            param=missing.param, code="missing_column",
+        ) from None
 
 
 def check_job_request(
     *, session: Session, tenant_id: str, settings: Settings, request: JobCreate
 ) -> CheckedJob:
     """Validate a job request against what the tenant has; raises InvalidRequest naming the field."""
-    if request.task not in SUPPORTED_TASKS:
+    if request.task not in TASKS:
         raise InvalidRequest(
-            f"Unknown task {request.task!r}; supported: {', '.join(SUPPORTED_TASKS)}.",
+            f"Unknown task {request.task!r}; supported: {', '.join(TASKS)}.",
             param="task", code="unsupported_task",
         )
     train = _check_file(
@@ -165,7 +145,7 @@ def check_job_request(
         param, message = problems[0]
         raise InvalidRequest(message, param=param, code="invalid_loss")
     _check_pair(request, teacher, student, specs)
-    if request.task == "sequence-classification":
+    if get_task(request.task).labelled:
         _check_classification_data(request, train, validation, teacher, settings=settings)
     return CheckedJob(training_file=train, validation_file=validation, teacher=teacher,
                       student=student)
@@ -206,10 +186,11 @@ def _check_pair(
     if student is not None:
         teacher_vocab, student_vocab = vocab_fingerprint(teacher.path), vocab_fingerprint(student.path)
     student_info = student.info if student is not None else None
-    problems = check_token_pair(request.task, teacher.info, student_info,
-                                teacher_vocab=teacher_vocab, student_vocab=student_vocab)
-    problems += check_pair_losses(
-        request.task, specs, teacher.info, student_info,
+    task = get_task(request.task)
+    problems = task.check_pair(teacher.info, student_info,
+                               teacher_vocab=teacher_vocab, student_vocab=student_vocab)
+    problems += task.check_pair_losses(
+        specs, teacher.info, student_info,
         same_tokenizer=not (teacher_vocab and student_vocab and teacher_vocab != student_vocab),
     )
     if problems:

@@ -24,7 +24,7 @@ from app.models.tables import ModelRow
 from app.models.views import ModelView, from_builtin, from_row, inspect_cached
 from app.models.weights import weight_stats
 from app.settings import Settings
-from distillation.inspect import ModelInfo
+from distillation.model_info import ModelInfo
 
 # Safetensors barely compress, tokenizers do: a generous bound on what an upload unpacks to.
 UNPACKED_SIZE_FACTOR = 4

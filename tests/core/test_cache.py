@@ -4,7 +4,6 @@ reuse by a resumed job; and the top-k cache for LM vocabularies."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,78 +12,39 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from distillation.cache import (
+from distillation.config import Hyperparameters, JobConfig, LossSpec
+from distillation.engine import distill
+from distillation.losses import KLLoss, LossInputs, build_losses
+from distillation.model_info import inspect_model, model_info
+from distillation.students import build_student
+from distillation.tasks import TaskData
+from distillation.tasks.classification import teacher_logit_cache
+from distillation.tasks.classification_data import prepare_data
+from distillation.teacher_cache import (
     EXAMPLE_INDEX,
     cache_path,
     load_tensors,
     save_tensors,
-    teacher_logit_cache,
     with_example_index,
 )
-from distillation.config import (
-    Hyperparameters,
-    JobConfig,
-    LossSpec,
-    Progress,
-    StudentSpec,
-)
-from distillation.engine import distill
-from distillation.inspect import inspect_model, model_info
-from distillation.losses import KLLoss, LossInputs, build_losses
-from distillation.prepare import Prepared, prepare_data
-from distillation.students import build_student
 from distillation.topk_cache import TopKCache, compress, sparse_target, topk_kl
-from tests.factories.records import sentiment_records, write_jsonl
+from tests.factories.jobs import toy_job
+from tests.factories.probes import TeacherCounter
+from tests.factories.records import sentiment_records
+from tests.factories.reporting import RecordingReporter
 
 CPU = torch.device("cpu")
 
 
-@dataclass
-class Recorder:
-    progress_events: list[Progress] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)
-
-    def progress(self, progress: Progress) -> None:
-        self.progress_events.append(progress)
-
-    def metrics(self, step: int, data: dict[str, Any]) -> None:
-        pass
-
-    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
-        self.messages.append(text)
-
-    def should_stop(self) -> bool:
-        return False
-
-
-class TeacherCounter:
-    """Counts the examples a model's forward sees."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.examples = 0
-        model.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        self.examples += int(output.logits.shape[0])
-
-
 def _config(teacher_dir: Path, tmp: Path, *, cache: bool, epochs: int = 3,
             losses: list[LossSpec] | None = None) -> JobConfig:
-    tmp.mkdir(parents=True, exist_ok=True)
-    train = write_jsonl(tmp / "train.jsonl", sentiment_records(24))
-    return JobConfig(
-        task="sequence-classification", teacher_path=teacher_dir,
-        student=StudentSpec(architecture={"num_layers": 1, "hidden_size": 32}, init="teacher"),
-        train_file=train, output_dir=tmp / "output", work_dir=tmp / "work",
-        losses=losses or [LossSpec("kl", 0.5), LossSpec("ce", 0.5)],
-        hyperparameters=Hyperparameters(
-            epochs=epochs, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0, log_every_steps=1,
-            eval_batch_size=5, cache_teacher=cache,
-        ),
-    )
+    hp = Hyperparameters(epochs=epochs, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
+                         log_every_steps=1, eval_batch_size=5, cache_teacher=cache)
+    return toy_job(teacher_dir, tmp, sentiment_records(24), hyperparameters=hp,
+                   losses=losses or [LossSpec("kl", 0.5), LossSpec("ce", 0.5)], benchmark_runs=10)
 
 
-def _parts(config: JobConfig) -> tuple[Prepared, PreTrainedModel, PreTrainedModel, Any]:
+def _parts(config: JobConfig) -> tuple[TaskData, PreTrainedModel, PreTrainedModel, Any]:
     data = prepare_data(config, inspect_model(config.teacher_path))
     teacher = AutoModelForSequenceClassification.from_pretrained(config.teacher_path).eval()
     teacher.requires_grad_(False)
@@ -95,16 +55,21 @@ def _parts(config: JobConfig) -> tuple[Prepared, PreTrainedModel, PreTrainedMode
     return data, teacher, student, losses
 
 
+def _logit_cache(teacher: nn.Module, features: list[Any], config: JobConfig,
+                 data: TaskData) -> Any:
+    """The classification teacher cache of `features`, in batches of 5."""
+    return teacher_logit_cache(teacher, features, data.student.collator, work_dir=config.work_dir,
+                               prefix="", batch_size=5, device=CPU, reporter=RecordingReporter())
+
+
 def test_cached_logits_give_the_same_loss_on_a_batch(tiny_teacher_dir: Path, tmp_path: Path) -> None:
     # Given a cache of the teacher's logits on the training set (computed in other batches)
     config = _config(tiny_teacher_dir, tmp_path, cache=True)
     data, teacher, student, losses = _parts(config)
-    cache = teacher_logit_cache(teacher, data.train, data.student_collator,
-                                work_dir=config.work_dir, prefix="", batch_size=5, device=CPU,
-                                reporter=Recorder())
+    cache = _logit_cache(teacher, data.student.train, config, data)
     # When one training batch is scored with the teacher run live and with the cache
-    rows = with_example_index(data.train)
-    batch = data.student_collator([rows[i] for i in (3, 17, 0, 9, 22, 11)])
+    rows = with_example_index(data.student.train)
+    batch = data.student.collator([rows[i] for i in (3, 17, 0, 9, 22, 11)])
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
         live = teacher(**inputs).logits
@@ -121,15 +86,15 @@ def test_cached_logits_give_the_same_loss_on_a_batch(tiny_teacher_dir: Path, tmp
 def test_cache_on_runs_the_teacher_once_per_example_and_trains_the_same(
     tiny_teacher_dir: Path, tmp_path: Path
 ) -> None:
-    runs: dict[bool, tuple[list[tuple[int, float]], int, Recorder]] = {}
+    runs: dict[bool, tuple[list[tuple[int, float]], int, RecordingReporter]] = {}
     for cache in (True, False):
         # Given the same job with caching on and off (3 epochs over 24 examples)
         config = _config(tiny_teacher_dir, tmp_path / str(cache), cache=cache)
         data, teacher, student, losses = _parts(config)
         counter = TeacherCounter(teacher)
-        recorder = Recorder()
+        recorder = RecordingReporter()
         # When the distillation stage runs
-        result, _ = distill(config, data, teacher, student, losses, CPU, recorder)
+        result = distill(config, data, teacher, student, losses, CPU, recorder)
         runs[cache] = (result.history, counter.examples, recorder)
 
     on_history, on_examples, on_recorder = runs[True]
@@ -151,25 +116,17 @@ def test_cache_on_runs_the_teacher_once_per_example_and_trains_the_same(
 def test_a_resumed_job_reuses_the_cache_file(tiny_teacher_dir: Path, tmp_path: Path) -> None:
     config = _config(tiny_teacher_dir, tmp_path, cache=True)
     data, teacher, _, _ = _parts(config)
-    first = teacher_logit_cache(teacher, data.train, data.student_collator,
-                                work_dir=config.work_dir, prefix="", batch_size=5, device=CPU,
-                                reporter=Recorder())
+    first = _logit_cache(teacher, data.student.train, config, data)
     counter = TeacherCounter(teacher)
     # When the job starts again with the same data and teacher, it reads the file
-    again = teacher_logit_cache(teacher, data.train, data.student_collator,
-                                work_dir=config.work_dir, prefix="", batch_size=5, device=CPU,
-                                reporter=Recorder())
+    again = _logit_cache(teacher, data.student.train, config, data)
     assert again.reused and not first.reused and counter.examples == 0
     torch.testing.assert_close(again.logits, first.logits)
     # A changed teacher (another head) or changed data misses the cache.
     with torch.no_grad():
         teacher.classifier.weight.add_(0.1)
-    changed = teacher_logit_cache(teacher, data.train, data.student_collator,
-                                  work_dir=config.work_dir, prefix="", batch_size=5, device=CPU,
-                                  reporter=Recorder())
-    fewer = teacher_logit_cache(teacher, data.train[:10], data.student_collator,
-                                work_dir=config.work_dir, prefix="", batch_size=5, device=CPU,
-                                reporter=Recorder())
+    changed = _logit_cache(teacher, data.student.train, config, data)
+    fewer = _logit_cache(teacher, data.student.train[:10], config, data)
     assert not changed.reused and not fewer.reused
     assert counter.examples == 24 + 10
 
@@ -181,7 +138,7 @@ def test_hidden_state_losses_skip_the_cache_and_say_why(
                      losses=[LossSpec("kl", 1.0), LossSpec("hidden_mse", 1.0)])
     data, teacher, student, losses = _parts(config)
     counter = TeacherCounter(teacher)
-    recorder = Recorder()
+    recorder = RecordingReporter()
     distill(config, data, teacher, student, losses, CPU, recorder)
     assert counter.examples == 2 * 24
     assert any("Not caching" in m and "hidden states" in m for m in recorder.messages)

@@ -4,7 +4,6 @@ continues from the checkpoint, and ends where an uninterrupted run ends; the tra
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,53 +11,14 @@ import pytest
 from safetensors.torch import load_file
 
 from distillation.checkpoint_index import list_checkpoints
-from distillation.config import (
-    FinetuneSpec,
-    Hyperparameters,
-    JobConfig,
-    LossSpec,
-    Progress,
-    StudentSpec,
-)
+from distillation.config import FinetuneSpec, Hyperparameters, JobConfig
 from distillation.curve import CURVE_FILE
 from distillation.engine import run_job
+from tests.factories.jobs import toy_job
 from tests.factories.records import sentiment_records, write_jsonl
+from tests.factories.reporting import RecordingReporter, WorkerDied
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-class WorkerDied(RuntimeError):
-    """Stands for the worker process dying mid-run (nothing after it runs)."""
-
-
-@dataclass
-class Recorder:
-    """Keeps what the core reports; "dies" when the train-loss metrics of `die_at_step` arrive."""
-
-    die_at_step: int | None = None
-    steps: list[int] = field(default_factory=list)  # steps of train-loss metrics events
-    messages: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
-    stages: list[str] = field(default_factory=list)
-
-    def progress(self, progress: Progress) -> None:
-        if not self.stages or self.stages[-1] != progress.stage:
-            self.stages.append(progress.stage)
-
-    def metrics(self, step: int, data: dict[str, Any]) -> None:
-        if "train_loss" not in data:
-            return
-        if step == self.die_at_step:
-            raise WorkerDied(f"killed at step {step}")
-        self.steps.append(step)
-
-    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
-        self.messages.append((text, data))
-
-    def should_stop(self) -> bool:
-        return False
-
-    def resumed_from(self) -> list[int]:
-        return [d["resumed_from_step"] for _, d in self.messages if d and "resumed_from_step" in d]
 
 
 def make_config(teacher: Path, tmp: Path, name: str, **overrides: Any) -> JobConfig:
@@ -67,32 +27,27 @@ def make_config(teacher: Path, tmp: Path, name: str, **overrides: Any) -> JobCon
         epochs=3, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0, log_every_steps=1,
         eval_batch_size=16, checkpoint_every_steps=2,
     )
-    return JobConfig(
-        task="sequence-classification", teacher_path=teacher,
-        student=StudentSpec(architecture={"num_layers": 1, "hidden_size": 32}, init="teacher"),
-        train_file=write_jsonl(tmp / "train.jsonl", sentiment_records(32)),
-        validation_file=write_jsonl(tmp / "validation.jsonl", sentiment_records(16, seed=1)),
-        output_dir=tmp / name / "output", work_dir=tmp / name / "work",
-        losses=[LossSpec("kl", 0.5), LossSpec("ce", 0.5)], hyperparameters=hp,
-        benchmark_runs=1, **overrides,
-    )
+    return toy_job(teacher, tmp / name, sentiment_records(32), hyperparameters=hp,
+                   validation_file=write_jsonl(tmp / "validation.jsonl",
+                                               sentiment_records(16, seed=1)),
+                   **overrides)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory
-                  ) -> tuple[JobConfig, Recorder]:
+                  ) -> tuple[JobConfig, RecordingReporter]:
     config = make_config(tiny_teacher_dir, tmp_path_factory.mktemp("ckpt"), "whole")
-    recorder = Recorder()
+    recorder = RecordingReporter()
     run_job(config, recorder)
     return config, recorder
 
 
 def test_killed_job_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(
-    tiny_teacher_dir: Path, tmp_path: Path, uninterrupted: tuple[JobConfig, Recorder]
+    tiny_teacher_dir: Path, tmp_path: Path, uninterrupted: tuple[JobConfig, RecordingReporter]
 ) -> None:
     # Given a run whose worker dies at step 5, after the checkpoint of step 4
     config = make_config(tiny_teacher_dir, tmp_path, "job")
-    first = Recorder(die_at_step=5)
+    first = RecordingReporter(die_at_step=5)
     with pytest.raises(WorkerDied):
         run_job(config, first)
     kept = list_checkpoints(config.work_dir)
@@ -103,12 +58,12 @@ def test_killed_job_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run
     assert not list((config.work_dir / "checkpoints").glob(".tmp-*"))
 
     # When the job is run again with the same config
-    second = Recorder()
+    second = RecordingReporter()
     result = run_job(config, second)
 
     # Then it resumed at step 4 and trained steps 5..12 only: 12 in all, as without the crash
     assert second.resumed_from() == [4]
-    assert "Resumed from checkpoint at step 4 (epoch 1)." in [text for text, _ in second.messages]
+    assert "Resumed from checkpoint at step 4 (epoch 1)." in second.messages
     assert first.steps == [1, 2, 3, 4] and second.steps == list(range(5, 13))
     whole_config, whole = uninterrupted
     assert whole.steps == list(range(1, 13)) and whole.resumed_from() == []
@@ -125,7 +80,7 @@ def test_killed_job_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run
 
 
 def test_training_curve_png_is_written_and_in_the_model_card(
-    uninterrupted: tuple[JobConfig, Recorder],
+    uninterrupted: tuple[JobConfig, RecordingReporter],
 ) -> None:
     config, _ = uninterrupted
     curve = config.output_dir / CURVE_FILE
@@ -146,15 +101,15 @@ def test_a_resumed_job_reuses_its_finetuned_teacher(tiny_base_dir: Path, tmp_pat
                          log_every_steps=1, checkpoint_every_steps=1)
     config = make_config(tiny_base_dir, tmp_path, "job", hyperparameters=hp,
                          teacher_finetune=FinetuneSpec(epochs=1, learning_rate=5e-3))
-    first = Recorder(die_at_step=2)
+    first = RecordingReporter(die_at_step=2)
     with pytest.raises(WorkerDied):
         run_job(config, first)
-    assert first.stages[:2] == ["finetune_teacher", "distill"]
+    assert first.stages()[:2] == ["finetune_teacher", "distill"]
     assert (config.work_dir / "teacher" / "finetuned.json").exists()
 
     # When it runs again, it neither fine-tunes again nor restarts distillation
-    second = Recorder()
+    second = RecordingReporter()
     run_job(config, second)
-    assert "finetune_teacher" not in second.stages
-    assert any("fine-tuned by an earlier attempt" in text for text, _ in second.messages)
+    assert "finetune_teacher" not in second.stages()
+    assert any("fine-tuned by an earlier attempt" in text for text in second.messages)
     assert second.resumed_from() == [1] and second.steps == [2, 3, 4]

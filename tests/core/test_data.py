@@ -7,16 +7,10 @@ from pathlib import Path
 import pytest
 
 from distillation.config import DataSpec, JobConfig, StudentSpec
-from distillation.data import (
-    Columns,
-    label_index,
-    length_grouped_batches,
-    output_label_names,
-    read_records,
-    sorted_labels,
-)
-from distillation.inspect import inspect_model
-from distillation.prepare import prepare_data
+from distillation.labels import label_index, output_label_names, sorted_labels
+from distillation.model_info import inspect_model
+from distillation.tasks.classification_data import Columns, prepare_data, read_records
+from distillation.training import length_grouped_batches
 from tests.factories.records import sentiment_records, write_jsonl
 
 
@@ -82,10 +76,11 @@ def test_prepare_data_with_renamed_validation_columns(tiny_teacher_dir: Path,
     data = prepare_data(config, inspect_model(tiny_teacher_dir))
 
     assert data.labels == ["negative", "positive"] and data.eval_split == "validation"
-    assert not data.separate_tokenizers and data.train is data.teacher_train
-    assert [f["labels"] for f in data.student_eval] == [1, 0, 1, 0, 1, 0]
-    assert max(len(f["input_ids"]) for f in data.student_eval) == 16  # truncated
-    batch = data.student_collator([data.train[0], data.train[1]])
+    assert not data.separate_tokenizers and data.student.train is data.teacher.train
+    assert [f["labels"] for f in data.student.evaluation] == [1, 0, 1, 0, 1, 0]
+    assert max(len(f["input_ids"]) for f in data.student.evaluation) == 16  # truncated
+    batch = data.student.collator([data.student.train[0], data.student.train[1]])
     # Padded to the longer of the two, not to max_seq_length.
-    assert batch["input_ids"].shape[1] == max(len(data.train[i]["input_ids"]) for i in (0, 1))
+    assert batch["input_ids"].shape[1] == max(len(data.student.train[i]["input_ids"])
+                                              for i in (0, 1))
     assert batch["labels"].tolist() == [1, 0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,97 +17,52 @@ from distillation.config import (
     JobConfig,
     JobResult,
     LossSpec,
-    Progress,
     StudentSpec,
 )
 from distillation.engine import run_job
 from distillation.losses import KLLoss, LossInputs
 from distillation.predict import Predictor
 from distillation.students import build_student
+from tests.factories.jobs import toy_job
 from tests.factories.records import sentiment_records, write_jsonl
-
-
-@dataclass
-class Recorder:
-    """A reporter that keeps everything, and asks to stop after `stop_after` checks."""
-
-    stop_after: int | None = None
-    progress_events: list[Progress] = field(default_factory=list)
-    metric_events: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)
-    checks: int = 0
-
-    def progress(self, progress: Progress) -> None:
-        self.progress_events.append(progress)
-
-    def metrics(self, step: int, data: dict[str, Any]) -> None:
-        self.metric_events.append((step, data))
-
-    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
-        self.messages.append(text)
-
-    def should_stop(self) -> bool:
-        self.checks += 1
-        return self.stop_after is not None and self.checks > self.stop_after
-
-    def stages(self) -> list[str]:
-        seen: list[str] = []
-        for event in self.progress_events:
-            if not seen or seen[-1] != event.stage:
-                seen.append(event.stage)
-        return seen
-
-    def losses(self, key: str = "train_loss") -> list[float]:
-        return [data[key] for _, data in self.metric_events if key in data]
+from tests.factories.reporting import RecordingReporter
 
 
 def make_config(teacher: Path, tmp: Path, **overrides: Any) -> JobConfig:
-    train = write_jsonl(tmp / "train.jsonl", sentiment_records(32))
     hp = overrides.pop("hyperparameters", None) or Hyperparameters(
         epochs=10, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0, log_every_steps=5,
         eval_batch_size=16,
     )
-    values: dict[str, Any] = {
-        "task": "sequence-classification",
-        "teacher_path": teacher,
-        "student": StudentSpec(architecture={"num_layers": 1, "hidden_size": 32}, init="teacher"),
-        "train_file": train,
-        "output_dir": tmp / "output",
-        "work_dir": tmp / "work",
-        "losses": [LossSpec("kl", 0.5), LossSpec("ce", 0.5)],
-        "hyperparameters": hp,
-        "benchmark_runs": 3,
-        **overrides,
-    }
-    return JobConfig(**values)
+    return toy_job(teacher, tmp, sentiment_records(32), hyperparameters=hp,
+                   **{"benchmark_runs": 3, **overrides})
 
 
 @pytest.fixture(scope="module")
 def finished(
     tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[JobConfig, JobResult, Recorder]:
+) -> tuple[JobConfig, JobResult, RecordingReporter]:
     tmp = tmp_path_factory.mktemp("job")
     validation = write_jsonl(tmp / "validation.jsonl", sentiment_records(24, seed=1))
     config = make_config(tiny_teacher_dir, tmp, validation_file=validation)
-    recorder = Recorder()
+    recorder = RecordingReporter()
     return config, run_job(config, recorder), recorder
 
 
 @pytest.fixture(scope="module")
 def finetuned(
     tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[JobConfig, JobResult, Recorder]:
+) -> tuple[JobConfig, JobResult, RecordingReporter]:
     tmp = tmp_path_factory.mktemp("finetune")
     config = make_config(
         tiny_base_dir, tmp, teacher_finetune=FinetuneSpec(epochs=10, learning_rate=5e-3),
         hyperparameters=Hyperparameters(epochs=1, batch_size=8, learning_rate=5e-3, max_steps=40,
                                         warmup_ratio=0.0, log_every_steps=5),
     )
-    recorder = Recorder()
+    recorder = RecordingReporter()
     return config, run_job(config, recorder), recorder
 
 
-def test_export_loads_and_matches_predictor(finished: tuple[JobConfig, JobResult, Recorder]) -> None:
+def test_export_loads_and_matches_predictor(finished: tuple[JobConfig, JobResult, RecordingReporter]) -> None:
     config, result, _ = finished
     out = config.output_dir
     assert result.model_dir == out
@@ -131,7 +85,7 @@ def test_export_loads_and_matches_predictor(finished: tuple[JobConfig, JobResult
         assert prediction["scores"]["positive"] == pytest.approx(float(row[1]), abs=1e-5)
 
 
-def test_report_and_model_card(finished: tuple[JobConfig, JobResult, Recorder]) -> None:
+def test_report_and_model_card(finished: tuple[JobConfig, JobResult, RecordingReporter]) -> None:
     config, result, _ = finished
     report = json.loads((config.output_dir / "report.json").read_text())
     assert report == result.report
@@ -155,7 +109,7 @@ def test_report_and_model_card(finished: tuple[JobConfig, JobResult, Recorder]) 
         assert text in card
 
 
-def test_training_learns_and_reports(finished: tuple[JobConfig, JobResult, Recorder]) -> None:
+def test_training_learns_and_reports(finished: tuple[JobConfig, JobResult, RecordingReporter]) -> None:
     _, result, recorder = finished
     losses = recorder.losses()
     assert len(losses) == 8  # 40 optimizer steps, a metrics event every 5
@@ -177,7 +131,7 @@ def test_training_learns_and_reports(finished: tuple[JobConfig, JobResult, Recor
 
 def test_should_stop_cancels_promptly(tiny_teacher_dir: Path, tmp_path: Path) -> None:
     config = make_config(tiny_teacher_dir, tmp_path)
-    recorder = Recorder(stop_after=3)
+    recorder = RecordingReporter(stop_after=3)
     with pytest.raises(Cancelled):
         run_job(config, recorder)
     assert recorder.checks == 4
@@ -186,11 +140,11 @@ def test_should_stop_cancels_promptly(tiny_teacher_dir: Path, tmp_path: Path) ->
 
 def test_base_teacher_needs_finetune(tiny_base_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no sequence-classification head"):
-        run_job(make_config(tiny_base_dir, tmp_path), Recorder())
+        run_job(make_config(tiny_base_dir, tmp_path), RecordingReporter())
 
 
 def test_finetune_base_teacher_then_distill(
-    finetuned: tuple[JobConfig, JobResult, Recorder],
+    finetuned: tuple[JobConfig, JobResult, RecordingReporter],
 ) -> None:
     config, result, recorder = finetuned
     assert recorder.stages() == ["finetune_teacher", "distill", "evaluate", "export"]
@@ -206,7 +160,7 @@ def test_finetune_base_teacher_then_distill(
 
 
 def test_svd_init_starts_closer_than_random(
-    finetuned: tuple[JobConfig, JobResult, Recorder],
+    finetuned: tuple[JobConfig, JobResult, RecordingReporter],
 ) -> None:
     # Given a trained width-32 teacher, when width-16 students are built from it,
     # then the one projected from the teacher's weights starts nearer the teacher's outputs.
@@ -240,7 +194,7 @@ def test_layer_losses_run_in_a_job(tiny_teacher_dir: Path, tmp_path: Path) -> No
         hyperparameters=Hyperparameters(epochs=1, batch_size=8, max_steps=4, log_every_steps=1,
                                         learning_rate=1e-3),
     )
-    recorder = Recorder()
+    recorder = RecordingReporter()
 
     result = run_job(config, recorder)
 

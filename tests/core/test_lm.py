@@ -22,16 +22,17 @@ from distillation.config import (
     StudentSpec,
 )
 from distillation.engine import run_job
-from distillation.inspect import inspect_model
-from distillation.lm_data import TokenCollator, encode_causal, token_columns
-from distillation.lm_engine import check_token_job
-from distillation.pairing import check_pair_losses, check_token_pair, vocab_fingerprint
+from distillation.model_info import inspect_model
 from distillation.predict import Predictor
 from distillation.students import build_student, principal_directions, transfer
-from distillation.tasks import target_rows
-from tests.core.test_engine import Recorder
+from distillation.tasks import CAUSAL_LM, get_task
+from distillation.tasks.causal_lm import causal_columns, encode_causal
+from distillation.tasks.token_data import TokenCollator, target_rows
+from distillation.vocab import vocab_fingerprint
+from tests.factories.jobs import toy_job
 from tests.factories.lm import copy_records, lm_tokenizer, permute_vocab, save_gpt2
 from tests.factories.records import write_jsonl
+from tests.factories.reporting import RecordingReporter
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,8 @@ def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_prompt_tokens_and_padding_are_masked() -> None:
     tokenizer = lm_tokenizer()
     rows = [{"prompt": "copy red cat", "completion": "red cat"}, {"text": "one two three"}]
-    prompt_cols = token_columns("causal-lm", DataSpec(), ["prompt", "completion"])
-    text_cols = token_columns("causal-lm", DataSpec(), ["text"])
+    prompt_cols = causal_columns(DataSpec(), ["prompt", "completion"])
+    text_cols = causal_columns(DataSpec(), ["text"])
 
     first = encode_causal(rows[:1], prompt_cols, tokenizer, max_length=32)[0]
     second = encode_causal(rows[1:], text_cols, tokenizer, max_length=32)[0]
@@ -68,7 +69,7 @@ def test_prompt_tokens_and_padding_are_masked() -> None:
 def test_long_prompt_keeps_its_end_and_the_completion() -> None:
     tokenizer = lm_tokenizer()
     record = {"prompt": " ".join(["red"] * 40) + " blue", "completion": "cat dog"}
-    row = encode_causal([record], token_columns("causal-lm", DataSpec(), list(record)), tokenizer,
+    row = encode_causal([record], causal_columns(DataSpec(), list(record)), tokenizer,
                         max_length=16)[0]
     assert len(row["input_ids"]) == 16
     assert tokenizer.decode(row["input_ids"][-5:-3]) == "blue [SEP]"  # the prompt's end
@@ -128,20 +129,20 @@ def test_pair_checks_name_the_field(teacher_dir: Path, tmp_path: Path) -> None:
     small_vocab = inspect_model(save_gpt2(tmp_path / "small", vocab_size=1000))
     other_ids = permute_vocab(save_gpt2(tmp_path / "permuted"))
 
-    assert check_token_pair("causal-lm", teacher, teacher) == []
-    assert check_token_pair("causal-lm", teacher, small_vocab)[0][0] == "student.model"
-    mismatch = check_token_pair("causal-lm", teacher, inspect_model(other_ids),
+    assert get_task(CAUSAL_LM).check_pair(teacher, teacher) == []
+    assert get_task(CAUSAL_LM).check_pair(teacher, small_vocab)[0][0] == "student.model"
+    mismatch = get_task(CAUSAL_LM).check_pair(teacher, inspect_model(other_ids),
                                 teacher_vocab=vocab_fingerprint(teacher_dir),
                                 student_vocab=vocab_fingerprint(other_ids))
     assert mismatch and "maps tokens to ids differently" in mismatch[0][1]
     assert vocab_fingerprint(teacher_dir) == vocab_fingerprint(save_gpt2(tmp_path / "again"))
 
     losses = [LossSpec("kl"), LossSpec("logit"), LossSpec("hidden_mse")]
-    assert [p for p, _ in check_pair_losses("causal-lm", losses, teacher, None)] == [
+    assert [p for p, _ in get_task(CAUSAL_LM).check_pair_losses(losses, teacher, None)] == [
         "distillation.losses[1].type"]
     blank = inspect_model(teacher_dir)
     blank.num_layers = 0
-    problems = check_pair_losses("causal-lm", losses[2:], teacher, blank)
+    problems = get_task(CAUSAL_LM).check_pair_losses(losses[2:], teacher, blank)
     assert problems[0][0] == "distillation.losses[0].type" and "no transformer" in problems[0][1]
 
 
@@ -150,24 +151,24 @@ def test_engine_refuses_a_student_with_another_vocabulary(teacher_dir: Path,
     student = save_gpt2(tmp_path / "student", vocab_size=1000)
     config = _config(teacher_dir, tmp_path, student=StudentSpec(model_path=student))
     with pytest.raises(ValueError, match="vocabulary of 1000 tokens"):
-        check_token_job(config, inspect_model(teacher_dir))
+        get_task(CAUSAL_LM).check_job(config, inspect_model(teacher_dir))
 
 
 @pytest.fixture(scope="module")
 def finished(teacher_dir: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> tuple[JobConfig, JobResult, Recorder]:
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[JobConfig, JobResult, RecordingReporter]:
     tmp = tmp_path_factory.mktemp("causal_job")
     config = _config(
         teacher_dir, tmp, validation_file=write_jsonl(tmp / "dev.jsonl", copy_records(16, seed=2)),
         teacher_finetune=FinetuneSpec(epochs=6, learning_rate=5e-3),
         losses=[LossSpec("kl", 0.5), LossSpec("ce", 0.5), LossSpec("hidden_mse", 0.1)],
     )
-    recorder = Recorder()
+    recorder = RecordingReporter()
     return config, run_job(config, recorder), recorder
 
 
 def test_causal_lm_job_learns_and_reports_perplexity(
-    finished: tuple[JobConfig, JobResult, Recorder],
+    finished: tuple[JobConfig, JobResult, RecordingReporter],
 ) -> None:
     config, result, recorder = finished
     assert recorder.stages() == ["finetune_teacher", "distill", "evaluate", "export"]
@@ -198,7 +199,7 @@ def test_causal_lm_job_learns_and_reports_perplexity(
 
 
 def test_causal_lm_export_loads_and_generates(
-    finished: tuple[JobConfig, JobResult, Recorder],
+    finished: tuple[JobConfig, JobResult, RecordingReporter],
 ) -> None:
     config, _, _ = finished
     model = AutoModelForCausalLM.from_pretrained(config.output_dir).eval()
@@ -212,18 +213,7 @@ def test_causal_lm_export_loads_and_generates(
 
 
 def _config(teacher: Path, tmp: Path, **overrides: Any) -> JobConfig:
-    values: dict[str, Any] = {
-        "task": "causal-lm",
-        "teacher_path": teacher,
-        "student": StudentSpec(architecture={"num_layers": 1}, init="teacher"),
-        "train_file": write_jsonl(tmp / "train.jsonl", copy_records(48, seed=1)),
-        "output_dir": tmp / "output",
-        "work_dir": tmp / "work",
-        "losses": [LossSpec("kl", 0.5), LossSpec("ce", 0.5)],
-        "hyperparameters": Hyperparameters(epochs=3, batch_size=8, learning_rate=5e-3,
-                                           warmup_ratio=0.0, log_every_steps=3,
-                                           eval_batch_size=16),
-        "benchmark_runs": 2,
-        **overrides,
-    }
-    return JobConfig(**values)
+    hp = Hyperparameters(epochs=3, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
+                         log_every_steps=3, eval_batch_size=16)
+    return toy_job(teacher, tmp, copy_records(48, seed=1), task=CAUSAL_LM, hyperparameters=hp,
+                   **{"benchmark_runs": 2, **overrides})

@@ -4,72 +4,30 @@ and resuming a killed job from its checkpoint, on tiny GPT-2s and T5s."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
-from transformers import AutoConfig, PreTrainedModel, set_seed
+from transformers import PreTrainedModel, set_seed
 
-from distillation.cache import cache_path
 from distillation.checkpoint_index import list_checkpoints
-from distillation.config import (
-    FinetuneSpec,
-    Hyperparameters,
-    JobConfig,
-    LossSpec,
-    Progress,
-    StudentSpec,
-)
-from distillation.engine import run_job
-from distillation.lm_data import TokenData, prepare_token_data
-from distillation.lm_engine import distill
+from distillation.config import FinetuneSpec, Hyperparameters, JobConfig, LossSpec
+from distillation.engine import distill, run_job
 from distillation.losses import CompositeLoss, build_losses
+from distillation.model_info import inspect_model
 from distillation.students import build_student
-from distillation.tasks import CAUSAL_LM, SEQ2SEQ, loss_shape, model_class
-from tests.core.test_checkpoint import Recorder as DyingRecorder
-from tests.core.test_checkpoint import WorkerDied
+from distillation.tasks import CAUSAL_LM, SEQ2SEQ, TaskData, get_task
+from distillation.teacher_cache import cache_path
+from tests.factories.jobs import toy_job
 from tests.factories.lm import copy_records, lm_tokenizer, reverse_records, save_gpt2, save_t5
+from tests.factories.probes import TeacherCounter
 from tests.factories.records import write_jsonl
+from tests.factories.reporting import RecordingReporter, WorkerDied
 
 CPU = torch.device("cpu")
 VOCAB = len(lm_tokenizer())  # 20 tokens
-
-
-@dataclass
-class Recorder:
-    progress_events: list[Progress] = field(default_factory=list)
-    metric_events: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)
-
-    def progress(self, progress: Progress) -> None:
-        self.progress_events.append(progress)
-
-    def metrics(self, step: int, data: dict[str, Any]) -> None:
-        self.metric_events.append((step, data))
-
-    def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
-        self.messages.append(text)
-
-    def should_stop(self) -> bool:
-        return False
-
-    def train_metrics(self) -> list[dict[str, Any]]:
-        return [data for _, data in self.metric_events if "train_loss" in data]
-
-
-class TeacherCounter:
-    """Counts the examples a model's forward sees."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.examples = 0
-        model.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        self.examples += int(output.logits.shape[0])
 
 
 @pytest.fixture(scope="module")
@@ -80,32 +38,24 @@ def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _config(task: str, teacher: Path, tmp: Path, **overrides: Any) -> JobConfig:
     """24 records in batches of 8 for 2 epochs (causal-lm: copy; seq2seq: reverse)."""
-    tmp.mkdir(parents=True, exist_ok=True)
     records = copy_records(24, seed=1) if task == CAUSAL_LM else reverse_records(24, seed=1)
     hp = overrides.pop("hyperparameters", None) or Hyperparameters(
         epochs=2, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0, log_every_steps=1,
         eval_batch_size=16,
     )
-    values: dict[str, Any] = {
-        "task": task, "teacher_path": teacher,
-        "student": StudentSpec(architecture={"num_layers": 1}, init="teacher"),
-        "train_file": write_jsonl(tmp / "train.jsonl", records),
-        "output_dir": tmp / "output", "work_dir": tmp / "work",
-        "losses": [LossSpec("kl", 0.5), LossSpec("ce", 0.5)], "hyperparameters": hp,
-        "benchmark_runs": 1, **overrides,
-    }
-    return JobConfig(**values)
+    return toy_job(teacher, tmp, records, task=task, hyperparameters=hp, **overrides)
 
 
-def _parts(config: JobConfig) -> tuple[TokenData, PreTrainedModel, PreTrainedModel, CompositeLoss]:
-    """What `run_token_job` builds before distilling: data, teacher, student, losses."""
-    data = prepare_token_data(config, AutoConfig.from_pretrained(config.teacher_path))
-    teacher = model_class(config.task).from_pretrained(config.teacher_path).eval()
+def _parts(config: JobConfig) -> tuple[TaskData, PreTrainedModel, PreTrainedModel, CompositeLoss]:
+    """What `run_job` builds before distilling: data, teacher, student, losses."""
+    task = get_task(config.task)
+    data = task.prepare(config, inspect_model(config.teacher_path))
+    teacher = task.model_class.from_pretrained(config.teacher_path).eval()
     teacher.requires_grad_(False)
     set_seed(0)
     student = build_student(config.student, teacher, task=config.task)
-    losses = build_losses(config.losses, config.temperature, loss_shape(student.config),
-                          loss_shape(teacher.config))
+    losses = build_losses(config.losses, config.temperature, task.loss_shape(student.config),
+                          task.loss_shape(teacher.config))
     return data, teacher, student, losses
 
 
@@ -113,7 +63,7 @@ def _parts(config: JobConfig) -> tuple[TokenData, PreTrainedModel, PreTrainedMod
 def test_cache_runs_the_teacher_once_per_example_and_gives_the_full_kl_when_k_covers_the_vocab(
     task: str, teachers: dict[str, Path], tmp_path: Path,
 ) -> None:
-    runs: dict[bool, tuple[int, Recorder, int]] = {}
+    runs: dict[bool, tuple[int, RecordingReporter, int]] = {}
     for cache in (True, False):
         # Given the same job with the teacher cache on (k ≥ vocabulary) and off
         hp = Hyperparameters(epochs=2, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
@@ -121,10 +71,10 @@ def test_cache_runs_the_teacher_once_per_example_and_gives_the_full_kl_when_k_co
                              teacher_cache_top_k=64)
         config = _config(task, teachers[task], tmp_path / str(cache), hyperparameters=hp)
         data, teacher, student, losses = _parts(config)
-        counter, recorder = TeacherCounter(teacher), Recorder()
+        counter, recorder = TeacherCounter(teacher), RecordingReporter()
         # When the distillation stage runs
         result = distill(config, data, teacher, student, losses, CPU, recorder)
-        runs[cache] = (counter.examples, recorder, len(data.train))
+        runs[cache] = (counter.examples, recorder, len(data.student.train))
         assert result.steps == 2 * 3 and [e["epoch"] for e in result.evals] == [1, 2]
 
     on_examples, on, examples = runs[True]
@@ -152,11 +102,11 @@ def test_losses_on_the_full_distribution_skip_the_cache_and_say_why(
     config = _config(CAUSAL_LM, teachers[CAUSAL_LM], tmp_path,
                      losses=[LossSpec("kl", 0.5), LossSpec("reverse_kl", 0.5)])
     data, teacher, student, losses = _parts(config)
-    counter, recorder = TeacherCounter(teacher), Recorder()
+    counter, recorder = TeacherCounter(teacher), RecordingReporter()
 
     distill(config, data, teacher, student, losses, CPU, recorder)
 
-    assert counter.examples == 2 * len(data.train)
+    assert counter.examples == 2 * len(data.student.train)
     assert any("Not caching" in m and "reverse_kl needs the teacher's full distribution" in m
                for m in recorder.messages)
     assert not cache_path(config.work_dir).exists()
@@ -179,21 +129,21 @@ def test_a_killed_lm_job_resumes_and_ends_like_an_uninterrupted_one(
 ) -> None:
     # Given a job whose worker dies at step 5, after the checkpoint of step 4
     config = _resume_config(task, teachers[task], tmp_path, "job")
-    first = DyingRecorder(die_at_step=5)
+    first = RecordingReporter(die_at_step=5)
     with pytest.raises(WorkerDied):
         run_job(config, first)
-    assert first.stages[:3] == ["finetune_teacher", "cache_teacher", "distill"]
+    assert first.stages()[:3] == ["finetune_teacher", "cache_teacher", "distill"]
     kept = list_checkpoints(config.work_dir)
     assert [meta["step"] for _, meta in kept] == [4, 2]
     assert kept[0][1]["teacher_cache"] == str(cache_path(config.work_dir))
 
     # When the job is run again with the same config
-    second = DyingRecorder()
+    second = RecordingReporter()
     result = run_job(config, second)
 
     # Then it kept the fine-tuned teacher and its cache, resumed at step 4, and trained 5..12
-    texts = [text for text, _ in second.messages]
-    assert "finetune_teacher" not in second.stages and "cache_teacher" not in second.stages
+    texts = second.messages
+    assert "finetune_teacher" not in second.stages() and "cache_teacher" not in second.stages()
     assert any("fine-tuned by an earlier attempt" in text for text in texts)
     assert any(text.startswith("Reusing the teacher's cached top-32 tokens") for text in texts)
     assert second.resumed_from() == [4]
@@ -205,7 +155,7 @@ def test_a_killed_lm_job_resumes_and_ends_like_an_uninterrupted_one(
 
     # and it ends where a run never interrupted ends: 12 steps, the same weights
     whole_config = _resume_config(task, teachers[task], tmp_path, "whole")
-    whole = DyingRecorder()
+    whole = RecordingReporter()
     run_job(whole_config, whole)
     assert whole.steps == list(range(1, 13)) and whole.resumed_from() == []
     resumed = load_file(str(config.output_dir / "model.safetensors"))

@@ -21,15 +21,16 @@ from distillation.config import (
     StudentSpec,
 )
 from distillation.engine import run_job
-from distillation.inspect import inspect_model
-from distillation.lm_data import TokenCollator, encode_seq2seq, token_columns
-from distillation.lm_eval import text_metrics
-from distillation.pairing import check_token_pair
+from distillation.model_info import inspect_model
 from distillation.predict import Predictor
 from distillation.students import build_student
-from tests.core.test_engine import Recorder
+from distillation.tasks import SEQ2SEQ, get_task
+from distillation.tasks.seq2seq import encode_seq2seq, seq2seq_columns, text_metrics
+from distillation.tasks.token_data import TokenCollator
+from tests.factories.jobs import toy_job
 from tests.factories.lm import lm_tokenizer, reverse_records, save_gpt2, save_t5
 from tests.factories.records import write_jsonl
+from tests.factories.reporting import RecordingReporter
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_decoder_inputs_are_the_labels_shifted_right() -> None:
     tokenizer = lm_tokenizer()
-    columns = token_columns("seq2seq", DataSpec(), ["source", "target"])
+    columns = seq2seq_columns(DataSpec(), ["source", "target"])
     rows = encode_seq2seq([{"source": "red cat", "target": "cat red"},
                            {"source": "one", "target": "one two three"}], columns, tokenizer,
                           max_length=16)
@@ -81,20 +82,17 @@ def test_t5_student_shrinks_both_stacks_and_keeps_the_position_bias(teacher_dir:
 
 def test_seq2seq_teacher_needs_a_seq2seq_student(teacher_dir: Path, tmp_path: Path) -> None:
     causal = inspect_model(save_gpt2(tmp_path / "gpt2"))
-    problems = check_token_pair("seq2seq", inspect_model(teacher_dir), causal)
+    problems = get_task(SEQ2SEQ).check_pair(inspect_model(teacher_dir), causal)
     assert problems[0][0] == "student.model" and "encoder-decoder" in problems[0][1]
 
 
 @pytest.fixture(scope="module")
 def finished(teacher_dir: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> tuple[JobConfig, JobResult, Recorder]:
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[JobConfig, JobResult, RecordingReporter]:
     tmp = tmp_path_factory.mktemp("seq2seq_job")
-    config = JobConfig(
-        task="seq2seq", teacher_path=teacher_dir,
-        student=StudentSpec(architecture={"num_layers": 1}, init="teacher"),
-        train_file=write_jsonl(tmp / "train.jsonl", reverse_records(48, seed=1)),
+    config = toy_job(
+        teacher_dir, tmp, reverse_records(48, seed=1), task=SEQ2SEQ,
         validation_file=write_jsonl(tmp / "dev.jsonl", reverse_records(12, seed=2)),
-        output_dir=tmp / "output", work_dir=tmp / "work",
         teacher_finetune=FinetuneSpec(epochs=8, learning_rate=1e-2),
         losses=[LossSpec("kl", 0.5), LossSpec("ce", 0.5), LossSpec("attention_mse", 0.1),
                 LossSpec("cosine", 0.1)],
@@ -102,12 +100,12 @@ def finished(teacher_dir: Path,
                                         warmup_ratio=0.0, log_every_steps=3, eval_batch_size=16),
         benchmark_runs=2,
     )
-    recorder = Recorder()
+    recorder = RecordingReporter()
     return config, run_job(config, recorder), recorder
 
 
 def test_seq2seq_job_learns_and_reports_rouge_and_bleu(
-    finished: tuple[JobConfig, JobResult, Recorder],
+    finished: tuple[JobConfig, JobResult, RecordingReporter],
 ) -> None:
     config, result, recorder = finished
     assert recorder.stages() == ["finetune_teacher", "distill", "evaluate", "export"]
@@ -133,7 +131,7 @@ def test_seq2seq_job_learns_and_reports_rouge_and_bleu(
 
 
 def test_seq2seq_export_loads_and_generates(
-    finished: tuple[JobConfig, JobResult, Recorder],
+    finished: tuple[JobConfig, JobResult, RecordingReporter],
 ) -> None:
     config, _, _ = finished
     model = AutoModelForSeq2SeqLM.from_pretrained(config.output_dir)

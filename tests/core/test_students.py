@@ -20,11 +20,12 @@ from transformers import (
 
 from distillation.config import Hyperparameters, JobConfig, LossSpec, StudentSpec
 from distillation.engine import run_job
-from distillation.inspect import inspect_model
 from distillation.layers import even_spread
+from distillation.model_info import inspect_model
 from distillation.predict import Predictor
 from distillation.students import build_student, check_architecture, principal_directions
 from tests.factories.records import FILLER, NEGATIVE, POSITIVE, sentiment_records, write_jsonl
+from tests.factories.reporting import RecordingReporter
 
 
 def _teacher(**overrides: Any) -> BertForSequenceClassification:
@@ -130,7 +131,7 @@ def test_student_directory_with_its_own_tokenizer(tiny_teacher_dir: Path, tmp_pa
         benchmark_runs=1,
     )
 
-    result = run_job(config, _Quiet())
+    result = run_job(config, RecordingReporter())
 
     model = AutoModelForSequenceClassification.from_pretrained(result.model_dir)
     assert model.config.vocab_size == 4 + len(set(FILLER + POSITIVE + NEGATIVE))
@@ -141,18 +142,4 @@ def test_student_directory_with_its_own_tokenizer(tiny_teacher_dir: Path, tmp_pa
 
     config.losses = [LossSpec("hidden_mse")]
     with pytest.raises(ValueError, match="need a student with the teacher's tokenizer"):
-        run_job(config, _Quiet())
-
-
-class _Quiet:
-    def progress(self, progress: object) -> None:
-        pass
-
-    def metrics(self, step: int, data: dict[str, object]) -> None:
-        pass
-
-    def message(self, text: str, *, level: str = "info", data: object = None) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
+        run_job(config, RecordingReporter())

@@ -1,12 +1,17 @@
-"""What a Hugging Face model directory holds, read from its config alone (no weights loaded)."""
+"""What a Hugging Face model directory holds, read from its config alone (no weights loaded):
+its architecture's task, its sizes, its labels, and the longest input it takes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
+# The tasks an architecture can serve (`distillation.tasks` holds what each one means).
+CLASSIFICATION = "sequence-classification"
+CAUSAL_LM = "causal-lm"
+SEQ2SEQ = "seq2seq"
 SEQ_CLS_SUFFIXES = ("ForSequenceClassification",)
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 SEQ2SEQ_SUFFIXES = ("ForConditionalGeneration", "ForSeq2SeqLM", "MTModel")
@@ -30,13 +35,13 @@ def task_of(config: PretrainedConfig) -> str:
     """The task a config's architecture serves: classification, causal LM, seq2seq or base model."""
     for arch in config.architectures or []:
         if arch.endswith(SEQ_CLS_SUFFIXES):
-            return "sequence-classification"
+            return CLASSIFICATION
         if arch.endswith(SEQ2SEQ_SUFFIXES) or (
             config.is_encoder_decoder and arch.endswith("LMHeadModel")
         ):
-            return "seq2seq"
+            return SEQ2SEQ
         if arch.endswith(CAUSAL_SUFFIXES):
-            return "causal-lm"
+            return CAUSAL_LM
     return BASE_TASK
 
 
@@ -61,7 +66,7 @@ def model_info(config: PretrainedConfig) -> ModelInfo:
     """What a loaded config describes (the same as `inspect_model` gives for its directory)."""
     task = task_of(config)
     labels = None
-    if task == "sequence-classification":
+    if task == CLASSIFICATION:
         id2label = getattr(config, "id2label", None) or {}
         labels = [str(id2label[i]) for i in sorted(id2label, key=int)]
     return ModelInfo(
@@ -75,3 +80,21 @@ def model_info(config: PretrainedConfig) -> ModelInfo:
         is_encoder_decoder=bool(getattr(config, "is_encoder_decoder", False)),
         labels=labels,
     )
+
+
+MAX_LENGTH = 512
+# Models whose position ids start after the padding index, so two positions are unusable.
+_OFFSET_POSITIONS = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
+
+
+def max_input_length(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The longest input the model takes: the tokenizer's and the position table's limit, ≤ 512."""
+    limit = MAX_LENGTH
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < limit:
+        limit = tok_max
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        positions -= _OFFSET_POSITIONS.get(str(config.model_type), 0)
+        limit = min(limit, positions)
+    return limit
