@@ -26,7 +26,6 @@ celery_app.conf.update(
     worker_concurrency=1,
     # A fresh process per job gives its memory (and GPU memory) back to the system.
     worker_max_tasks_per_child=1,
-    worker_hijack_root_logger=False,
     worker_send_task_events=False,
 )
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from tests.factories.worker import FINAL, create_job, start_worker, stop_worker, wait_for
 
@@ -41,35 +40,21 @@ def worker_log(tmp_path: Path) -> Path:
 def long_lived_worker(settings: Any, worker_log: Path) -> Iterator[subprocess.Popen[bytes]]:
     proc = start_worker(settings, log=worker_log, DISTILL_RECONCILE_INTERVAL_S=RECONCILE_S)
     try:
-        wait_until_statements_prepared(settings)
+        wait_until_statements_prepared(worker_log)
         yield proc
     finally:
         stop_worker(proc)
 
 
-def worker_queries_seen(settings: Any) -> bool:
-    """True once a backend on the test database other than ours has queried the jobs table."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
-
-    engine = create_engine(settings.database_url, poolclass=NullPool)
-    with engine.connect() as conn:
-        n = conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND query ILIKE '%FROM jobs%'"
-        )).scalar_one()
-    engine.dispose()
-    return int(n) > 0
-
-
-def wait_until_statements_prepared(settings: Any, seconds: float = 6.0) -> None:
-    """Let the worker's reconciler run its queries past psycopg's prepare threshold (five
-    executions), so its main-process connection holds prepared statements."""
+def wait_until_statements_prepared(log: Path, passes: int = 8) -> None:
+    """Wait for the worker to be ready, then for its reconciler to run `passes` passes (one a
+    second): past psycopg's prepare threshold (five runs), its main-process connection holds
+    prepared statements."""
     deadline = time.monotonic() + 180  # a worker starts in seconds, but CI machines get busy
-    while not worker_queries_seen(settings):
-        assert time.monotonic() < deadline, "the worker's reconciler never queried the jobs table"
+    while not (log.exists() and " ready." in log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, "the worker did not start: " + str(log)
         time.sleep(0.2)
-    time.sleep(seconds)
+    time.sleep(passes * float(RECONCILE_S))
 
 
 def test_several_jobs_in_a_row_on_a_worker_that_has_lived_a_while(
