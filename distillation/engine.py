@@ -60,8 +60,8 @@ def load_teacher(
                          save_dir=finetuned, device=device, reporter=reporter)
         save_dir = finetuned
     else:
-        teacher, save_dir = task.load_model(config.teacher_path, data, attn=attn), \
-            config.teacher_path
+        teacher = task.load_model(config.teacher_path, data, attn=attn)
+        save_dir = config.teacher_path
     teacher.to(device)  # type: ignore[arg-type]
     teacher.eval().requires_grad_(False)
     return teacher, save_dir

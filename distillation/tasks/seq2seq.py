@@ -57,7 +57,8 @@ def encode_seq2seq(
 
 def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """{"rougeL", "bleu"} of predictions against one reference each, 0–100."""
-    # Imported here: the API reads this module for the task's tables and never scores.
+    # Imported here, not with the module: the API reads the task registry (this module too)
+    # and never scores, and these take seconds to import.
     import sacrebleu
     from rouge_score import rouge_scorer
 
