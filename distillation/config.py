@@ -11,9 +11,6 @@ from typing import Any, Literal, Protocol
 
 Task = Literal["sequence-classification", "causal-lm", "seq2seq"]
 Stage = Literal["finetune_teacher", "cache_teacher", "distill", "evaluate", "export"]
-TASKS: tuple[str, ...] = ("sequence-classification", "causal-lm", "seq2seq")
-# What the engine runs today; the API refuses other tasks at job creation.
-SUPPORTED_TASKS: tuple[str, ...] = ("sequence-classification", "causal-lm", "seq2seq")
 LOSS_TYPES: tuple[str, ...] = (
     "kl", "reverse_kl", "jsd", "ce", "logit", "mse_logits", "hidden_mse", "attention_mse",
     "cosine",
