@@ -122,6 +122,19 @@ class Services:
         os.killpg(self.workers[name].pid, signal.SIGKILL)
         self.workers[name].wait()
 
+    def job_process_of(self, name: str, worker_ids: list[str]) -> bool:
+        """Whether one of these job owners (`host:pid:…`) is a child of worker `name`."""
+        main = self.workers[name].pid
+        for worker_id in worker_ids:
+            try:
+                pid = int(worker_id.split(":")[1])
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except (IndexError, ValueError, OSError):
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == main:  # the parent's pid
+                return True
+        return False
+
     def stop(self) -> None:
         for proc in [*self.workers.values(), *([self.api] if self.api else [])]:
             if proc.poll() is None:
@@ -131,6 +144,18 @@ class Services:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+def running_owners(api: httpx.Client, jobs: list[str]) -> list[str]:
+    """The owners (`host:pid:…` from their last "started attempt" event) of running jobs."""
+    owners = []
+    for job_id in jobs:
+        if api.get(f"/v1/distillation/jobs/{job_id}").json()["status"] != "running":
+            continue
+        events = api.get(f"/v1/distillation/jobs/{job_id}/events?limit=1000").json()["data"]
+        started = [e["message"].split()[1] for e in events if "started attempt" in e["message"]]
+        owners += started[-1:]
+    return owners
 
 
 def main() -> None:
@@ -179,7 +204,7 @@ def main() -> None:
                                              "intermediate_size": 64}, "init": "teacher"},
                 "training_file": train, "validation_file": dev,
                 "data": {"max_seq_length": 32},
-                "hyperparameters": {"epochs": 2, "batch_size": 4, "learning_rate": 1e-3,
+                "hyperparameters": {"epochs": 3, "batch_size": 4, "learning_rate": 1e-3,
                                     "checkpoint_every_steps": 10}}
         total = int(args.minutes * 60 / args.interval)
         started = time.monotonic()  # the schedule counts from the first submission
@@ -187,6 +212,11 @@ def main() -> None:
         for i in range(total):
             next_at = started + (i + 1) * args.interval
             if i == kill_at:
+                # Kill worker-1 while it trains a job (waiting up to a minute for one).
+                wait_until = time.monotonic() + 60
+                while time.monotonic() < wait_until and not services.job_process_of(
+                        "worker-1", running_owners(api, jobs)):
+                    time.sleep(0.5)
                 print(f"[{time.monotonic() - started:6.0f}s] SIGKILL worker-1", flush=True)
                 services.kill_worker("worker-1")
             if i == restart_at:
