@@ -211,6 +211,12 @@ def main() -> None:
         kill_at, restart_at = total // 2, total // 2 + 1
         for i in range(total):
             next_at = started + (i + 1) * args.interval
+            if i == restart_at:
+                print(f"[{time.monotonic() - started:6.0f}s] restart worker-1", flush=True)
+                services.start_worker("worker-1")
+            response = api.post("/v1/distillation/jobs", json={**body, "metadata": {"n": str(i)}})
+            response.raise_for_status()
+            jobs.append(response.json()["id"])
             if i == kill_at:
                 # Kill worker-1 while it trains a job (waiting up to a minute for one).
                 wait_until = time.monotonic() + 60
@@ -219,12 +225,6 @@ def main() -> None:
                     time.sleep(0.5)
                 print(f"[{time.monotonic() - started:6.0f}s] SIGKILL worker-1", flush=True)
                 services.kill_worker("worker-1")
-            if i == restart_at:
-                print(f"[{time.monotonic() - started:6.0f}s] restart worker-1", flush=True)
-                services.start_worker("worker-1")
-            response = api.post("/v1/distillation/jobs", json={**body, "metadata": {"n": str(i)}})
-            response.raise_for_status()
-            jobs.append(response.json()["id"])
             statuses = Counter(api.get(f"/v1/distillation/jobs/{j}").json()["status"]
                                for j in jobs)
             print(f"[{time.monotonic() - started:6.0f}s] submitted {len(jobs)}: "
