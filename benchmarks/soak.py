@@ -209,22 +209,27 @@ def main() -> None:
         total = int(args.minutes * 60 / args.interval)
         started = time.monotonic()  # the schedule counts from the first submission
         kill_at, restart_at = total // 2, total // 2 + 1
+        victim = "worker-1"  # or the worker that trains the kill_at job
         for i in range(total):
             next_at = started + (i + 1) * args.interval
             if i == restart_at:
-                print(f"[{time.monotonic() - started:6.0f}s] restart worker-1", flush=True)
-                services.start_worker("worker-1")
+                print(f"[{time.monotonic() - started:6.0f}s] restart {victim}", flush=True)
+                services.start_worker(victim)
             response = api.post("/v1/distillation/jobs", json={**body, "metadata": {"n": str(i)}})
             response.raise_for_status()
             jobs.append(response.json()["id"])
             if i == kill_at:
-                # Kill worker-1 while it trains a job (waiting up to a minute for one).
+                # Kill whichever worker trains this job (waiting up to a minute for it to start).
                 wait_until = time.monotonic() + 60
-                while time.monotonic() < wait_until and not services.job_process_of(
-                        "worker-1", running_owners(api, jobs)):
+                while time.monotonic() < wait_until:
+                    owners = running_owners(api, jobs)
+                    busy = [w for w in services.workers if services.job_process_of(w, owners)]
+                    if busy:
+                        victim = busy[0]
+                        break
                     time.sleep(0.5)
-                print(f"[{time.monotonic() - started:6.0f}s] SIGKILL worker-1", flush=True)
-                services.kill_worker("worker-1")
+                print(f"[{time.monotonic() - started:6.0f}s] SIGKILL {victim}", flush=True)
+                services.kill_worker(victim)
             statuses = Counter(api.get(f"/v1/distillation/jobs/{j}").json()["status"]
                                for j in jobs)
             print(f"[{time.monotonic() - started:6.0f}s] submitted {len(jobs)}: "
