@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import shlex
 import signal
 import socket
@@ -36,13 +35,11 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the toy records come from the test factories
 RESULTS = ROOT / "benchmarks" / "results" / "soak.json"
 PG_ADMIN = os.environ.get("SOAK_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("SOAK_REDIS_URL", "redis://127.0.0.1:6379/15")
 FINAL = ("succeeded", "failed", "cancelled")
-WORDS_POS = ["good", "great", "lovely", "superb", "moving", "funny"]
-WORDS_NEG = ["bad", "awful", "dull", "boring", "poor", "tedious"]
-FILLER = ["the", "film", "movie", "plot", "is", "was", "very", "really", "acting", "story"]
 
 
 def free_port() -> int:
@@ -75,14 +72,10 @@ def tiny_teacher(out: Path) -> Path:
 
 
 def records(n: int, seed: int) -> bytes:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        positive = i % 2 == 0
-        words = rng.sample(FILLER, 4) + rng.sample(WORDS_POS if positive else WORDS_NEG, 2)
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": "positive" if positive else "negative"})
-    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+    """The test suite's learnable toy sentiment set, as a .jsonl body."""
+    from tests.factories.records import sentiment_records
+
+    return "".join(json.dumps(r) + "\n" for r in sentiment_records(n, seed=seed)).encode()
 
 
 class Services:
