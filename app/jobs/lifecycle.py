@@ -21,7 +21,6 @@ from app.kit.clock import now
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
-RUNNING = IN_PROGRESS
 
 
 def is_queued(session: Session, *, job_id: str) -> bool:
@@ -71,7 +70,7 @@ def heartbeat(session: Session, *, job_id: str, worker_id: str) -> str | None:
     """Refresh this worker's lease; the job's status, or None when the lease was lost."""
     result = session.execute(
         update(JobRow)
-        .where(JobRow.id == job_id, JobRow.worker_id == worker_id, JobRow.status.in_(RUNNING))
+        .where(JobRow.id == job_id, JobRow.worker_id == worker_id, JobRow.status.in_(IN_PROGRESS))
         .values(heartbeat_at=now())
     )
     session.commit()
@@ -95,7 +94,7 @@ def record_progress(
         values["metrics"] = metrics
     session.execute(
         update(JobRow)
-        .where(JobRow.id == job_id, JobRow.worker_id == worker_id, JobRow.status.in_(RUNNING))
+        .where(JobRow.id == job_id, JobRow.worker_id == worker_id, JobRow.status.in_(IN_PROGRESS))
         .values(**values)
     )
 
@@ -110,7 +109,7 @@ def finish(
     result_model: str | None = None,
     metrics: dict[str, Any] | None = None,
     progress: dict[str, Any] | None = None,
-    from_statuses: tuple[str, ...] = RUNNING,
+    from_statuses: tuple[str, ...] = IN_PROGRESS,
 ) -> bool:
     """End this worker's run with `status`; False if the job is no longer this worker's (or not
     in one of `from_statuses`)."""
@@ -169,7 +168,7 @@ def stale_running(session: Session, *, older_than: float) -> list[JobRow]:
     """Running (or cancelling) jobs whose worker has not beaten since `older_than`."""
     return list(
         session.scalars(
-            select(JobRow).where(JobRow.status.in_(RUNNING), JobRow.heartbeat_at < older_than)
+            select(JobRow).where(JobRow.status.in_(IN_PROGRESS), JobRow.heartbeat_at < older_than)
         )
     )
 
