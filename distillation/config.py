@@ -45,6 +45,19 @@ class FinetuneSpec:
     batch_size: int | None = None  # default: the job's batch size
 
 
+AUGMENT_METHODS = ("mask", "replace", "ngram")
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Extra inputs drawn from the job's texts (`augment`): which rules, how many per text."""
+
+    methods: tuple[str, ...] = AUGMENT_METHODS
+    multiplier: int = 1
+    p_mask: float = 0.1
+    p_replace: float = 0.1
+
+
 @dataclass
 class StudentSpec:
     """Either an existing model directory or an architecture built fresh."""
@@ -103,6 +116,9 @@ class JobConfig:
     output_dir: Path  # the finished student, as a Hugging Face directory
     work_dir: Path  # scratch: fine-tuned teacher, checkpoints
     validation_file: Path | None = None
+    # Unlabelled texts the teacher labels with its soft outputs, distilled on with the training file.
+    transfer_file: Path | None = None
+    augmentation: AugmentSpec | None = None
     teacher_finetune: FinetuneSpec | None = None
     data: DataSpec = field(default_factory=DataSpec)
     temperature: float = 2.0

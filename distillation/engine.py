@@ -13,6 +13,9 @@ attempt, the teacher cache reused from the work directory.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,22 @@ from distillation.teacher_cache import skip_reason, teacher_cache, with_example_
 from distillation.training import FitResult, Tracker, check_stop, fit, resolve_device
 
 ATTENTION_LOSSES = ("attention_mse",)
+
+
+class StageClock:
+    """Wall-clock seconds per stage of this attempt, for the report."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            elapsed = time.monotonic() - start
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + elapsed, 1)
 
 
 def load_teacher(
@@ -91,13 +110,15 @@ def cache_teacher(
 def distill(
     config: JobConfig, data: TaskData, teacher: PreTrainedModel, student: PreTrainedModel,
     losses: CompositeLoss, device: torch.device, reporter: Reporter,
+    clock: StageClock | None = None,
 ) -> FitResult:
     """The `cache_teacher` stage (when it pays) and the `distill` stage, with the task's metrics
     on the evaluation split after every epoch (in `FitResult.evals`); resumes from the job's
     checkpoints."""
     task, hp = get_task(config.task), config.hyperparameters
     hidden, attentions = losses.needs_hidden_states, losses.needs_attentions
-    cache = cache_teacher(config, task, data, teacher, losses, device, reporter)
+    with (clock or StageClock())("cache_teacher"):
+        cache = cache_teacher(config, task, data, teacher, losses, device, reporter)
     features = with_example_index(data.student.train) if cache is not None else data.student.train
 
     def compute_loss(batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
@@ -120,8 +141,10 @@ def distill(
         reporter.metrics(step, metrics)
         return metrics
 
+    sources = ", ".join(f"{n:,} {name}" for name, n in data.sources.items() if n)
     reporter.message(f"Distilling into a {count_parameters(student):,}-parameter student on "
-                     f"{len(data.student.train)} examples ({device.type}).")
+                     f"{len(data.student.train):,} examples{f' ({sources})' if sources else ''} "
+                     f"on {device.type}.")
     return fit(
         modules=[student, losses], features=features, collator=data.student.collator,
         compute_loss=compute_loss, hp=hp, epochs=hp.epochs, batch_size=hp.batch_size,
@@ -166,14 +189,20 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     teacher_info = inspect_model(config.teacher_path)
     task.check_teacher(config, teacher_info)
     task.check_job(config, teacher_info)
+    if (config.transfer_file or config.augmentation) and not task.transfer_data:
+        raise ValueError(f"a transfer file and augmentation are for sequence-classification "
+                         f"jobs, not {task.name}")
     set_seed(hp.seed)
     device = resolve_device(config.device)
     attn = "eager" if {spec.type for spec in config.losses} & set(ATTENTION_LOSSES) else None
 
-    data = task.prepare(config, teacher_info)
+    clock = StageClock()
+    with clock("prepare_data"):
+        data = task.prepare(config, teacher_info)
     task.check_data(config, data)
     check_stop(reporter)
-    teacher, teacher_dir = load_teacher(config, task, data, device, reporter, attn)
+    with clock("load_teacher" if config.teacher_finetune is None else "finetune_teacher"):
+        teacher, teacher_dir = load_teacher(config, task, data, device, reporter, attn)
 
     set_seed(hp.seed)
     student = build_student(config.student, teacher, attn_implementation=attn, task=task.name)
@@ -181,11 +210,16 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     losses = build_losses(task.loss_specs(config.losses), config.temperature,
                           task.loss_shape(student.config), task.loss_shape(teacher.config),
                           temperature_end=config.temperature_end).to(device)
-    fit_result = distill(config, data, teacher, student, losses, device, reporter)
+    with clock("distill"):
+        fit_result = distill(config, data, teacher, student, losses, device, reporter, clock)
+    clock.seconds["distill"] = round(clock.seconds["distill"]
+                                     - clock.seconds.get("cache_teacher", 0.0), 1)
     evals = fit_result.evals
 
-    results = evaluate(config, task, data, teacher, student, device, reporter)
+    with clock("evaluate"):
+        results = evaluate(config, task, data, teacher, student, device, reporter)
 
+    export_started = time.monotonic()
     tracker = Tracker(reporter, "export", 2)
     size_bytes = save_model(student, data.student.tokenizer, config.output_dir, data.labels)
     tracker.report(1, fit_result.epochs, force=True)
@@ -198,6 +232,11 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
                                 size_bytes=size_bytes, speed=results["student"]["speed"])
     report = build_report(teacher_entry, student_entry, metric=task.report_metric,
                           eval_split=data.eval_split)
+    if data.sources:
+        report["training_examples"] = data.sources
+    clock.seconds["export"] = round(time.monotonic() - export_started, 1)
+    # This attempt's stages; an attempt that resumed from a checkpoint counts only its own time.
+    report["stage_seconds"] = clock.seconds
     write_report(config.output_dir, report, config,
                  {"epochs": fit_result.epochs, "steps": fit_result.steps, "labels": data.labels,
                   "history": fit_result.history, "evals": evals})

@@ -161,6 +161,10 @@ class CELoss(nn.Module):
     def forward(self, inputs: LossInputs) -> Tensor:
         if inputs.labels is None:
             raise ValueError("the ce loss needs labels")
+        if not bool((inputs.labels != -100).any()):
+            # A batch of transfer or augmented texts only: nothing to score (PyTorch's mean over
+            # no rows is NaN), and a zero that keeps the graph lets the other terms train.
+            return inputs.student_logits.sum() * 0.0
         return F.cross_entropy(inputs.student_logits.float(), inputs.labels, ignore_index=-100)
 
 

@@ -8,8 +8,9 @@ from pydantic import BaseModel
 
 from app.files.tables import FileRow
 
-Purpose = Literal["train", "validation"]
-PURPOSES: tuple[str, ...] = ("train", "validation")
+# `unlabeled`: texts without labels, only ever a job's `transfer_file` (the teacher labels them).
+Purpose = Literal["train", "validation", "unlabeled"]
+PURPOSES: tuple[str, ...] = ("train", "validation", "unlabeled")
 
 
 class FileObject(BaseModel):

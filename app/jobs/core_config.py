@@ -13,6 +13,7 @@ from app.jobs.tables import JobRow
 from app.models.service import resolve_model_ref
 from app.settings import Settings
 from distillation.config import (
+    AugmentSpec,
     DataSpec,
     FinetuneSpec,
     Hyperparameters,
@@ -66,6 +67,11 @@ def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobCo
         train_file=train_path,
         validation_file=_file(session, job, request.validation_file, field="validation_file",
                               settings=settings),
+        transfer_file=_file(session, job, request.transfer_file, field="transfer_file",
+                            settings=settings),
+        augmentation=AugmentSpec(methods=tuple(request.augmentation.methods),
+                                 multiplier=request.augmentation.multiplier)
+        if request.augmentation else None,
         data=DataSpec(**request.data.model_dump()),
         temperature=request.distillation.temperature,
         temperature_end=request.distillation.temperature_end,

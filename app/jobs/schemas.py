@@ -78,6 +78,12 @@ class DistillationIn(Strict):
     losses: list[LossIn] = Field(default_factory=_default_losses, min_length=1, max_length=16)
 
 
+class AugmentationIn(Strict):
+    # Checked against `distillation.config.AUGMENT_METHODS` in `validation`, naming the method.
+    methods: list[str] = Field(min_length=1, max_length=8)
+    multiplier: int = Field(1, ge=1, le=32)
+
+
 class HyperparametersIn(Strict):
     epochs: int = Field(3, ge=1, le=100)
     batch_size: int = Field(32, ge=1, le=1024)
@@ -102,6 +108,8 @@ class JobCreate(Strict):
     student: StudentIn
     training_file: str
     validation_file: str | None = None
+    transfer_file: str | None = None
+    augmentation: AugmentationIn | None = None
     data: DataIn = Field(default_factory=DataIn)
     distillation: DistillationIn = Field(default_factory=DistillationIn)
     hyperparameters: HyperparametersIn = Field(default_factory=HyperparametersIn)
@@ -131,6 +139,8 @@ class JobOut(BaseModel):
     student: dict[str, Any]
     training_file: str
     validation_file: str | None
+    transfer_file: str | None = None
+    augmentation: dict[str, Any] | None = None
     data: dict[str, Any]
     hyperparameters: dict[str, Any]
     distillation: dict[str, Any]

@@ -16,6 +16,7 @@ from app.jobs.schemas import JobCreate
 from app.kit.errors import InvalidRequest
 from app.models.service import ResolvedModel, resolve_model_ref
 from app.settings import Settings
+from distillation.augment import check_augmentation
 from distillation.config import DataSpec, LossSpec
 from distillation.dataset_checks import check_label_sets, classification_labels
 from distillation.losses import check_losses
@@ -102,6 +103,8 @@ def check_job_request(
         _check_columns(validation, _task_columns(request, validation, validation=True),
                        file_param="validation_file")
 
+    _check_extra_texts(session, tenant_id=tenant_id, request=request)
+
     teacher = resolve_model_ref(
         session=session, tenant_id=tenant_id, settings=settings, ref=request.teacher.model,
         param="teacher.model",
@@ -149,6 +152,32 @@ def check_job_request(
         _check_classification_data(request, train, validation, teacher, settings=settings)
     return CheckedJob(training_file=train, validation_file=validation, teacher=teacher,
                       student=student)
+
+
+def _check_extra_texts(session: Session, *, tenant_id: str, request: JobCreate) -> None:
+    """The transfer file and augmentation: a task that learns from unlabelled texts, a file
+    uploaded as `unlabeled` with the text column(s), known augmentation methods."""
+    task = get_task(request.task)
+    for param, value in (("transfer_file", request.transfer_file),
+                         ("augmentation", request.augmentation)):
+        if value is not None and not task.transfer_data:
+            raise InvalidRequest(
+                f"{param} is for sequence-classification jobs (the teacher labels the extra "
+                f"texts with its class probabilities); a {request.task} job learns from the "
+                "training file's texts.", param=param, code="unsupported_option",
+            )
+    if request.transfer_file is not None:
+        transfer = _check_file(session, tenant_id=tenant_id, file_id=request.transfer_file,
+                               purpose="unlabeled", param="transfer_file")
+        _check_columns(transfer, {"data.text_column": request.data.text_column,
+                                  "data.text_pair_column": request.data.text_pair_column},
+                       file_param="transfer_file")
+    if request.augmentation is not None:
+        problems = check_augmentation(request.augmentation.methods,
+                                      request.augmentation.multiplier)
+        if problems:
+            param, message = problems[0]
+            raise InvalidRequest(message, param=param, code="invalid_augmentation")
 
 
 def _check_classification_data(

@@ -71,6 +71,9 @@ class TaskData:
     max_length: int = 0  # tokens per input (and per target, for seq2seq)
     # seq2seq: (source, reference target) of the evaluation records, for generation metrics.
     eval_pairs: list[tuple[str, str]] = field(default_factory=list)
+    # How many training examples came from where: "labelled" (the training file), "transfer"
+    # (the transfer file), "augmented" (drawn from both by `augment`).
+    sources: dict[str, int] = field(default_factory=dict)
 
     @property
     def separate_tokenizers(self) -> bool:
@@ -96,6 +99,8 @@ class Task:
     report_metric: ClassVar[str]  # the metric the report leads with
     head: ClassVar[str]  # the predict head: "classify" (labels and scores) or "generate" (text)
     labelled: ClassVar[bool] = False  # records carry class labels the API checks
+    # Learns from unlabelled texts too (a transfer file, augmentation), labelled by the teacher.
+    transfer_data: ClassVar[bool] = False
     finetune_verb: ClassVar[str] = "fine-tune"  # "set teacher_finetune to <verb> it on …"
     # Loss terms the task cannot use, with the reason.
     unavailable_losses: ClassVar[Mapping[str, str]] = {}

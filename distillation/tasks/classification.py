@@ -155,6 +155,7 @@ class ClassificationTask(Task):
     report_metric = "accuracy"
     head = "classify"
     labelled = True
+    transfer_data = True
     layer_losses_on_encoder_decoder = False
     card = TaskCard(
         pipeline_tag="text-classification", noun="text classifier",

@@ -19,6 +19,7 @@ from typing import Any
 from torch import Tensor
 from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from distillation.augment import Augmenter
 from distillation.config import DataSpec, JobConfig
 from distillation.labels import label_index, label_text, output_label_names
 from distillation.model_info import CLASSIFICATION, ModelInfo, max_input_length
@@ -29,15 +30,24 @@ from distillation.training import Features
 TEACHER_PREFIX = "teacher_"
 
 
+# The label of an example no one labelled (transfer texts, augmented ones): the hard-label loss
+# skips it (PyTorch's `ignore_index`), the soft-target losses learn the teacher's answer on it.
+UNLABELLED = -100
+
+
 @dataclass
 class Columns:
     text: str
     pair: str | None
-    label: str
+    label: str | None
 
     @classmethod
     def for_train(cls, spec: DataSpec) -> Columns:
         return cls(spec.text_column, spec.text_pair_column, spec.label_column)
+
+    @classmethod
+    def for_transfer(cls, spec: DataSpec) -> Columns:
+        return cls(spec.text_column, spec.text_pair_column, None)
 
     @classmethod
     def for_validation(cls, spec: DataSpec) -> Columns:
@@ -68,7 +78,8 @@ def encode(
     index: dict[str, int],
     teacher_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> list[Features]:
-    """Token ids and label ids per record; `teacher_*` ids too when the teacher tokenises apart."""
+    """Token ids and label ids per record (`UNLABELLED` where `columns` name no label);
+    `teacher_*` ids too when the teacher tokenises apart."""
     texts = [str(r[columns.text]) for r in records]
     pairs = [str(r[columns.pair]) for r in records] if columns.pair else None
     encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
@@ -78,8 +89,30 @@ def encode(
         for i, row in enumerate(features):
             row.update({TEACHER_PREFIX + k: teacher[k][i] for k in teacher})
     for row, record in zip(features, records, strict=True):
-        row["labels"] = index[label_text(record[columns.label])]
+        row["labels"] = (index[label_text(record[columns.label])] if columns.label is not None
+                         else UNLABELLED)
     return features
+
+
+def extra_records(config: JobConfig, train_records: Sequence[Record],
+                  mask_token: str | None) -> tuple[list[Record], dict[str, int]]:
+    """The transfer file's texts and the augmented ones, as unlabelled records, with how many
+    of each (`{"transfer": n, "augmented": m}`)."""
+    columns = Columns.for_transfer(config.data)
+    transfer = read_records(config.transfer_file, columns) if config.transfer_file else []
+    records = list(transfer)
+    augmented: list[Record] = []
+    if config.augmentation is not None:
+        sources = [*train_records, *transfer]
+        texts = [str(r[columns.text]) for r in sources]
+        augmenter = Augmenter(config.augmentation, texts, mask_token=mask_token,
+                              seed=config.hyperparameters.seed)
+        for index, text in augmenter.texts(texts):
+            record = {columns.text: text}
+            if columns.pair:
+                record[columns.pair] = sources[index][columns.pair]
+            augmented.append(record)
+    return records + augmented, {"transfer": len(transfer), "augmented": len(augmented)}
 
 
 class PairedCollator:
@@ -135,8 +168,8 @@ def prepare_data(config: JobConfig, teacher_info: ModelInfo) -> TaskData:
         eval_split = "train"
 
     teacher_labels = teacher_info.labels if teacher_info.task == CLASSIFICATION else None
-    values: list[Any] = [r[train_columns.label] for r in train_records]
-    values += [r[eval_columns.label] for r in eval_records]
+    values: list[Any] = [r[str(train_columns.label)] for r in train_records]
+    values += [r[str(eval_columns.label)] for r in eval_records]
     index = label_index(values, teacher_labels)
     labels = output_label_names(index, teacher_labels)
 
@@ -145,18 +178,26 @@ def prepare_data(config: JobConfig, teacher_info: ModelInfo) -> TaskData:
 
     teacher_train = teacher_side(train_records, train_columns)
     teacher_eval = teacher_side(eval_records, eval_columns)
+    extra, counts = extra_records(config, train_records, teacher_tokenizer.mask_token)
+    transfer_columns = Columns.for_transfer(config.data)
     if separate:
-        train = encode(train_records, train_columns, student_tokenizer, max_length=max_length,
-                       index=index, teacher_tokenizer=teacher_tokenizer)
+        train = [
+            *encode(train_records, train_columns, student_tokenizer, max_length=max_length,
+                    index=index, teacher_tokenizer=teacher_tokenizer),
+            *encode(extra, transfer_columns, student_tokenizer, max_length=max_length,
+                    index=index, teacher_tokenizer=teacher_tokenizer),
+        ]
         student_eval = encode(eval_records, eval_columns, student_tokenizer,
                               max_length=max_length, index=index)
     else:
-        train, student_eval = teacher_train, teacher_eval
+        # The teacher fine-tunes on the labelled rows only; the student learns from all of them.
+        train = teacher_train + teacher_side(extra, transfer_columns)
+        student_eval = teacher_eval
     return TaskData(
         teacher=Side(teacher_tokenizer, teacher_train, teacher_eval,
                      PairedCollator(teacher_tokenizer)),
         student=Side(student_tokenizer, train, student_eval,
                      PairedCollator(student_tokenizer, teacher_tokenizer if separate else None)),
         eval_split=eval_split, labels=labels, teacher_prefix=TEACHER_PREFIX if separate else "",
-        max_length=max_length,
+        max_length=max_length, sources={"labelled": len(train_records), **counts},
     )

@@ -190,3 +190,21 @@ def test_an_encoder_only_base_teacher_cannot_teach_a_causal_lm(
 
     assert_error(response, 400, code="incompatible_teacher", param="teacher.model")
     _assert_nothing_created(client, auth, redis_db)
+
+
+def test_transfer_file_is_for_classification(
+    client: Any, auth: dict[str, str], model_dirs: dict[str, Path], redis_db: int
+) -> None:
+    gpt2 = _upload(client, auth, model_dirs, "gpt2")
+    train = upload_records(client, auth, copy_records(4))
+    texts = upload_records(client, auth, [{"text": "red cat"}], purpose="unlabeled")
+
+    transfer = client.post(JOBS, headers=auth,
+                           json={**_lm_body("causal-lm", gpt2, train), "transfer_file": texts})
+    augmented = client.post(JOBS, headers=auth, json={
+        **_lm_body("causal-lm", gpt2, train), "augmentation": {"methods": ["mask"]}})
+
+    assert "sequence-classification" in assert_error(
+        transfer, 400, code="unsupported_option", param="transfer_file")["message"]
+    assert_error(augmented, 400, code="unsupported_option", param="augmentation")
+    _assert_nothing_created(client, auth, redis_db)
