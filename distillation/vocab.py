@@ -3,6 +3,8 @@
 Token-level distillation compares the two models' distributions over the vocabulary position by
 position, so a causal-LM or seq2seq student must read the teacher's vocabulary: the same token →
 id map where both directories carry a tokenizer (`vocab_fingerprint`; `tasks.token` checks it).
+Vocabulary pruning handles WordPiece tokenizers only, so it asks which kind one is
+(`tokenizer_kind`).
 """
 
 from __future__ import annotations
