@@ -38,7 +38,7 @@ from transformers import (
 )
 
 from distillation.config import JobConfig, Reporter
-from distillation.tasks.base import Task, TaskData
+from distillation.tasks.base import Problems, Task, TaskData
 from distillation.training import Features
 from distillation.vocab import tokenizer_kind, vocab_fingerprint
 
@@ -233,8 +233,7 @@ def prune_job_vocabulary(config: JobConfig, task: Task, data: TaskData, student:
     return PrunedVocabulary(pruned, before, len(kept))
 
 
-def pruning_problems(task: Task, teacher_dir: Path, student_dir: Path | None,
-                     ) -> list[tuple[str, str]]:
+def pruning_problems(task: Task, teacher_dir: Path, student_dir: Path | None) -> Problems:
     """Why a job of `task` cannot prune its student's vocabulary, each naming `PARAM` (the
     API asks at job creation): the task's reason, a `student.model` that reads another
     vocabulary than the teacher's, a tokenizer that is not WordPiece."""
