@@ -66,6 +66,10 @@ class StudentSpec:
     # num_layers, hidden_size, num_heads, intermediate_size (all optional: default from teacher)
     architecture: dict[str, int] | None = None
     init: Literal["teacher", "random"] = "teacher"
+    # Keep only the token ids the job's data use (and the special tokens) in the student's
+    # input embeddings and tokenizer: most of a small student's weights are embedding rows
+    # for tokens the data never use (`distillation.prune`).
+    prune_vocabulary: bool = False
 
 
 @dataclass

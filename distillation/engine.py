@@ -30,6 +30,7 @@ from distillation.export import save_model, write_report
 from distillation.finetune import finetune_teacher
 from distillation.losses import CompositeLoss, build_losses
 from distillation.model_info import inspect_model
+from distillation.prune import prune_job_vocabulary
 from distillation.report import (
     build_report,
     count_parameters,
@@ -206,6 +207,10 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
 
     set_seed(hp.seed)
     student = build_student(config.student, teacher, attn_implementation=attn, task=task.name)
+    pruned = None
+    if config.student.prune_vocabulary:  # the student's side of the data reads the new ids
+        pruned = prune_job_vocabulary(config, task, data, student, reporter)
+        data = pruned.data
     student.to(device)  # type: ignore[arg-type]
     losses = build_losses(task.loss_specs(config.losses), config.temperature,
                           task.loss_shape(student.config), task.loss_shape(teacher.config),
@@ -237,6 +242,8 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     clock.seconds["export"] = round(time.monotonic() - export_started, 1)
     # This attempt's stages; an attempt that resumed from a checkpoint counts only its own time.
     report["stage_seconds"] = clock.seconds
+    if pruned is not None:
+        report["vocabulary"] = pruned.summary()
     write_report(config.output_dir, report, config,
                  {"epochs": fit_result.epochs, "steps": fit_result.steps, "labels": data.labels,
                   "history": fit_result.history, "evals": evals})

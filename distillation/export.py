@@ -88,6 +88,11 @@ def model_card(report: dict[str, Any], config: JobConfig, training: dict[str, An
              f"({CURVE_FILE})\n" if training.get("curve") else "")
     labels = (f"- Labels: {', '.join(training['labels'])}\n" if training.get("labels")
               else "")
+    vocabulary = report.get("vocabulary")
+    pruned = (f"- Vocabulary: pruned from {vocabulary['pruned_from']:,} to "
+              f"{vocabulary['pruned_to']:,} ids (the tokens the job's data use, and the special "
+              "tokens; a word that needs any other piece reads as the unknown token)\n"
+              if vocabulary else "")
     note = ("" if split == "validation" else
             "\nNo validation file was given: the figures are measured on training examples.\n")
     return f"""---
@@ -120,7 +125,7 @@ A {_human_count(s["parameters"])}-parameter {card.noun} distilled from
   {hp.batch_size}, learning rate {hp.learning_rate:g}, {hp.lr_scheduler} schedule, warm-up
   {hp.warmup_ratio:g}, seed {hp.seed}
 - Teacher fine-tuned first: {"yes" if config.teacher_finetune else "no"}
-{labels}{curve}
+{pruned}{labels}{curve}
 ## Usage
 
 ```python

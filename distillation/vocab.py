@@ -3,6 +3,8 @@
 Token-level distillation compares the two models' distributions over the vocabulary position by
 position, so a causal-LM or seq2seq student must read the teacher's vocabulary: the same token →
 id map where both directories carry a tokenizer (`vocab_fingerprint`; `tasks.token` checks it).
+Vocabulary pruning handles WordPiece tokenizers only, so it asks which kind one is
+(`tokenizer_kind`).
 """
 
 from __future__ import annotations
@@ -67,4 +69,27 @@ def vocab_fingerprint(model_dir: str | Path) -> str | None:
                 return "spm:" + hashlib.sha256((directory / name).read_bytes()).hexdigest()
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
+    return None
+
+
+def tokenizer_kind(model_dir: str | Path) -> str | None:
+    """The kind of the directory's tokenizer model, as the `tokenizers` library names it
+    ("WordPiece", "BPE", "Unigram", "WordLevel"), read from its files; None when there are none.
+
+    Without a tokenizer.json: a vocab.txt alone is BERT's WordPiece, vocab.json (+ merges.txt) a
+    BPE, a SentencePiece model file a Unigram (or BPE) SentencePiece model, said as such."""
+    directory = Path(model_dir)
+    fast = directory / "tokenizer.json"
+    try:
+        if fast.is_file():
+            kind = (json.loads(fast.read_text()).get("model") or {}).get("type")
+            return str(kind) if kind else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    if any((directory / name).is_file() for name in _SENTENCEPIECE_FILES):
+        return "SentencePiece"
+    if (directory / "vocab.json").is_file():
+        return "BPE"
+    if (directory / "vocab.txt").is_file():
+        return "WordPiece"
     return None

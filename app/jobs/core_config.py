@@ -63,6 +63,7 @@ def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobCo
             model_path=student_path,
             architecture=arch.model_dump(exclude_none=True) if arch else None,
             init=request.student.init,
+            prune_vocabulary=request.student.prune_vocabulary,
         ),
         train_file=train_path,
         validation_file=_file(session, job, request.validation_file, field="validation_file",

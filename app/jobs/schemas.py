@@ -34,6 +34,8 @@ class StudentIn(Strict):
     model: str | None = Field(None, min_length=1, max_length=1024)
     architecture: ArchitectureIn | None = None
     init: Literal["teacher", "random"] = "teacher"
+    # Keep only the token ids the job's data use (and the special tokens) in the student.
+    prune_vocabulary: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> StudentIn:

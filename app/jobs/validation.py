@@ -21,6 +21,7 @@ from distillation.config import DataSpec, LossSpec
 from distillation.dataset_checks import check_label_sets, classification_labels
 from distillation.losses import check_losses
 from distillation.model_info import BASE_TASK
+from distillation.prune import pruning_problems
 from distillation.records import read_file
 from distillation.students import check_architecture
 from distillation.tasks import TASKS, get_task
@@ -148,6 +149,12 @@ def check_job_request(
         param, message = problems[0]
         raise InvalidRequest(message, param=param, code="invalid_loss")
     _check_pair(request, teacher, student, specs)
+    if request.student.prune_vocabulary:
+        problems = pruning_problems(get_task(request.task), teacher.path,
+                                    student.path if student is not None else None)
+        if problems:
+            param, message = problems[0]
+            raise InvalidRequest(message, param=param, code="vocabulary_not_prunable")
     if get_task(request.task).labelled:
         _check_classification_data(request, train, validation, teacher, settings=settings)
     return CheckedJob(training_file=train, validation_file=validation, teacher=teacher,

@@ -61,6 +61,8 @@ class TaskData:
     `student.train` is what distillation iterates over: when the student tokenises apart from the
     teacher, its examples carry the teacher's inputs too, named `teacher_prefix + name`.
     `teacher.train` is what a base teacher is fine-tuned on. Token-level tasks share one side.
+    A student with a pruned vocabulary (`prune`) reads re-numbered ids, so its examples carry
+    the teacher's too, though both tokenise alike (the same positions).
     """
 
     teacher: Side
@@ -106,6 +108,9 @@ class Task:
     unavailable_losses: ClassVar[Mapping[str, str]] = {}
     # Whether layer losses can compare encoder-decoder models (their decoders) in this task.
     layer_losses_on_encoder_decoder: ClassVar[bool] = True
+    # Why the task cannot prune the student's vocabulary (`student.prune_vocabulary`); None
+    # where it can (then it implements `with_student_vocabulary`).
+    vocabulary_pruning_refusal: ClassVar[str | None] = "it is implemented for classifiers only"
 
     # -- checks (API at job creation; engine again) ---------------------------------------------
     def record_columns(self, spec: DataSpec, file_columns: Sequence[str], *,
@@ -177,6 +182,13 @@ class Task:
 
     def check_data(self, config: JobConfig, data: TaskData) -> None:
         """ValueError when the losses cannot work on the data as encoded."""
+
+    def with_student_vocabulary(self, data: TaskData, tokenizer: PreTrainedTokenizerBase,
+                                new_id: Mapping[int, int]) -> TaskData:
+        """The data with the student's token ids re-numbered (`old id → new_id[old id]`) to a
+        pruned vocabulary read by `tokenizer`; the teacher's inputs stay as they were."""
+        raise ValueError(f"{self.name} students cannot prune their vocabulary: "
+                         f"{self.vocabulary_pruning_refusal}")
 
     def load_model(self, path: Path, data: TaskData, *, attn: str | None,
                    new_head: bool = False) -> PreTrainedModel:

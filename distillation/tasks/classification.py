@@ -8,7 +8,7 @@ labels with a probability per label.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from distillation.config import DataSpec, JobConfig, Reporter
 from distillation.losses import LossInputs
 from distillation.model_info import CLASSIFICATION, ModelInfo
 from distillation.tasks.base import Side, Task, TaskCard, TaskData, attn_kwargs
-from distillation.tasks.classification_data import prepare_data
+from distillation.tasks.classification_data import prepare_data, with_student_vocabulary
 from distillation.teacher_cache import (
     EXAMPLE_INDEX,
     cache_path,
@@ -157,6 +157,7 @@ class ClassificationTask(Task):
     labelled = True
     transfer_data = True
     layer_losses_on_encoder_decoder = False
+    vocabulary_pruning_refusal = None
     card = TaskCard(
         pipeline_tag="text-classification", noun="text classifier",
         metrics=("macro_f1",),
@@ -190,6 +191,10 @@ classifier("a moving, funny film")""",
         if data.separate_tokenizers and types & {"hidden_mse", "attention_mse"}:
             raise ValueError("hidden_mse and attention_mse compare token positions, so they need "
                              "a student with the teacher's tokenizer")
+
+    def with_student_vocabulary(self, data: TaskData, tokenizer: PreTrainedTokenizerBase,
+                                new_id: Mapping[int, int]) -> TaskData:
+        return with_student_vocabulary(data, tokenizer, new_id)
 
     def load_model(self, path: Path, data: TaskData, *, attn: str | None,
                    new_head: bool = False) -> PreTrainedModel:

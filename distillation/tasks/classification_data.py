@@ -11,8 +11,8 @@ tokenizer of its own reads its own tokens, and its examples carry the teacher's 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +201,26 @@ def prepare_data(config: JobConfig, teacher_info: ModelInfo) -> TaskData:
         eval_split=eval_split, labels=labels, teacher_prefix=TEACHER_PREFIX if separate else "",
         max_length=max_length, sources={"labelled": len(train_records), **counts},
     )
+
+
+def with_student_vocabulary(data: TaskData, tokenizer: PreTrainedTokenizerBase,
+                            new_id: Mapping[int, int]) -> TaskData:
+    """The data with the student's token ids re-numbered to a pruned vocabulary (`prune`).
+
+    The student's training examples then carry the teacher's own inputs as `teacher_*`, as for
+    a student that tokenises apart, so the teacher, and the teacher cache's fingerprint of its
+    inputs, still see the teacher's ids. A lookup rather than a second tokenisation: the
+    student's examples stay the very ones the teacher's are, position for position.
+    """
+    teacher_keys = list(data.teacher.tokenizer.model_input_names)
+
+    def renumber(row: Features, *, with_teacher: bool) -> Features:
+        out = {**row, "input_ids": [new_id[i] for i in row["input_ids"]]}
+        if with_teacher and not data.separate_tokenizers:
+            out.update({TEACHER_PREFIX + k: row[k] for k in teacher_keys if k in row})
+        return out
+
+    train = [renumber(row, with_teacher=True) for row in data.student.train]
+    evaluation = [renumber(row, with_teacher=False) for row in data.student.evaluation]
+    student = Side(tokenizer, train, evaluation, PairedCollator(tokenizer, data.teacher.tokenizer))
+    return replace(data, student=student, teacher_prefix=TEACHER_PREFIX)

@@ -88,6 +88,10 @@ class TokenTask(Task):
     family: ClassVar[str]  # "use a <family> language model"
     hidden_prefix: ClassVar[str] = ""  # outputs' hidden states and attentions: `<prefix>hidden_states`
     model_inputs: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask")
+    vocabulary_pruning_refusal: ClassVar[str | None] = (
+        "a language model's vocabulary is its output too, and token-level distillation compares "
+        "the teacher's and the student's distributions over that one vocabulary, token by token"
+    )
 
     # -- what each token-level task says ---------------------------------------------------------
     def columns(self, spec: DataSpec, file_columns: Sequence[str], *,
