@@ -69,7 +69,10 @@ class StudentSpec:
     # Keep only the token ids the job's data use (and the special tokens) in the student's
     # input embeddings and tokenizer: most of a small student's weights are embedding rows
     # for tokens the data never use (`distillation.prune`).
-    prune_vocabulary: bool = False
+    # None: on for a student sized to a target where the task and tokenizer allow it.
+    prune_vocabulary: bool | None = None
+    # {"compression": X} and/or {"max_latency_ms": Y}: the shape is picked by `sizing`.
+    target: dict[str, float] | None = None
 
 
 @dataclass

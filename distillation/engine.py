@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from distillation.export import save_model, write_report
 from distillation.finetune import finetune_teacher
 from distillation.losses import CompositeLoss, build_losses
 from distillation.model_info import inspect_model
-from distillation.prune import prune_job_vocabulary
+from distillation.prune import prune_job_vocabulary, pruned_size, should_prune
 from distillation.report import (
     build_report,
     count_parameters,
@@ -38,6 +39,7 @@ from distillation.report import (
     model_entry,
     weights_size,
 )
+from distillation.sizing import pick
 from distillation.students import build_student
 from distillation.tasks import Task, TaskData, get_task
 from distillation.teacher_cache import skip_reason, teacher_cache, with_example_index
@@ -205,10 +207,18 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     with clock("load_teacher" if config.teacher_finetune is None else "finetune_teacher"):
         teacher, teacher_dir = load_teacher(config, task, data, device, reporter, attn)
 
+    prune = should_prune(config, task)
+    spec, selection = config.student, None
+    if spec.target is not None:
+        vocab = pruned_size(data, teacher.config) if prune else int(teacher.config.vocab_size)
+        chosen, selection = pick(teacher.config, spec.target, vocab_size=vocab)
+        spec = replace(spec, architecture=chosen.architecture)
+        reporter.message(f"Sized the student to {spec.target}: {chosen.describe()}, "
+                         f"{selection['why']}.", data={"student_selection": selection})
     set_seed(hp.seed)
-    student = build_student(config.student, teacher, attn_implementation=attn, task=task.name)
+    student = build_student(spec, teacher, attn_implementation=attn, task=task.name)
     pruned = None
-    if config.student.prune_vocabulary:  # the student's side of the data reads the new ids
+    if prune:  # the student's side of the data reads the new ids
         pruned = prune_job_vocabulary(config, task, data, student, reporter)
         data = pruned.data
     student.to(device)  # type: ignore[arg-type]
@@ -244,6 +254,9 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     report["stage_seconds"] = clock.seconds
     if pruned is not None:
         report["vocabulary"] = pruned.summary()
+    if selection is not None:
+        report["student_selection"] = selection
+    report["optimizer_steps"] = fit_result.steps
     write_report(config.output_dir, report, config,
                  {"epochs": fit_result.epochs, "steps": fit_result.steps, "labels": data.labels,
                   "history": fit_result.history, "evals": evals})

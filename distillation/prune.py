@@ -31,6 +31,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -231,6 +232,38 @@ def prune_job_vocabulary(config: JobConfig, task: Task, data: TaskData, student:
                      "tokens the job's data use, and the special tokens.",
                      data={"vocabulary": {"pruned_from": before, "pruned_to": len(kept)}})
     return PrunedVocabulary(pruned, before, len(kept))
+
+
+def should_prune(config: JobConfig, task: Task) -> bool:
+    """Whether the job prunes: as `student.prune_vocabulary` says; unset, for a student sized
+    to a target, when the task and the teacher's tokenizer allow it."""
+    wanted = config.student.prune_vocabulary
+    if wanted is not None:
+        return wanted
+    return (config.student.target is not None and task.vocabulary_pruning_refusal is None
+            and tokenizer_kind(config.teacher_path) == SUPPORTED_KIND)
+
+
+def pruned_size(data: TaskData, config: PretrainedConfig) -> int:
+    """How many ids the student keeps once pruned (what `prune_job_vocabulary` will keep)."""
+    side = data.student
+    return len(kept_ids(used_ids([*side.train, *side.evaluation]), side.tokenizer, config))
+
+
+def pruned_size_of_texts(model_dir: Path, texts: Sequence[str],
+                         pairs: Sequence[str] | None, *, max_length: int) -> int:
+    """How many ids a student of `model_dir`'s vocabulary keeps once pruned to these texts
+    (the API's estimate at job creation, for a student sized to a target)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    used: set[int] = set()
+    for start in range(0, len(texts), 4096):
+        chunk_pairs = list(pairs[start : start + 4096]) if pairs is not None else None
+        encoded = tokenizer(list(texts[start : start + 4096]), chunk_pairs, truncation=True,
+                            max_length=max_length)
+        for ids in encoded["input_ids"]:
+            used.update(ids)
+    config = AutoConfig.from_pretrained(str(model_dir))
+    return len(kept_ids(used, tokenizer, config))
 
 
 def pruning_problems(task: Task, teacher_dir: Path, student_dir: Path | None) -> Problems:

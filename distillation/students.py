@@ -66,7 +66,12 @@ def check_architecture(arch: Mapping[str, Any], teacher_info: ModelInfo) -> list
 
 def student_config(teacher: PreTrainedModel, arch: Mapping[str, int]) -> Any:
     """The teacher's config with the student's sizes (unset sizes stay the teacher's)."""
-    config = copy.deepcopy(teacher.config)
+    return sized_config(teacher.config, arch)
+
+
+def sized_config(teacher_config: Any, arch: Mapping[str, int]) -> Any:
+    """A copy of `teacher_config` with the sizes in `arch` (unset sizes stay the teacher's)."""
+    config = copy.deepcopy(teacher_config)
     if "num_layers" in arch:
         config.num_hidden_layers = arch["num_layers"]
         for name in _DECODER_LAYER_ATTRS:

@@ -64,6 +64,8 @@ def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobCo
             architecture=arch.model_dump(exclude_none=True) if arch else None,
             init=request.student.init,
             prune_vocabulary=request.student.prune_vocabulary,
+            target=request.student.target.model_dump(exclude_none=True)
+            if request.student.target else None,
         ),
         train_file=train_path,
         validation_file=_file(session, job, request.validation_file, field="validation_file",

@@ -30,17 +30,33 @@ class ArchitectureIn(Strict):
     intermediate_size: int | None = Field(None, ge=8, le=65536)
 
 
+class TargetIn(Strict):
+    compression: float | None = Field(None, gt=1, le=1000)  # teacher parameters / student's
+    max_latency_ms: float | None = Field(None, gt=0, le=600_000)  # CPU, batch 1
+
+    @model_validator(mode="after")
+    def _something(self) -> TargetIn:
+        if self.compression is None and self.max_latency_ms is None:
+            raise ValueError("give student.target.compression and/or max_latency_ms")
+        return self
+
+
 class StudentIn(Strict):
     model: str | None = Field(None, min_length=1, max_length=1024)
     architecture: ArchitectureIn | None = None
+    # The service picks depth and width from measured candidates (`distillation.sizing`).
+    target: TargetIn | None = None
     init: Literal["teacher", "random"] = "teacher"
     # Keep only the token ids the job's data use (and the special tokens) in the student.
-    prune_vocabulary: bool = False
+    # Unset: on for a student sized to a target, where the task and tokenizer allow it.
+    prune_vocabulary: bool | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> StudentIn:
-        if (self.model is None) == (self.architecture is None):
-            raise ValueError("give exactly one of student.model or student.architecture")
+        given = [self.model, self.architecture, self.target]
+        if sum(x is not None for x in given) != 1:
+            raise ValueError("give exactly one of student.model, student.architecture or "
+                             "student.target")
         return self
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.files.service import file_path, get_file
 from app.files.tables import FileRow
 from app.jobs.schemas import JobCreate
+from app.jobs.target_checks import check_student_target
 from app.kit.errors import InvalidRequest
 from app.models.service import ResolvedModel, resolve_model_ref
 from app.settings import Settings
@@ -104,7 +105,7 @@ def check_job_request(
         _check_columns(validation, _task_columns(request, validation, validation=True),
                        file_param="validation_file")
 
-    _check_extra_texts(session, tenant_id=tenant_id, request=request)
+    transfer = _check_extra_texts(session, tenant_id=tenant_id, request=request)
 
     teacher = resolve_model_ref(
         session=session, tenant_id=tenant_id, settings=settings, ref=request.teacher.model,
@@ -129,6 +130,13 @@ def check_job_request(
             param="student.model",
         )
         student_layers = student.info.num_layers
+    elif request.student.target is not None:
+        if any(x.layer_map for x in request.distillation.losses):
+            raise InvalidRequest(
+                "distillation.losses[].layer_map needs a student of a known depth: give "
+                "student.architecture, or leave layer_map out (layers are then evenly spread).",
+                param="student.target", code="invalid_loss")
+        student_layers = 1  # layer losses spread the student's layers over the teacher's
     else:
         assert request.student.architecture is not None
         arch = request.student.architecture.model_dump(exclude_none=True)
@@ -157,11 +165,14 @@ def check_job_request(
             raise InvalidRequest(message, param=param, code="vocabulary_not_prunable")
     if get_task(request.task).labelled:
         _check_classification_data(request, train, validation, teacher, settings=settings)
+    if request.student.target is not None:
+        check_student_target(request, teacher, [train, validation, transfer], settings=settings)
     return CheckedJob(training_file=train, validation_file=validation, teacher=teacher,
                       student=student)
 
 
-def _check_extra_texts(session: Session, *, tenant_id: str, request: JobCreate) -> None:
+def _check_extra_texts(session: Session, *, tenant_id: str,
+                       request: JobCreate) -> FileRow | None:
     """The transfer file and augmentation: a task that learns from unlabelled texts, a file
     uploaded as `unlabeled` with the text column(s), known augmentation methods."""
     task = get_task(request.task)
@@ -173,6 +184,7 @@ def _check_extra_texts(session: Session, *, tenant_id: str, request: JobCreate) 
                 f"texts with its class probabilities); a {request.task} job learns from the "
                 "training file's texts.", param=param, code="unsupported_option",
             )
+    transfer = None
     if request.transfer_file is not None:
         transfer = _check_file(session, tenant_id=tenant_id, file_id=request.transfer_file,
                                purpose="unlabeled", param="transfer_file")
@@ -185,6 +197,7 @@ def _check_extra_texts(session: Session, *, tenant_id: str, request: JobCreate) 
         if problems:
             param, message = problems[0]
             raise InvalidRequest(message, param=param, code="invalid_augmentation")
+    return transfer
 
 
 def _check_classification_data(

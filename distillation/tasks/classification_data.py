@@ -80,6 +80,8 @@ def encode(
 ) -> list[Features]:
     """Token ids and label ids per record (`UNLABELLED` where `columns` name no label);
     `teacher_*` ids too when the teacher tokenises apart."""
+    if not records:
+        return []
     texts = [str(r[columns.text]) for r in records]
     pairs = [str(r[columns.pair]) for r in records] if columns.pair else None
     encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)

@@ -1,0 +1,59 @@
+"""A student sized to a target (`student.target`): refused at job creation when no candidate
+could meet it, with what the closest candidate reaches (`distillation.sizing`).
+
+The check counts parameters at the vocabulary the student would have: pruned to the ids of the
+job's files (tokenised here with the teacher's tokenizer) when the job prunes, the teacher's
+whole vocabulary otherwise. A latency target is timed on this machine, on one candidate.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig
+
+from app.files.service import file_path
+from app.files.tables import FileRow
+from app.jobs.schemas import JobCreate
+from app.kit.errors import InvalidRequest
+from app.models.service import ResolvedModel
+from app.settings import Settings
+from distillation.prune import SUPPORTED_KIND, pruned_size_of_texts
+from distillation.records import read_file
+from distillation.sizing import TargetUnreachable, check_target
+from distillation.tasks import get_task
+from distillation.vocab import tokenizer_kind
+
+
+def _prunes(request: JobCreate, teacher: ResolvedModel) -> bool:
+    if request.student.prune_vocabulary is not None:
+        return request.student.prune_vocabulary
+    return (get_task(request.task).vocabulary_pruning_refusal is None
+            and tokenizer_kind(teacher.path) == SUPPORTED_KIND)
+
+
+def check_student_target(request: JobCreate, teacher: ResolvedModel,
+                         files: list[FileRow | None], *, settings: Settings) -> None:
+    """InvalidRequest naming `student.target.<key>` when the target is out of reach."""
+    assert request.student.target is not None
+    target = request.student.target.model_dump(exclude_none=True)
+    config = AutoConfig.from_pretrained(str(teacher.path))
+    vocab = int(config.vocab_size)
+    if _prunes(request, teacher):
+        data = request.data
+        texts: list[str] = []
+        pairs: list[str] | None = [] if data.text_pair_column else None
+        for n, row in enumerate(files):
+            if row is None:
+                continue
+            text = (data.validation_text_column or data.text_column) if n == 1 else data.text_column
+            pair = ((data.validation_text_pair_column or data.text_pair_column) if n == 1
+                    else data.text_pair_column)
+            for record in read_file(file_path(row, settings=settings)).records:
+                texts.append(str(record.get(text, "")))
+                if pairs is not None:
+                    pairs.append(str(record.get(pair or "", "")))
+        vocab = pruned_size_of_texts(teacher.path, texts, pairs,
+                                     max_length=data.max_seq_length)
+    try:
+        check_target(config, target, vocab_size=vocab)
+    except TargetUnreachable as exc:
+        raise InvalidRequest(str(exc), param=exc.param, code="target_unreachable") from None
