@@ -57,8 +57,10 @@ from distillation.engine import run_job  # noqa: E402
 DEFAULT_SST2 = ROOT.parent / "shared" / "data" / "sst2"
 MODES: dict[str, dict[str, Any]] = {
     # labelled rows, transfer texts (None: all the rest), augmentation multiplier, epochs
-    "cpu": {"labelled": 8000, "transfer": 30000, "multiplier": 1, "epochs": 2},
-    "full": {"labelled": 67349, "transfer": None, "multiplier": 4, "epochs": 4},
+    "cpu": {"labelled": 8000, "transfer": 20000, "multiplier": 1, "epochs": 1,
+            "hidden_mse": False},
+    "full": {"labelled": 8000, "transfer": None, "multiplier": 2, "epochs": 3,
+             "hidden_mse": True},
 }
 
 
@@ -160,7 +162,8 @@ def main() -> None:
         teacher_name="all-minilm-l6-v2", teacher_finetune=FinetuneSpec(epochs=2),
         transfer_file=files["transfer"],
         augmentation=AugmentSpec(multiplier=mode["multiplier"]),
-        losses=[LossSpec("kl", 0.5), LossSpec("ce", 0.5), LossSpec("hidden_mse", 1.0)],
+        losses=[LossSpec("kl", 0.5), LossSpec("ce", 0.5)]
+        + ([LossSpec("hidden_mse", 1.0)] if mode["hidden_mse"] else []),
     )
     results = {"recipe": run("recipe", recipe)}
     timings["recipe"] = results["recipe"]["seconds"]

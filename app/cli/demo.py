@@ -1,12 +1,14 @@
 """`distill demo`: the whole product on embedded defaults, as a new user would drive it over HTTP.
 
-Serve → create a key → upload SST-2 → distil the built-in MiniLM (fine-tuned first) into a 4x
-smaller student → follow the job → download the model → predict → print the report.
+Serve → create a key → upload SST-2 (labelled rows, unlabelled texts) → distil the built-in MiniLM
+(fine-tuned first) into a student the service sizes 4x smaller → follow the job → download the
+model → predict → print the report.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import signal
@@ -46,13 +48,18 @@ def _free_port(preferred: int) -> int:
         return int(s.getsockname()[1])
 
 
-def _sample_tsv(path: Path, rows: int | None, seed: int = 0) -> bytes:
-    """The SST-2 training file, or a stratified-by-chance random sample of it, as TSV bytes."""
+def _split_tsv(path: Path, rows: int | None, transfer: int,
+               seed: int = 0) -> tuple[bytes, bytes]:
+    """A random sample of `rows` labelled SST-2 training rows (all of them for None) as TSV, and
+    `transfer` other rows' sentences, labels dropped, as JSONL (the team's unlabelled text)."""
     lines = path.read_text(encoding="utf-8").splitlines()
     header, body = lines[0], lines[1:]
-    if rows is not None and rows < len(body):
-        body = random.Random(seed).sample(body, rows)
-    return ("\n".join([header, *body]) + "\n").encode()
+    random.Random(seed).shuffle(body)
+    labelled = body if rows is None else body[:rows]
+    rest = [] if rows is None else body[rows : rows + transfer]
+    column = header.split("\t").index("sentence")
+    texts = "".join(json.dumps({"sentence": line.split("\t")[column]}) + "\n" for line in rest)
+    return ("\n".join([header, *labelled]) + "\n").encode(), texts.encode()
 
 
 def _check(response: httpx.Response) -> dict[str, Any]:
@@ -134,10 +141,22 @@ def _report_table(model: dict[str, Any]) -> Table:
         table.add_row(label, *cells)
     table.caption = (f"retention {report['retention']:.1%} · speed-up {report['speedup']:.2f}x · "
                      f"{report.get('compression', 0):.1f}x fewer parameters")
+    chosen = report.get("student_selection", {}).get("chosen")
+    if chosen:
+        table.caption += (f"\nstudent: {chosen['num_layers']} layers × {chosen['hidden_size']}"
+                          f" ({report['student_selection']['why']})")
+    if report.get("vocabulary"):
+        vocab = report["vocabulary"]
+        table.caption += (f"\nvocabulary pruned from {vocab['pruned_from']:,} to "
+                          f"{vocab['pruned_to']:,} ids")
+    if report.get("stage_seconds"):
+        table.caption += "\nstages: " + ", ".join(
+            f"{name} {seconds:.0f}s" for name, seconds in report["stage_seconds"].items())
     return table
 
 
-def run_demo(*, rows: int | None, epochs: int, sst2_dir: Path | None, port: int) -> None:
+def run_demo(*, rows: int | None, transfer: int, epochs: int, sst2_dir: Path | None,
+             port: int) -> None:
     settings = get_settings()
     sst2 = sst2_dir or Path(os.environ.get("DISTILL_SST2_DIR", DEFAULT_SST2))
     if not (sst2 / "train.tsv").exists() or not (sst2 / "dev.tsv").exists():
@@ -157,21 +176,29 @@ def run_demo(*, rows: int | None, epochs: int, sst2_dir: Path | None, port: int)
             client.headers["Authorization"] = f"Bearer {key}"
             console.print("Created an API key for tenant 'demo'.")
 
+            labelled, texts = _split_tsv(sst2 / "train.tsv", rows, transfer)
             train = _check(client.post("/v1/files", data={"purpose": "train"}, files={
-                "file": ("sst2-train.tsv", _sample_tsv(sst2 / "train.tsv", rows), "text/tsv")}))
+                "file": ("sst2-train.tsv", labelled, "text/tsv")}))
             dev = _check(client.post("/v1/files", data={"purpose": "validation"}, files={
                 "file": ("sst2-dev.tsv", (sst2 / "dev.tsv").read_bytes(), "text/tsv")}))
-            console.print(f"Uploaded {train['id']} ({train['num_records']:,} rows, columns "
-                          f"{train['columns']}) and {dev['id']} ({dev['num_records']} rows).")
+            unlabeled = None
+            if texts:
+                unlabeled = _check(client.post("/v1/files", data={"purpose": "unlabeled"}, files={
+                    "file": ("sst2-texts.jsonl", texts, "application/jsonl")}))
+            console.print(f"Uploaded {train['id']} ({train['num_records']:,} labelled rows, "
+                          f"columns {train['columns']}), {dev['id']} ({dev['num_records']} rows)"
+                          + (f" and {unlabeled['id']} ({unlabeled['num_records']:,} unlabelled "
+                             "texts)." if unlabeled else "."))
 
+            body = demo_job(train["id"], dev["id"], unlabeled["id"] if unlabeled else None,
+                            epochs)
             job = _check(client.post("/v1/distillation/jobs", headers={"Idempotency-Key": key[-12:]},
-                                     json=demo_job(train["id"], dev["id"], epochs)))
-            arch = job["student"]["architecture"]
+                                     json=body))
             console.print(
-                f"Submitted {job['id']}: {job['teacher']['model']} (fine-tuned "
-                f"{job['teacher']['finetune']['epochs']} epochs first) → {arch['num_layers']} layers "
-                f"× {arch['hidden_size']} student initialised from the teacher, "
-                f"{job['hyperparameters']['epochs']} epochs."
+                f"Submitted {job['id']}: {job['teacher']['model']} (fine-tuned first) → a student "
+                f"{job['student']['target']['compression']:g}x smaller, sized and initialised by "
+                f"the service from the teacher, {job['hyperparameters']['epochs']} epoch(s)"
+                + (" on the labelled rows and the unlabelled texts." if unlabeled else ".")
             )
             job = _follow(client, job["id"])
             if job["status"] != "succeeded":
@@ -196,21 +223,21 @@ def run_demo(*, rows: int | None, epochs: int, sst2_dir: Path | None, port: int)
         stop_process(proc, sig=signal.SIGINT, timeout=30)
 
 
-def demo_job(train_id: str, dev_id: str, epochs: int) -> dict[str, Any]:
-    """The demo's job: SST-2 columns remapped, a 4x smaller student, KD + CE + hidden states."""
+def demo_job(train_id: str, dev_id: str, transfer_id: str | None,
+             epochs: int) -> dict[str, Any]:
+    """The demo's job, the recommended recipe: SST-2 columns remapped, the teacher fine-tuned on
+    the labelled rows, a student the service sizes to 4x fewer parameters (vocabulary pruned),
+    distilled on the labelled rows and the unlabelled texts."""
     return {
         "task": "sequence-classification",
-        "teacher": {"model": "all-minilm-l6-v2", "finetune": {"epochs": 2, "learning_rate": 5e-5}},
-        "student": {"architecture": {"num_layers": 4, "hidden_size": 128, "num_heads": 2,
-                                     "intermediate_size": 512}, "init": "teacher"},
+        "teacher": {"model": "all-minilm-l6-v2", "finetune": {"epochs": 2}},
+        "student": {"target": {"compression": 4}},
         "training_file": train_id,
         "validation_file": dev_id,
+        **({"transfer_file": transfer_id} if transfer_id else {}),
         "data": {"text_column": "sentence", "validation_text_column": "content",
                  "label_column": "label", "max_seq_length": 64},
-        "distillation": {"temperature": 2.0, "losses": [
-            {"type": "kl", "weight": 0.5}, {"type": "ce", "weight": 0.5},
-            {"type": "hidden_mse", "weight": 0.1}]},
-        "hyperparameters": {"epochs": epochs, "batch_size": 32, "learning_rate": 2e-4,
+        "hyperparameters": {"epochs": epochs, "batch_size": 32, "learning_rate": 1e-4,
                             "seed": 42},
         "metadata": {"source": "distill demo"},
     }

@@ -126,16 +126,19 @@ def keys_create(tenant: Annotated[str, typer.Option(help="Tenant the key belongs
 def demo(
     rows: Annotated[int, typer.Option(help="SST-2 training rows to use.")] = 8000,
     full: Annotated[bool, typer.Option("--full", help="Use all 67,349 training rows.")] = False,
-    epochs: Annotated[int, typer.Option(help="Distillation epochs.")] = 3,
+    transfer: Annotated[int, typer.Option(
+        help="Other training rows' sentences to upload as unlabelled transfer text.")] = 8000,
+    epochs: Annotated[int, typer.Option(help="Distillation epochs.")] = 2,
     sst2_dir: Annotated[Path | None, typer.Option(help="Folder with SST-2 train.tsv/dev.tsv.")]
     = None,
     port: PortOpt = 8765,
 ) -> None:
-    """Serve, upload SST-2, distil the built-in MiniLM into a 4x smaller student, download it,
-    predict with it and print the report."""
+    """Serve, upload SST-2 (labelled rows and unlabelled texts), distil the built-in MiniLM into a
+    student 4x smaller, download it, predict with it and print the report."""
     from app.cli.demo import run_demo
 
-    run_demo(rows=None if full else rows, epochs=epochs, sst2_dir=sst2_dir, port=port)
+    run_demo(rows=None if full else rows, transfer=transfer, epochs=epochs, sst2_dir=sst2_dir,
+             port=port)
 
 
 def _redact(url: str) -> str:
