@@ -80,7 +80,10 @@ def _stored_model_id(session: Session, tenant: TenantRow, ref: str | None) -> st
 
 
 def _request_hash(request: JobCreate) -> str:
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # Defaults left out: a field added to the schema later (with a default) leaves the hash of a
+    # body that does not set it as it was, so a retry across a deploy still replays.
+    canonical = json.dumps(request.model_dump(mode="json", exclude_defaults=True),
+                           sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
