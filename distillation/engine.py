@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, set_seed
 from distillation.checkpoint import Checkpointer, teacher_finetuned
 from distillation.config import JobConfig, JobResult, Reporter
 from distillation.export import save_model, write_report
-from distillation.finetune import finetune_teacher
+from distillation.finetune import check_finetuned_teacher, finetune_teacher
 from distillation.losses import CompositeLoss, build_losses
 from distillation.model_info import inspect_model
 from distillation.prune import prune_job_vocabulary, pruned_size, should_prune
@@ -206,6 +206,8 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     check_stop(reporter)
     with clock("load_teacher" if config.teacher_finetune is None else "finetune_teacher"):
         teacher, teacher_dir = load_teacher(config, task, data, device, reporter, attn)
+        warnings = [] if config.teacher_finetune is None else check_finetuned_teacher(
+            teacher, task, data, device=device, batch_size=hp.eval_batch_size, reporter=reporter)
 
     prune = should_prune(config, task)
     spec, selection = config.student, None
@@ -257,6 +259,7 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     if selection is not None:
         report["student_selection"] = selection
     report["optimizer_steps"] = fit_result.steps
+    report["warnings"] = warnings
     write_report(config.output_dir, report, config,
                  {"epochs": fit_result.epochs, "steps": fit_result.steps, "labels": data.labels,
                   "history": fit_result.history, "evals": evals})

@@ -95,6 +95,7 @@ def model_card(report: dict[str, Any], config: JobConfig, training: dict[str, An
               if vocabulary else "")
     note = ("" if split == "validation" else
             "\nNo validation file was given: the figures are measured on training examples.\n")
+    note += "".join(f"\n> **Warning:** {w}\n" for w in report.get("warnings", []))
     return f"""---
 library_name: transformers
 pipeline_tag: {card.pipeline_tag}

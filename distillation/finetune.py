@@ -1,5 +1,5 @@
 """Fine-tuning a base teacher (no task head) on the training file before it teaches: the
-`finetune_teacher` stage, for every task.
+`finetune_teacher` stage, for every task; and the check that the fine-tuned teacher learned.
 
 The task says how the model loads (a classifier gets a fresh head for the data's labels) and
 what its cross-entropy is; the fine-tuned teacher is saved in the job's work directory and
@@ -8,6 +8,8 @@ marked complete, so that a resumed attempt of the job uses it instead of trainin
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -16,9 +18,20 @@ from transformers import PreTrainedModel
 from distillation.checkpoint import mark_teacher_finetuned
 from distillation.config import FinetuneSpec, Hyperparameters, Reporter
 from distillation.tasks.base import Task, TaskData
-from distillation.training import FitResult, fit
+from distillation.training import FitResult, check_stop, fit
 
 STAGE = "finetune_teacher"
+# A classifier whose accuracy is not at least this far above always answering the most common
+# training label has not learned the task, whatever the job does next.
+CHANCE_MARGIN = 0.03
+
+
+def finetune_epochs(spec: FinetuneSpec, hp: Hyperparameters, examples: int) -> int:
+    """`spec.epochs`, extended by whole epochs until the optimizer steps reach `spec.min_steps`
+    (a fresh head on a small file learns nothing in one short epoch)."""
+    batches = math.ceil(examples / (spec.batch_size or hp.batch_size))
+    per_epoch = max(1, math.ceil(batches / max(1, hp.gradient_accumulation_steps)))
+    return max(spec.epochs, math.ceil(spec.min_steps / per_epoch))
 
 
 def finetune_teacher(
@@ -37,12 +50,18 @@ def finetune_teacher(
 
     Progress goes out as stage `finetune_teacher`, losses as `finetune_loss` metrics.
     """
-    reporter.message(f"Fine-tuning the teacher on {len(data.teacher.train)} examples "
-                     f"for {spec.epochs} epoch(s).")
+    examples = len(data.teacher.train)
+    epochs = finetune_epochs(spec, hp, examples)
+    extended = (f" (extended from {spec.epochs} to reach at least {spec.min_steps} optimizer "
+                "steps)" if epochs > spec.epochs else "")
+    reporter.message(f"Fine-tuning the teacher on {examples} examples for {epochs} epoch(s)"
+                     f"{extended}, learning rate {spec.learning_rate:g}.",
+                     data={"epochs": epochs, "min_steps": spec.min_steps,
+                           "learning_rate": spec.learning_rate})
     result = fit(
         modules=[model], features=data.teacher.train, collator=data.teacher.collator,
         compute_loss=lambda batch: (task.finetune_loss(model, batch), {}), hp=hp,
-        epochs=spec.epochs, batch_size=spec.batch_size or hp.batch_size,
+        epochs=epochs, batch_size=spec.batch_size or hp.batch_size,
         learning_rate=spec.learning_rate, device=device, reporter=reporter, stage=STAGE,
         loss_key="finetune_loss",
     )
@@ -55,3 +74,40 @@ def finetune_teacher(
     # teacher cache's header includes the name, so the next attempt reuses the cache.
     model.config._name_or_path = str(save_dir)
     return result
+
+
+def majority_rate(data: TaskData) -> float | None:
+    """The share of the most common label among the training examples (None: no labels)."""
+    if data.labels is None:
+        return None  # language models: their labels are target tokens
+    labels = [int(f["labels"]) for f in data.teacher.train]
+    return max(Counter(labels).values()) / len(labels) if labels else None
+
+
+def check_finetuned_teacher(
+    model: PreTrainedModel, task: Task, data: TaskData, *, device: torch.device,
+    batch_size: int, reporter: Reporter,
+) -> list[str]:
+    """Evaluate the fine-tuned teacher on the evaluation split; a warning (event, and the line
+    returned for the report) when a classifier ends less than `CHANCE_MARGIN` above the
+    majority-class rate of the training labels (or below it): a student distilled from it would
+    learn nothing either."""
+    majority = majority_rate(data)
+    if majority is None or task.report_metric != "accuracy":
+        return []  # language models: perplexity has no chance level to compare with
+    metrics = task.evaluate(model, data.teacher, data, device=device, batch_size=batch_size,
+                            on_batch=lambda: check_stop(reporter))
+    accuracy, split = metrics["accuracy"], data.eval_split
+    figures = {"teacher_accuracy": accuracy, "majority_rate": majority, "eval_split": split}
+    if accuracy >= majority + CHANCE_MARGIN:
+        reporter.message(f"The fine-tuned teacher scores {accuracy:.1%} accuracy on the {split} "
+                         f"split (the most common training label is {majority:.1%}).",
+                         data=figures)
+        return []
+    warning = (f"The fine-tuned teacher scores {accuracy:.1%} accuracy on the {split} split, "
+               f"less than {CHANCE_MARGIN * 100:g} points above always answering the most "
+               f"common training label ({majority:.1%}): it has not learned the task, and "
+               "neither will its student. Give teacher.finetune more data, more epochs or "
+               "min_steps, or another learning_rate.")
+    reporter.message(warning, level="warning", data=figures)
+    return [warning]

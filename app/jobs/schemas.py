@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from distillation.config import FINETUNE_LEARNING_RATE, FINETUNE_MIN_STEPS
+
 
 class Strict(BaseModel):
     # Unknown fields are a typo more often than not: reject them, naming the field.
@@ -14,8 +16,10 @@ class Strict(BaseModel):
 
 class FinetuneIn(Strict):
     epochs: int = Field(1, ge=1, le=20)
-    learning_rate: float = Field(5e-5, gt=0, le=1)
+    learning_rate: float = Field(FINETUNE_LEARNING_RATE, gt=0, le=1)
     batch_size: int | None = Field(None, ge=1, le=1024)
+    # A floor on optimizer steps: `epochs` is extended by whole epochs on a small file (0: none).
+    min_steps: int = Field(FINETUNE_MIN_STEPS, ge=0, le=1_000_000)
 
 
 class TeacherIn(Strict):

@@ -99,6 +99,7 @@ def test_report_and_model_card(finished: tuple[JobConfig, JobResult, RecordingRe
     assert report["compression"] == pytest.approx(
         report["teacher"]["parameters"] / report["student"]["parameters"], abs=1e-3)
     assert report["student"]["size_bytes"] == result.size_bytes
+    assert report["warnings"] == []
 
     card = (config.output_dir / "README.md").read_text()
     front = card.split("---")[1]
@@ -157,6 +158,7 @@ def test_finetune_base_teacher_then_distill(
     assert result.report["eval_split"] == "train"
     assert result.report["teacher"]["accuracy"] >= 0.9
     assert result.report["teacher"]["size_bytes"] == (saved / "model.safetensors").stat().st_size
+    assert recorder.warnings == [] and result.report["warnings"] == []  # it learned
 
 
 def test_svd_init_starts_closer_than_random(

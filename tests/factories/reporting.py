@@ -26,6 +26,7 @@ class RecordingReporter:
     progress_events: list[Progress] = field(default_factory=list)
     metric_events: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)  # messages
+    warnings: list[str] = field(default_factory=list)  # the messages of level "warning"
     checks: int = 0
 
     # -- the Reporter protocol -------------------------------------------------------------------
@@ -39,6 +40,8 @@ class RecordingReporter:
 
     def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
         self.events.append((text, data))
+        if level == "warning":
+            self.warnings.append(text)
 
     def should_stop(self) -> bool:
         self.checks += 1
