@@ -123,6 +123,9 @@ class Hyperparameters:
     cache_teacher: bool = True
     # Language models: the teacher's most likely tokens kept per target position (plus the tail).
     teacher_cache_top_k: int = 32
+    # The exported student: the epoch that scored best on the validation file ("best"; ties go
+    # to the later epoch), or the last one ("last").
+    select: Literal["best", "last"] = "best"
 
 
 @dataclass

@@ -8,7 +8,8 @@ student after every epoch), `evaluate` (both models: the task's metrics, then CP
 `reporter.should_stop()` is asked before every batch and a stop raises `Cancelled`.
 
 Resume: checkpoints every `checkpoint_every_steps`, a fine-tuned teacher kept for the next
-attempt, the teacher cache reused from the work directory.
+attempt, the teacher cache reused from the work directory, the best epoch's student kept there
+too (`selection.py`: the student exported is the best epoch's unless `select` is "last").
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from distillation.report import (
     model_entry,
     weights_size,
 )
+from distillation.selection import EpochSelector
 from distillation.sizing import pick
 from distillation.students import build_student
 from distillation.tasks import Task, TaskData, get_task
@@ -114,10 +116,11 @@ def distill(
     config: JobConfig, data: TaskData, teacher: PreTrainedModel, student: PreTrainedModel,
     losses: CompositeLoss, device: torch.device, reporter: Reporter,
     clock: StageClock | None = None,
+    selector: EpochSelector | None = None,
 ) -> FitResult:
     """The `cache_teacher` stage (when it pays) and the `distill` stage, with the task's metrics
-    on the evaluation split after every epoch (in `FitResult.evals`); resumes from the job's
-    checkpoints."""
+    on the evaluation split after every epoch (in `FitResult.evals`, and shown to `selector`);
+    resumes from the job's checkpoints."""
     task, hp = get_task(config.task), config.hyperparameters
     hidden, attentions = losses.needs_hidden_states, losses.needs_attentions
     with (clock or StageClock())("cache_teacher"):
@@ -142,6 +145,8 @@ def distill(
             student, data, device=device, batch_size=hp.eval_batch_size,
             on_batch=lambda: check_stop(reporter))}
         reporter.metrics(step, metrics)
+        if selector is not None:
+            selector.observe(epoch, step, metrics, student)
         return metrics
 
     sources = ", ".join(f"{n:,} {name}" for name, n in data.sources.items() if n)
@@ -227,11 +232,15 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     losses = build_losses(task.loss_specs(config.losses), config.temperature,
                           task.loss_shape(student.config), task.loss_shape(teacher.config),
                           temperature_end=config.temperature_end).to(device)
+    selector = EpochSelector(config.work_dir, hp=hp, report_metric=task.report_metric,
+                             eval_split=data.eval_split, reporter=reporter)
     with clock("distill"):
-        fit_result = distill(config, data, teacher, student, losses, device, reporter, clock)
+        fit_result = distill(config, data, teacher, student, losses, device, reporter, clock,
+                             selector)
     clock.seconds["distill"] = round(clock.seconds["distill"]
                                      - clock.seconds.get("cache_teacher", 0.0), 1)
     evals = fit_result.evals
+    epoch_choice = selector.select(student, evals)  # the chosen epoch's weights, from here on
 
     with clock("evaluate"):
         results = evaluate(config, task, data, teacher, student, device, reporter)
@@ -260,11 +269,13 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
         report["student_selection"] = selection
     report["optimizer_steps"] = fit_result.steps
     report["warnings"] = warnings
+    report["epoch_selection"] = epoch_choice
     write_report(config.output_dir, report, config,
                  {"epochs": fit_result.epochs, "steps": fit_result.steps, "labels": data.labels,
                   "history": fit_result.history, "evals": evals})
     tracker.done(fit_result.epochs)
-    eval_metrics: dict[str, Any] = {**(evals[-1] if evals else {})}
+    exported = [e for e in evals if e.get("epoch") == epoch_choice["epoch"]]
+    eval_metrics: dict[str, Any] = {**(exported[-1] if exported else {})}
     for side, prefix in (("student", "eval_"), ("teacher", "teacher_eval_")):
         eval_metrics.update({prefix + k: v for k, v in results[side]["metrics"].items()})
     eval_metrics["eval_split"] = data.eval_split

@@ -13,6 +13,7 @@ from distillation.cards import card_for, quality_rows, retention_of
 from distillation.config import JobConfig
 from distillation.curve import CURVE_FILE, write_training_curve
 from distillation.report import weights_size
+from distillation.selection import describe
 
 
 def save_model(
@@ -96,6 +97,8 @@ def model_card(report: dict[str, Any], config: JobConfig, training: dict[str, An
     note = ("" if split == "validation" else
             "\nNo validation file was given: the figures are measured on training examples.\n")
     note += "".join(f"\n> **Warning:** {w}\n" for w in report.get("warnings", []))
+    selected = (f"- Exported: the student of {describe(report['epoch_selection'])}\n"
+                if report.get("epoch_selection") else "")
     return f"""---
 library_name: transformers
 pipeline_tag: {card.pipeline_tag}
@@ -126,7 +129,7 @@ A {_human_count(s["parameters"])}-parameter {card.noun} distilled from
   {hp.batch_size}, learning rate {hp.learning_rate:g}, {hp.lr_scheduler} schedule, warm-up
   {hp.warmup_ratio:g}, seed {hp.seed}
 - Teacher fine-tuned first: {"yes" if config.teacher_finetune else "no"}
-{pruned}{labels}{curve}
+{selected}{pruned}{labels}{curve}
 ## Usage
 
 ```python

@@ -122,6 +122,8 @@ class HyperparametersIn(Strict):
     checkpoint_every_steps: int = Field(200, ge=1, le=10_000_000)
     cache_teacher: bool = True
     teacher_cache_top_k: int = Field(32, ge=1, le=1024)
+    # The exported student: the best epoch on the validation file, or the last one.
+    select: Literal["best", "last"] = "best"
 
 
 class JobCreate(Strict):

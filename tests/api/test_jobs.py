@@ -159,6 +159,7 @@ BAD_INPUTS = [
     ("layer map out of range", "distillation.losses",
      [{"type": "hidden_mse", "layer_map": {"0": 9}}], 400, "distillation.losses[0].layer_map"),
     ("unknown field", "hyperparameters.epohcs", 3, 422, "hyperparameters.epohcs"),
+    ("unknown epoch selection", "hyperparameters.select", "worst", 422, "hyperparameters.select"),
     ("negative fine-tuning step floor", "teacher.finetune", {"epochs": 1, "min_steps": -1}, 422,
      "teacher.finetune.min_steps"),
 ]

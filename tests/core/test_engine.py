@@ -99,7 +99,7 @@ def test_report_and_model_card(finished: tuple[JobConfig, JobResult, RecordingRe
     assert report["compression"] == pytest.approx(
         report["teacher"]["parameters"] / report["student"]["parameters"], abs=1e-3)
     assert report["student"]["size_bytes"] == result.size_bytes
-    assert report["warnings"] == []
+    assert report["epoch_selection"]["mode"] == "best" and report["warnings"] == []
 
     card = (config.output_dir / "README.md").read_text()
     front = card.split("---")[1]

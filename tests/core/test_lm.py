@@ -192,6 +192,10 @@ def test_causal_lm_job_learns_and_reports_perplexity(
     assert result.eval_metrics["eval_perplexity"] == pytest.approx(student["perplexity"],
                                                                    abs=1e-3)
     assert "teacher_eval_perplexity" in result.eval_metrics
+    # the exported student is the epoch of lowest perplexity
+    selection = report["epoch_selection"]
+    assert selection["mode"] == "best" and selection["metric"] == "perplexity"
+    assert selection["value"] == min(per_epoch) == per_epoch[selection["epoch"] - 1]
     assert report["warnings"] == []  # no majority class to compare a language model with
 
     card = (config.output_dir / "README.md").read_text()
