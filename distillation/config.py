@@ -154,6 +154,11 @@ class JobConfig:
     # Timed runs (after warm-up) behind the report's CPU latency and throughput medians.
     benchmark_runs: int = 10
 
+    @property
+    def teacher_output_dir(self) -> Path:
+        """Where a fine-tuned teacher is exported, beside the student: `<output_dir>-teacher`."""
+        return self.output_dir.with_name(self.output_dir.name + "-teacher")
+
 
 @dataclass
 class Progress:
@@ -203,6 +208,18 @@ class NullReporter:
 
 
 @dataclass
+class ExportedTeacher:
+    """The fine-tuned teacher, exported like a student: a Hugging Face directory with its own
+    report (its figures on the evaluation split, size, CPU speed) and model card."""
+
+    model_dir: Path
+    parameters: int
+    size_bytes: int
+    report: dict[str, Any]
+    eval_metrics: dict[str, Any]
+
+
+@dataclass
 class JobResult:
     """What a finished run hands back: the exported model and its report."""
 
@@ -214,3 +231,5 @@ class JobResult:
     report: dict[str, Any]
     eval_metrics: dict[str, Any]
     train_loss: float | None
+    # Set when the job fine-tuned its teacher (`teacher_finetune`): that teacher, exported.
+    teacher: ExportedTeacher | None = None

@@ -45,6 +45,7 @@ from distillation.sizing import pick
 from distillation.students import build_student
 from distillation.tasks import Task, TaskData, get_task
 from distillation.teacher_cache import skip_reason, teacher_cache, with_example_index
+from distillation.teacher_export import export_teacher
 from distillation.training import FitResult, Tracker, check_stop, fit, resolve_device
 
 ATTENTION_LOSSES = ("attention_mse",)
@@ -273,9 +274,12 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     write_report(config.output_dir, report, config,
                  {"epochs": fit_result.epochs, "steps": fit_result.steps, "labels": data.labels,
                   "history": fit_result.history, "evals": evals})
+    exported_teacher = None if config.teacher_finetune is None else export_teacher(
+        teacher_dir, config, entry=teacher_entry, metrics=results["teacher"]["metrics"],
+        metric=task.report_metric, eval_split=data.eval_split, warnings=warnings)
     tracker.done(fit_result.epochs)
-    exported = [e for e in evals if e.get("epoch") == epoch_choice["epoch"]]
-    eval_metrics: dict[str, Any] = {**(exported[-1] if exported else {})}
+    selected = [e for e in evals if e.get("epoch") == epoch_choice["epoch"]]
+    eval_metrics: dict[str, Any] = {**(selected[-1] if selected else {})}
     for side, prefix in (("student", "eval_"), ("teacher", "teacher_eval_")):
         eval_metrics.update({prefix + k: v for k, v in results[side]["metrics"].items()})
     eval_metrics["eval_split"] = data.eval_split
@@ -283,4 +287,5 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
         model_dir=config.output_dir, task=config.task, parameters=parameters,
         size_bytes=size_bytes, labels=list(data.labels) if data.labels is not None else None,
         report=report, eval_metrics=eval_metrics, train_loss=fit_result.final_loss,
+        teacher=exported_teacher,
     )

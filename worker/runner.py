@@ -128,41 +128,60 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
 
 def _record_success(job: JobRow, result: JobResult, *, settings: Settings, worker_id: str,
                     reporter: DbReporter) -> str | None:
-    """Register the student and mark the job succeeded in one transaction, unless a cancel came
-    in meanwhile: an acknowledged cancel is honoured even when training got to the end."""
+    """Register the student (and the teacher the job fine-tuned) and mark the job succeeded in one
+    transaction, unless a cancel came in meanwhile: an acknowledged cancel is honoured even when
+    training got to the end."""
     metrics = {**reporter.metrics_state, "train_loss": result.train_loss,
                "eval": eval_view(result.eval_metrics)}
     trained = reporter.train_progress
 
     def record(session: Session) -> bool:
-        model = register_distilled_model(
-            session=session, tenant_id=job.tenant_id, job_id=job.id,
-            model_dir=result.model_dir, task=result.task, parameters=result.parameters,
-            size_bytes=result.size_bytes, labels=result.labels, report=result.report,
-            settings=settings,
-        )
-        registered = Path(model.path)
+        # Moved into the model store as they are registered: (store path, export path) each.
+        moved: list[tuple[Path, Path]] = []
         try:
+            model = register_distilled_model(
+                session=session, tenant_id=job.tenant_id, job_id=job.id,
+                model_dir=result.model_dir, task=result.task, parameters=result.parameters,
+                size_bytes=result.size_bytes, labels=result.labels, report=result.report,
+                settings=settings,
+            )
+            moved.append((Path(model.path), result.model_dir))
+            teacher_id = None
+            if result.teacher is not None:
+                teacher = register_distilled_model(
+                    session=session, tenant_id=job.tenant_id, job_id=job.id,
+                    model_dir=result.teacher.model_dir, task=result.task,
+                    parameters=result.teacher.parameters, size_bytes=result.teacher.size_bytes,
+                    labels=result.labels, report=result.teacher.report, settings=settings,
+                    source="finetuned",
+                )
+                moved.append((Path(teacher.path), result.teacher.model_dir))
+                teacher_id = teacher.id
             done = lifecycle.finish(
                 session, job_id=job.id, worker_id=worker_id, status=JobStatus.SUCCEEDED,
-                result_model=model.id, metrics=metrics, from_statuses=(JobStatus.RUNNING,),
+                result_model=model.id, teacher_model=teacher_id, metrics=metrics,
+                from_statuses=(JobStatus.RUNNING,),
                 progress={"stage": "export", "percent": 100.0, "step": trained.get("step", 0),
                           "total_steps": trained.get("total_steps", 0),
                           "epoch": trained.get("epoch", 0), "eta_seconds": 0.0},
             )
             if not done:  # cancelled, or taken over by another worker: keep nothing
                 session.rollback()
-                shutil.rmtree(registered, ignore_errors=True)
+                for registered, _ in moved:
+                    shutil.rmtree(registered, ignore_errors=True)
                 return False
+            also = f" (fine-tuned teacher: model {teacher_id})" if teacher_id else ""
             repository.add_event(session, job_id=job.id,
-                                 message=f"Job succeeded: model {model.id}.",
-                                 data={"model": model.id, "report": result.report})
+                                 message=f"Job succeeded: model {model.id}{also}.",
+                                 data={"model": model.id, "teacher_model": teacher_id,
+                                       "report": result.report})
             session.commit()
         except BaseException:
-            # Not recorded: put the export back where a retry (or the next attempt) finds it.
+            # Not recorded: put the exports back where a retry (or the next attempt) finds them.
             session.rollback()
-            if registered.exists():
-                storage.move_dir(registered, result.model_dir)
+            for registered, export in moved:
+                if registered.exists():
+                    storage.move_dir(registered, export)
             raise
         return True
 

@@ -107,14 +107,15 @@ def finish(
     status: str,
     error: dict[str, Any] | None = None,
     result_model: str | None = None,
+    teacher_model: str | None = None,
     metrics: dict[str, Any] | None = None,
     progress: dict[str, Any] | None = None,
     from_statuses: tuple[str, ...] = IN_PROGRESS,
 ) -> bool:
-    """End this worker's run with `status`; False if the job is no longer this worker's (or not
-    in one of `from_statuses`)."""
+    """End this worker's run with `status` (and, when it succeeded, its student and fine-tuned
+    teacher); False if the job is no longer this worker's (or not in one of `from_statuses`)."""
     values: dict[str, Any] = {"status": status, "finished_at": now(), "error": error,
-                              "result_model": result_model}
+                              "result_model": result_model, "finetuned_teacher_id": teacher_model}
     if metrics is not None:
         values["metrics"] = metrics
     if progress is not None:

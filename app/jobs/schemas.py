@@ -172,6 +172,8 @@ class JobOut(BaseModel):
     progress: ProgressOut
     metrics: dict[str, Any]
     result_model: str | None
+    # The fine-tuned teacher, registered as a model, when the job fine-tuned its teacher.
+    teacher_model: str | None = None
     error: JobErrorOut | None
     attempts: int
     created_at: int

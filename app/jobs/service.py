@@ -52,6 +52,7 @@ def to_out(row: JobRow) -> JobOut:
         progress=ProgressOut(**row.progress),
         metrics=row.metrics,
         result_model=row.result_model,
+        teacher_model=row.finetuned_teacher_id,
         error=JobErrorOut(**row.error) if row.error else None,
         attempts=row.attempts,
         created_at=int(row.created_at),

@@ -38,6 +38,10 @@ class JobRow(Base):
     progress: Mapped[dict[str, Any]] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     result_model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The teacher the job fine-tuned, registered as a model when the job succeeded (the job
+    # object's `teacher_model`); null when the job did not fine-tune or once it is deleted.
+    finetuned_teacher_id: Mapped[str | None] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL"), nullable=True, index=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -11,7 +11,7 @@ class ModelObject(BaseModel):
     id: str
     object: Literal["model"] = "model"
     task: str
-    source: Literal["builtin", "uploaded", "distilled"]
+    source: Literal["builtin", "uploaded", "distilled", "finetuned"]
     owned_by: str
     source_job: str | None = None
     filename: str | None = None

@@ -1,4 +1,5 @@
-"""The model registry: built-in models, uploaded teachers and distilled students of a tenant.
+"""The model registry: built-in models, uploaded teachers, distilled students and the teachers
+jobs fine-tuned, of a tenant.
 
 `resolve_model_ref` (jobs service) and `register_distilled_model` (worker) are the entry
 points for the other slices; the rest serves `/v1/models`.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from sqlalchemy.orm import Session
 
@@ -187,8 +188,10 @@ def register_distilled_model(
     labels: list[str] | None,
     report: dict[str, Any] | None,
     settings: Settings,
+    source: Literal["distilled", "finetuned"] = "distilled",
 ) -> ModelRow:
-    """Move a job's exported directory into the registry and add its row (the caller commits)."""
+    """Move a job's exported directory (its student, or with `source="finetuned"` the teacher it
+    fine-tuned) into the registry and add its row (the caller commits)."""
     model_id = new_id("model")
     final = storage.model_dir(settings, model_id)
     storage.move_dir(model_dir, final)
@@ -196,7 +199,7 @@ def register_distilled_model(
         id=model_id,
         tenant_id=tenant_id,
         task=task,
-        source="distilled",
+        source=source,
         source_job=job_id,
         filename=None,
         parameters=parameters,

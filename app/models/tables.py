@@ -17,7 +17,7 @@ class ModelRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     task: Mapped[str] = mapped_column(String(64))
-    source: Mapped[str] = mapped_column(String(16))  # "distilled" | "uploaded"
+    source: Mapped[str] = mapped_column(String(16))  # "distilled" | "finetuned" | "uploaded"
     source_job: Mapped[str | None] = mapped_column(String(64), nullable=True)
     filename: Mapped[str | None] = mapped_column(String(255), nullable=True)
     parameters: Mapped[int] = mapped_column(BigInteger)

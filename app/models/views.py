@@ -21,7 +21,7 @@ SYSTEM_OWNER = "system"
 class ModelView:
     id: str
     task: str
-    source: str  # "builtin" | "uploaded" | "distilled"
+    source: str  # "builtin" | "uploaded" | "distilled" | "finetuned"
     owned_by: str
     path: Path
     parameters: int

@@ -20,6 +20,30 @@ def setup(client: Any, auth: dict[str, str], tiny_teacher_dir: Path) -> dict[str
             "body": job_body(teacher=teacher, training_file=train_id, validation_file=val_id)}
 
 
+def test_select_and_finetune_defaults_are_shown_and_explicit_values_kept(
+    client: Any, auth: dict[str, str], setup: dict[str, Any]
+) -> None:
+    # Given a job with the defaults, and one fine-tuning the built-in base teacher on its terms
+    default = client.post("/v1/distillation/jobs", headers=auth, json=setup["body"]).json()
+    body = _set(setup["body"], "hyperparameters.select", "last")
+    body["teacher"] = {"model": "all-minilm-l6-v2",
+                       "finetune": {"epochs": 2, "learning_rate": 3e-5, "min_steps": 0}}
+    explicit = client.post("/v1/distillation/jobs", headers=auth, json=body)
+    body["teacher"]["finetune"] = {"epochs": 1}
+    floor = client.post("/v1/distillation/jobs", headers=auth, json=body)
+
+    # Then the job objects show what will run: the best epoch unless asked otherwise, the
+    # fine-tuning defaults where nothing was said, and no fine-tuned teacher yet
+    assert default["hyperparameters"]["select"] == "best" and default["teacher_model"] is None
+    assert explicit.status_code == floor.status_code == 201, (explicit.text, floor.text)
+    assert explicit.json()["hyperparameters"]["select"] == "last"
+    assert explicit.json()["teacher"]["finetune"] == {"epochs": 2, "learning_rate": 3e-5,
+                                                      "batch_size": None, "min_steps": 0}
+    assert floor.json()["teacher"]["finetune"] == {"epochs": 1, "learning_rate": 5e-5,
+                                                   "batch_size": None, "min_steps": 200}
+    assert explicit.json()["teacher_model"] is None
+
+
 def test_create_job_commits_then_wakes_a_worker(client: Any, auth: dict[str, str],
                                                 setup: dict[str, Any], redis_db: int) -> None:
     response = client.post("/v1/distillation/jobs", headers=auth, json=setup["body"])

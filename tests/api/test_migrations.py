@@ -1,5 +1,6 @@
 """Migrations on real Postgres: revision 0002 fills the jobs' file and model keys from the
-requests stored before it, and downgrades cleanly."""
+requests stored before it, 0004 adds the key to a job's fine-tuned teacher; both downgrade
+cleanly."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
 
 from app.kit.migrate import downgrade, upgrade
 from tests.conftest import PG_ADMIN_URL
@@ -70,4 +72,39 @@ def test_0002_fills_job_keys_from_stored_requests(empty_db: str) -> None:
         columns = {row[0] for row in conn.execute(text(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'"))}
     assert "training_file_id" not in columns
+    engine.dispose()
+
+
+def test_0004_adds_the_jobs_finetuned_teacher_key(empty_db: str) -> None:
+    # Given a database at revision 0003 with a succeeded job and its student
+    upgrade(empty_db, "0003")
+    engine = create_engine(empty_db)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants VALUES ('tn-1', 'acme', 0)"))
+        conn.execute(text(
+            "INSERT INTO jobs (id, tenant_id, status, task, request, progress, metrics, "
+            "created_at, attempts, result_model) VALUES ('job-1', 'tn-1', 'succeeded', "
+            "'sequence-classification', '{}', '{}', '{}', 0, 1, 'model-s')"))
+
+    # When the migrations run to the head, the job has no fine-tuned teacher
+    upgrade(empty_db)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT finetuned_teacher_id FROM jobs")).scalar_one() is None
+        # and one registered later is a key to the models table, nulled when it is deleted
+        conn.execute(text(
+            "INSERT INTO models (id, tenant_id, task, source, source_job, parameters, "
+            "size_bytes, path, created_at) VALUES ('model-t', 'tn-1', 'sequence-classification', "
+            "'finetuned', 'job-1', 1, 1, '/x', 0)"))
+        conn.execute(text("UPDATE jobs SET finetuned_teacher_id = 'model-t'"))
+    with engine.begin() as conn:
+        with pytest.raises(IntegrityError, match="foreign key"), conn.begin_nested():
+            conn.execute(text("UPDATE jobs SET finetuned_teacher_id = 'model-none'"))
+        conn.execute(text("DELETE FROM models WHERE id = 'model-t'"))
+        assert conn.execute(text("SELECT finetuned_teacher_id FROM jobs")).scalar_one() is None
+
+    downgrade(empty_db, "0003")
+    with engine.connect() as conn:
+        columns = {row[0] for row in conn.execute(text(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'"))}
+    assert "finetuned_teacher_id" not in columns and "transfer_file_id" in columns
     engine.dispose()

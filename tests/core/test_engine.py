@@ -100,6 +100,7 @@ def test_report_and_model_card(finished: tuple[JobConfig, JobResult, RecordingRe
         report["teacher"]["parameters"] / report["student"]["parameters"], abs=1e-3)
     assert report["student"]["size_bytes"] == result.size_bytes
     assert report["epoch_selection"]["mode"] == "best" and report["warnings"] == []
+    assert result.teacher is None  # the teacher was not fine-tuned: nothing new to register
 
     card = (config.output_dir / "README.md").read_text()
     front = card.split("---")[1]
@@ -159,6 +160,29 @@ def test_finetune_base_teacher_then_distill(
     assert result.report["teacher"]["accuracy"] >= 0.9
     assert result.report["teacher"]["size_bytes"] == (saved / "model.safetensors").stat().st_size
     assert recorder.warnings == [] and result.report["warnings"] == []  # it learned
+
+
+def test_the_finetuned_teacher_is_exported_as_a_model_of_its_own(
+    finetuned: tuple[JobConfig, JobResult, RecordingReporter],
+) -> None:
+    config, result, _ = finetuned
+    exported = result.teacher
+    assert exported is not None and exported.model_dir == config.teacher_output_dir
+    names = {p.name for p in exported.model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "report.json",
+            "README.md"} <= names
+    assert "finetuned.json" not in names  # the work directory's marker stays there
+    teacher = AutoModelForSequenceClassification.from_pretrained(exported.model_dir)
+    assert teacher.config.id2label == {0: "negative", 1: "positive"}
+    assert exported.parameters == sum(p.numel() for p in teacher.parameters())
+    assert exported.size_bytes == (exported.model_dir / "model.safetensors").stat().st_size
+    report = json.loads((exported.model_dir / "report.json").read_text())
+    assert report == exported.report and report["teacher"] == result.report["teacher"]
+    assert report["finetune"]["steps"] == 40 and report["finetune"]["learning_rate"] == 5e-3
+    assert round(exported.eval_metrics["teacher_eval_accuracy"], 4) == \
+        result.report["teacher"]["accuracy"]
+    card = (exported.model_dir / "README.md").read_text()
+    assert "fine-tuned as a teacher" in card and "pipeline_tag: text-classification" in card
 
 
 def test_svd_init_starts_closer_than_random(

@@ -51,7 +51,7 @@ def test_a_teacher_that_does_not_learn_is_flagged(tiny_base_dir: Path, tmp_path:
     assert finetune[-1].total_steps == 8
     assert any("for 2 epoch(s) (extended from 1 to reach at least 8" in m
                for m in recorder.messages)
-    # and a warning event, the report and the model card say the teacher learned nothing
+    # and a warning event, the report and both model cards say the teacher learned nothing
     assert len(recorder.warnings) == 1
     warning = recorder.warnings[0]
     assert ("less than 3 points above always answering the most common training label "
@@ -59,3 +59,5 @@ def test_a_teacher_that_does_not_learn_is_flagged(tiny_base_dir: Path, tmp_path:
     assert result.report["warnings"] == [warning]
     assert result.report["teacher"]["accuracy"] < 0.78
     assert f"**Warning:** {warning}" in (result.model_dir / "README.md").read_text()
+    assert result.teacher is not None and result.teacher.report["warnings"] == [warning]
+    assert f"**Warning:** {warning}" in (result.teacher.model_dir / "README.md").read_text()

@@ -192,11 +192,12 @@ def test_causal_lm_job_learns_and_reports_perplexity(
     assert result.eval_metrics["eval_perplexity"] == pytest.approx(student["perplexity"],
                                                                    abs=1e-3)
     assert "teacher_eval_perplexity" in result.eval_metrics
-    # the exported student is the epoch of lowest perplexity
+    # the exported student is the epoch of lowest perplexity; the fine-tuned teacher a model too
     selection = report["epoch_selection"]
     assert selection["mode"] == "best" and selection["metric"] == "perplexity"
     assert selection["value"] == min(per_epoch) == per_epoch[selection["epoch"] - 1]
     assert report["warnings"] == []  # no majority class to compare a language model with
+    assert result.teacher is not None and result.teacher.report["teacher"] == teacher
 
     card = (config.output_dir / "README.md").read_text()
     assert "pipeline_tag: text-generation" in card and "| Perplexity (validation) |" in card

@@ -42,6 +42,7 @@ def test_full_job_through_a_real_worker(
     # Then it ran once and succeeded with a report
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 1 and done["progress"]["percent"] == 100.0
+    assert done["teacher_model"] is None  # its teacher was not fine-tuned
     assert done["metrics"]["eval"]["accuracy"] is not None
     events = client.get(f"/v1/distillation/jobs/{job['id']}/events?limit=1000",
                         headers=auth).json()["data"]
