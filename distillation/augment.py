@@ -27,6 +27,7 @@ from distillation.config import AugmentSpec
 
 MAX_MULTIPLIER = 32
 MAX_NGRAM = 5
+DRAWS = 8  # tries per new text before giving up on a text no rule changes
 
 
 def check_augmentation(methods: Sequence[str], multiplier: int) -> list[tuple[str, str]]:
@@ -80,14 +81,17 @@ class Augmenter:
         return words[start : start + n]
 
     def one(self, text: str) -> str | None:
-        """A new text drawn from `text` by one rule, or None when the draw changed nothing."""
+        """A new text drawn from `text` by one rule (a few draws are tried: on a short text most
+        leave it as it was), or None when none changed it (a one-word text, say)."""
         words = text.split()
-        if not words:
-            return None
-        method = self.rng.choice(self.spec.methods)
-        new = {"mask": self._mask, "replace": self._replace, "ngram": self._ngram}[method](words)
-        joined = " ".join(new)
-        return joined if joined and joined != " ".join(words) else None
+        original = " ".join(words)
+        for _ in range(DRAWS):
+            method = self.rng.choice(self.spec.methods)
+            new = " ".join({"mask": self._mask, "replace": self._replace,
+                            "ngram": self._ngram}[method](words)) if words else ""
+            if new and new != original:
+                return new
+        return None
 
     def texts(self, sources: Sequence[str]) -> list[tuple[int, str]]:
         """(source index, new text) pairs: up to `multiplier` new texts per source, in order."""

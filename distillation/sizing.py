@@ -161,6 +161,7 @@ def pick(
     max_latency = target.get("max_latency_ms")
     max_parameters = total / compression if compression else None
     candidates = [count(teacher, c, vocab_size) for c in architectures(teacher)]
+    considered = len(candidates)
     if max_parameters is not None:
         small = [c for c in candidates if c.parameters <= max_parameters]
         if not small:
@@ -184,8 +185,8 @@ def pick(
             f"fastest candidate, {fastest.describe()}, takes {fastest.latency_ms:.2f} ms at "
             f"batch 1 ({LATENCY_TOKENS} tokens)", "student.target.max_latency_ms")
     chosen = max(feasible, key=lambda c: (c.hidden_size, c.num_layers))
-    why = (f"the widest, then deepest, of the {len(feasible)} candidates (of "
-           f"{len(candidates)}) that meet the target")
+    why = (f"the widest, then deepest, of the {len(feasible)} candidates (of {considered}) "
+           "that meet the target")
     return chosen, {
         "target": dict(target),
         "chosen": {**chosen.architecture, "parameters": chosen.parameters,
@@ -193,6 +194,6 @@ def pick(
                    "latency_ms": chosen.latency_ms},
         "vocab_size": vocab_size,
         "why": why,
-        "candidates": len(candidates),
+        "candidates": considered,
         "feasible": len(feasible),
     }
