@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from distillation.export import save_model, write_report
 from distillation.finetune import check_finetuned_teacher, finetune_teacher
 from distillation.losses import CompositeLoss, build_losses
 from distillation.model_info import inspect_model
-from distillation.prune import prune_job_vocabulary, pruned_size, should_prune
+from distillation.prune import prune_job_vocabulary, should_prune
 from distillation.report import (
     build_report,
     count_parameters,
@@ -41,10 +40,10 @@ from distillation.report import (
     weights_size,
 )
 from distillation.selection import EpochSelector
-from distillation.sizing import pick
 from distillation.students import build_student
 from distillation.tasks import Task, TaskData, get_task
 from distillation.teacher_cache import skip_reason, teacher_cache, with_example_index
+from distillation.teacher_directions import plan_student
 from distillation.teacher_export import export_teacher
 from distillation.training import FitResult, Tracker, check_stop, fit, resolve_device
 
@@ -216,15 +215,12 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
             teacher, task, data, device=device, batch_size=hp.eval_batch_size, reporter=reporter)
 
     prune = should_prune(config, task)
-    spec, selection = config.student, None
-    if spec.target is not None:
-        vocab = pruned_size(data, teacher.config) if prune else int(teacher.config.vocab_size)
-        chosen, selection = pick(teacher.config, spec.target, vocab_size=vocab)
-        spec = replace(spec, architecture=chosen.architecture)
-        reporter.message(f"Sized the student to {spec.target}: {chosen.describe()}, "
-                         f"{selection['why']}.", data={"student_selection": selection})
+    with clock("plan_student"):
+        spec, directions, selection = plan_student(config, task, data, teacher, prune=prune,
+                                                   device=device, reporter=reporter)
     set_seed(hp.seed)
-    student = build_student(spec, teacher, attn_implementation=attn, task=task.name)
+    student = build_student(spec, teacher, attn_implementation=attn, task=task.name,
+                            directions=directions)
     pruned = None
     if prune:  # the student's side of the data reads the new ids
         pruned = prune_job_vocabulary(config, task, data, student, reporter)

@@ -6,11 +6,14 @@ every candidate is a copy of the teacher's design with fewer layers and/or a nar
 (the teacher's head width kept, the feed-forward width in the teacher's ratio), and for each it
 counts the parameters exactly (embeddings included, at the vocabulary the student will have,
 pruned or not) and, for a latency target, times a forward pass at batch 1 on this machine's CPU.
-Among the candidates that meet every target it takes the widest, then the deepest at that width:
-a student initialised from the teacher starts from the teacher's weights projected onto its
-width (`students.init_from_teacher`), and the narrower the projection the more of the teacher is
-lost before training starts. When none meets the target, the error says what the closest
-candidate reaches.
+Among the candidates that meet every target it takes the one that, initialised from the teacher
+(`students.init_from_teacher`: layers copied, widths projected onto the teacher's hidden-state
+directions), already agrees most with the teacher on a sample of the job's training examples
+before any training: how much of the teacher a shape keeps from the start is what training then
+builds on, and it is measured, not guessed (on SST-2 the fine-tuned MiniLM cut to 3 × 256 scores
+71.4% dev accuracy untrained, 2 × 288 65.9%). Width, then depth, break ties (and rank alone when
+the engine has no data to score on). When none meets the target, the error says what
+the closest candidate reaches.
 """
 
 from __future__ import annotations
@@ -151,9 +154,13 @@ def check_target(teacher: PretrainedConfig, target: dict[str, float], *,
 def pick(
     teacher: PretrainedConfig, target: dict[str, float], *, vocab_size: int,
     measure_fn: Callable[[PretrainedConfig, Candidate], Candidate] = measure,
+    score_fn: Callable[[Candidate], float] | None = None,
 ) -> tuple[Candidate, dict[str, Any]]:
     """The candidate to train for `target`, and what the report says of the choice.
 
+    With `score_fn` (how well the candidate, initialised from the teacher, agrees with it on a
+    sample of the job's data before training) the best-scoring feasible candidate wins, width
+    then depth breaking ties; without, the widest, then deepest.
     TargetUnreachable (naming `student.target.<key>`) when no candidate meets the target.
     """
     total = teacher_parameters(teacher)
@@ -184,9 +191,17 @@ def pick(
             f"student.target.max_latency_ms {max_latency:g} cannot be met on this machine: the "
             f"fastest candidate, {fastest.describe()}, takes {fastest.latency_ms:.2f} ms at "
             f"batch 1 ({LATENCY_TOKENS} tokens)", "student.target.max_latency_ms")
-    chosen = max(feasible, key=lambda c: (c.hidden_size, c.num_layers))
-    why = (f"the widest, then deepest, of the {len(feasible)} candidates (of {considered}) "
-           "that meet the target")
+    scores: dict[str, float] = {}
+    if score_fn is not None:
+        scores = {_name(c): round(score_fn(c), 4) for c in feasible}
+        chosen = max(feasible, key=lambda c: (scores[_name(c)], c.hidden_size, c.num_layers))
+        why = (f"of the {len(feasible)} candidates (of {considered}) that meet the target, the "
+               f"one that agrees most with the teacher once initialised from it, before any "
+               f"training ({scores[_name(chosen)]:.1%} of a sample of the training examples)")
+    else:
+        chosen = max(feasible, key=lambda c: (c.hidden_size, c.num_layers))
+        why = (f"the widest, then deepest, of the {len(feasible)} candidates (of {considered}) "
+               "that meet the target")
     return chosen, {
         "target": dict(target),
         "chosen": {**chosen.architecture, "parameters": chosen.parameters,
@@ -196,4 +211,9 @@ def pick(
         "why": why,
         "candidates": considered,
         "feasible": len(feasible),
+        **({"agreement_at_init": scores} if scores else {}),
     }
+
+
+def _name(c: Candidate) -> str:
+    return f"{c.num_layers}x{c.hidden_size}"

@@ -98,7 +98,7 @@ def sized_config(teacher_config: Any, arch: Mapping[str, int]) -> Any:
 
 def build_student(
     spec: StudentSpec, teacher: PreTrainedModel, *, attn_implementation: str | None = None,
-    task: str = CLASSIFICATION,
+    task: str = CLASSIFICATION, directions: Tensor | None = None,
 ) -> PreTrainedModel:
     """The student for `task`: a classifier gets the teacher's labels, a language model the
     teacher's vocabulary (through its config)."""
@@ -120,7 +120,7 @@ def build_student(
     config = student_config(teacher, spec.architecture or {})
     student = auto.from_config(config, **kwargs)
     if spec.init == "teacher":
-        init_from_teacher(student, teacher)
+        init_from_teacher(student, teacher, directions=directions)
     return student
 
 
@@ -176,13 +176,28 @@ def _project_axis(tensor: Tensor, axis: int, projection: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def init_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel) -> None:
-    """Copy the teacher's weights into `student` (evenly spaced layers, PCA-projected widths)."""
+def activation_directions(hidden_states: list[Tensor], k: int) -> Tensor:
+    """(D, k): the top-k principal directions of the teacher's hidden states (every layer's
+    output, rows of real tokens only): where its residual stream actually lives on the job's
+    data. They keep far more of a teacher than its word embeddings' directions do (SST-2, the
+    fine-tuned MiniLM cut to 2 layers × 288 before any training: 65.9% dev accuracy against
+    51.7%; 3 × 256: 71.4% against 58.7%). Nested: the first k of them serve any width k."""
+    return principal_directions(torch.cat([h.float() for h in hidden_states]), k)
+
+
+@torch.no_grad()
+def init_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel, *,
+                      directions: Tensor | None = None) -> None:
+    """Copy the teacher's weights into `student` (evenly spaced layers, PCA-projected widths):
+    projected onto the first columns of `directions` (`activation_directions`) when given, else
+    onto the principal directions of the teacher's word embeddings."""
     s_info, t_info = _info(student), _info(teacher)
     spread = even_spread(s_info.num_layers, t_info.num_layers)
     teacher_state = teacher.state_dict()
     projection = None  # a student as wide or wider copies what fits and keeps its own init
-    if s_info.hidden_size < t_info.hidden_size:
+    if s_info.hidden_size < t_info.hidden_size and directions is not None:
+        projection = directions[:, : s_info.hidden_size].contiguous()
+    elif s_info.hidden_size < t_info.hidden_size:
         embeddings = teacher.get_input_embeddings().weight
         assert isinstance(embeddings, Tensor)
         projection = principal_directions(embeddings, s_info.hidden_size)

@@ -69,6 +69,38 @@ def test_pick_meets_the_compression_and_prefers_width() -> None:
     assert (pruned.hidden_size, pruned.num_layers) > (chosen.hidden_size, chosen.num_layers)
 
 
+def test_scores_pick_among_feasible_candidates() -> None:
+    config = teacher_config()
+    total = teacher_parameters(config)
+
+    def deepest_narrowest(c: Candidate) -> float:  # a score that prefers the opposite of width
+        return c.num_layers - c.hidden_size / 1000
+
+    chosen, report = pick(config, {"compression": 3}, vocab_size=1000,
+                          score_fn=deepest_narrowest)
+
+    assert chosen.parameters <= total / 3 and chosen.hidden_size == 32
+    assert "agrees most with the teacher" in report["why"]
+    assert report["agreement_at_init"][f"{chosen.num_layers}x32"] == max(
+        report["agreement_at_init"].values())
+
+
+def test_hidden_state_directions_are_an_orthonormal_basis(tiny_teacher_dir: Path) -> None:
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from distillation.teacher_directions import hidden_state_directions
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    features = [dict(tokenizer(r["text"])) for r in sentiment_records(40)]
+
+    basis = hidden_state_directions(teacher, features, DataCollatorWithPadding(tokenizer),
+                                    device=torch.device("cpu"))
+
+    assert basis is not None and basis.shape == (32, 32)
+    assert torch.allclose(basis.T @ basis, torch.eye(32), atol=1e-4)
+
+
 def test_latency_target_uses_measured_times() -> None:
     config = teacher_config()
 
@@ -115,4 +147,8 @@ def test_job_sized_to_a_target(tiny_teacher_dir: Path, tmp_path: Path) -> None:
     assert student.config.num_hidden_layers == selection["chosen"]["num_layers"]
     assert student.config.hidden_size == selection["chosen"]["hidden_size"]
     assert any(m.startswith("Sized the student") for m in recorder.messages)
+    # Every feasible shape was built from the teacher and scored against it; the best one won.
+    scores = selection["agreement_at_init"]
+    chosen = f"{selection['chosen']['num_layers']}x{selection['chosen']['hidden_size']}"
+    assert len(scores) == selection["feasible"] and scores[chosen] == max(scores.values())
     assert torch.isfinite(torch.tensor(result.train_loss or 0.0))
