@@ -101,6 +101,8 @@ def plan_student(
                                              device=device)
     if spec.target is None:
         return spec, directions, None
+    if task.name != CLASSIFICATION:
+        raise ValueError(f"student.target is for {CLASSIFICATION} jobs, not {task.name}")
     vocab = pruned_size(data, teacher.config) if prune else int(teacher.config.vocab_size)
     rows = sample(data.teacher.train, SCORE_SAMPLE)
     classes = teacher_classes(teacher, rows, data.teacher.collator, device=device)
@@ -112,8 +114,7 @@ def plan_student(
         return agreement(student.to(device), classes, rows, data.teacher.collator,  # type: ignore[arg-type]
                          device=device)
 
-    chosen, selection = pick(teacher.config, spec.target, vocab_size=vocab,
-                             score_fn=score if task.name == CLASSIFICATION else None)
+    chosen, selection = pick(teacher.config, spec.target, vocab_size=vocab, score_fn=score)
     reporter.message(f"Sized the student to {spec.target}: {chosen.describe()}, "
                      f"{selection['why']}.", data={"student_selection": selection})
     return replace(spec, architecture=chosen.architecture), directions, selection

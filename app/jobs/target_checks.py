@@ -16,6 +16,7 @@ from app.jobs.schemas import JobCreate
 from app.kit.errors import InvalidRequest
 from app.models.service import ResolvedModel
 from app.settings import Settings
+from distillation.model_info import CLASSIFICATION
 from distillation.prune import SUPPORTED_KIND, pruned_size_of_texts
 from distillation.records import read_file
 from distillation.sizing import TargetUnreachable, check_target
@@ -34,6 +35,11 @@ def check_student_target(request: JobCreate, teacher: ResolvedModel,
                          files: list[FileRow | None], *, settings: Settings) -> None:
     """InvalidRequest naming `student.target.<key>` when the target is out of reach."""
     assert request.student.target is not None
+    if request.task != CLASSIFICATION:
+        raise InvalidRequest(
+            f"student.target is for sequence-classification jobs; give a {request.task} job's "
+            "student as student.architecture or student.model.",
+            param="student.target", code="unsupported_option")
     target = request.student.target.model_dump(exclude_none=True)
     config = AutoConfig.from_pretrained(str(teacher.path))
     vocab = int(config.vocab_size)

@@ -208,3 +208,16 @@ def test_transfer_file_is_for_classification(
         transfer, 400, code="unsupported_option", param="transfer_file")["message"]
     assert_error(augmented, 400, code="unsupported_option", param="augmentation")
     _assert_nothing_created(client, auth, redis_db)
+
+
+def test_student_target_is_for_classification(
+    client: Any, auth: dict[str, str], model_dirs: dict[str, Path], redis_db: int
+) -> None:
+    gpt2 = _upload(client, auth, model_dirs, "gpt2")
+    train = upload_records(client, auth, copy_records(4))
+
+    response = client.post(JOBS, headers=auth, json={
+        **_lm_body("causal-lm", gpt2, train), "student": {"target": {"compression": 2}}})
+
+    assert_error(response, 400, code="unsupported_option", param="student.target")
+    _assert_nothing_created(client, auth, redis_db)
