@@ -190,7 +190,8 @@ def main() -> None:
                  "finetune_teacher")}]
     kinds = {"hard-labels": "none (cross-entropy on labels)",
              "plain-kd": "KL + CE, labelled rows only",
-             "recipe": "KL + CE + hidden states; transfer texts + augmentation; pruned vocabulary"}
+             "recipe": "KL + CE" + (" + hidden states" if mode["hidden_mse"] else "")
+             + "; transfer texts + augmentation; pruned vocabulary; shape from the target"}
     for name in ("hard-labels", "plain-kd", "recipe"):
         report = results[name]["report"]
         student = report["student"]
