@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(
         default=1024 * 1024, ge=1, description="Bytes per line of an uploaded dataset."
     )
+    max_queued_jobs_per_tenant: int = Field(
+        default=100, ge=1, description="Jobs one tenant may have queued at once."
+    )
+    rate_limit_per_minute: int = Field(
+        default=600, ge=0, description="Requests per API key per minute (0: no limit)."
+    )
 
     @property
     def resolved_data_dir(self) -> Path:
