@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.auth.limits import check_rate
 from app.auth.service import authenticate
 from app.auth.tables import TenantRow
 from app.kit.db import session_factory
@@ -36,10 +37,14 @@ bearer_scheme = HTTPBearer(auto_error=False, description="`distill keys create -
 
 def get_tenant(
     session: SessionDep,
+    settings: SettingsDep,
     _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> TenantRow:
-    return authenticate(session=session, authorization=authorization)
+    """The key's tenant (401 without a valid key; 429 past the key's requests per minute)."""
+    tenant = authenticate(session=session, authorization=authorization)
+    check_rate(authorization=authorization or "", settings=settings)
+    return tenant
 
 
 TenantDep = Annotated[TenantRow, Depends(get_tenant)]

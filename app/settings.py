@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     predict_max_inputs: int = Field(default=64, description="Inputs per predict call.")
     predict_max_chars: int = Field(default=10_000, description="Characters per predict input.")
     idempotency_ttl_s: float = Field(default=24 * 3600.0, description="Idempotency-Key lifetime.")
+    # Limits on what one tenant's requests may hold or ask for (each refused with its own error).
+    max_records_per_file: int = Field(default=5_000_000, ge=1, description="Records per upload.")
+    max_record_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="Bytes per line of an uploaded dataset."
+    )
+    max_queued_jobs_per_tenant: int = Field(
+        default=100, ge=1, description="Jobs one tenant may have queued at once."
+    )
+    rate_limit_per_minute: int = Field(
+        default=600, ge=0, description="Requests per API key per minute (0: no limit)."
+    )
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -3,13 +3,16 @@ shape is a 400 naming the field instead of a job that fails in the worker."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from distillation.labels import label_index, label_text
 
 Record = dict[str, Any]
+# More distinct labels than this is a label column of ids or free text, not classes; the cap
+# also bounds what the API holds while it reads a large file's labels.
+MAX_LABELS = 10_000
 
 
 @dataclass
@@ -30,9 +33,10 @@ def _is_label(value: Any) -> bool:
 
 
 def classification_labels(
-    records: Sequence[Record], *, file_param: str, columns: dict[str, str | None]
+    records: Iterable[Record], *, file_param: str, columns: dict[str, str | None]
 ) -> tuple[set[str], RecordProblem | None]:
-    """The distinct labels of `records`, or the first record that has no usable text or label.
+    """The distinct labels of `records` (read once, as they come), or the first record that has
+    no usable text or label, or more than MAX_LABELS classes.
 
     `columns` maps the request field (`data.text_column`, ..., `data.label_column`) to the column.
     """
@@ -51,6 +55,12 @@ def classification_labels(
                         f"integer, got {value!r}",
                     )
                 labels.add(label_text(value))
+                if len(labels) > MAX_LABELS:
+                    return labels, RecordProblem(
+                        file_param,
+                        f"{file_param} has more than {MAX_LABELS} distinct labels in {column!r} "
+                        f"(record {number}): is {param} the column of classes?",
+                    )
             elif value is None or isinstance(value, (list, dict)) or not str(value).strip():
                 return labels, RecordProblem(
                     file_param,

@@ -24,6 +24,7 @@ import json
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -250,16 +251,17 @@ def pruned_size(data: TaskData, config: PretrainedConfig) -> int:
     return len(kept_ids(used_ids([*side.train, *side.evaluation]), side.tokenizer, config))
 
 
-def pruned_size_of_texts(model_dir: Path, texts: Sequence[str],
-                         pairs: Sequence[str] | None, *, max_length: int) -> int:
-    """How many ids a student of `model_dir`'s vocabulary keeps once pruned to these texts
-    (the API's estimate at job creation, for a student sized to a target)."""
+def pruned_size_of_texts(model_dir: Path, examples: Iterable[tuple[str, str | None]], *,
+                         max_length: int) -> int:
+    """How many ids a student of `model_dir`'s vocabulary keeps once pruned to these
+    (text, text pair or None) examples, read as they come (the API's estimate at job creation,
+    for a student sized to a target)."""
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     used: set[int] = set()
-    for start in range(0, len(texts), 4096):
-        chunk_pairs = list(pairs[start : start + 4096]) if pairs is not None else None
-        encoded = tokenizer(list(texts[start : start + 4096]), chunk_pairs, truncation=True,
-                            max_length=max_length)
+    examples = iter(examples)
+    while chunk := list(islice(examples, 4096)):
+        pairs = [p or "" for _, p in chunk] if chunk[0][1] is not None else None
+        encoded = tokenizer([t for t, _ in chunk], pairs, truncation=True, max_length=max_length)
         for ids in encoded["input_ids"]:
             used.update(ids)
     config = AutoConfig.from_pretrained(str(model_dir))

@@ -1,28 +1,54 @@
-"""Reading dataset files (.jsonl, .csv, .tsv) into records, with line-numbered errors.
+"""Reading dataset files (.jsonl, .csv, .tsv) as a stream of records, with line-numbered errors.
 
-Pure standard library: the API validates uploads with it and the training core reads with it.
+Pure standard library: the API checks uploads with it and the training core reads with it.
+Files are read a line at a time, so checking one (`scan`) holds only the line at hand, the
+column names and a count, whatever the file's size; `read_file` keeps the records for training.
+Every problem is a RecordError naming its line: bytes that are not UTF-8 text (NUL, UTF-16),
+JSON that Python would read but a dataset must not hold (NaN, 1e999, integers past Python's
+4,300-digit limit, duplicate keys, unpaired surrogates, nesting), malformed CSV.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
+
+from distillation.record_lines import RecordError, json_record, text_lines
 
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 Record = dict[str, Any]
+# Bounds on what a file's summary (the files table's `columns`) can grow to.
+MAX_COLUMNS = 1000
+MAX_COLUMN_NAME = 255
+
+__all__ = ["Dataset", "Limits", "RecordError", "Summary", "TooManyRecords", "format_for",
+           "iter_file", "missing_columns", "parse_bytes", "read_file", "scan"]
 
 
-class RecordError(ValueError):
-    """A malformed dataset; `line` is the 1-based line number in the file, when known."""
+class TooManyRecords(RecordError):
+    """The file holds more records than `Limits.max_records`."""
 
-    def __init__(self, message: str, *, line: int | None = None) -> None:
-        super().__init__(f"line {line}: {message}" if line is not None else message)
-        self.line = line
+
+@dataclass(frozen=True)
+class Limits:
+    """What an upload may hold; None is no limit (a stored file read back is not re-limited)."""
+
+    max_records: int | None = None
+    max_line_bytes: int | None = None
+
+
+@dataclass
+class Summary:
+    """What a check of the whole file keeps: its format, column names and record count."""
+
+    format: str
+    columns: list[str]
+    num_records: int
 
 
 @dataclass
@@ -43,84 +69,134 @@ def format_for(filename: str) -> str:
     return FORMATS[suffix]
 
 
-def _parse_jsonl(text: str) -> Dataset:
-    records: list[Record] = []
-    columns: dict[str, None] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            message = f"invalid JSON ({exc.msg} at column {exc.colno})"
-            raise RecordError(message, line=number) from exc
-        if not isinstance(value, dict):
-            raise RecordError("each line must be a JSON object", line=number)
-        for key, item in value.items():
-            if isinstance(item, (dict, list)) and not (
-                isinstance(item, list) and all(isinstance(x, (str, int, float)) for x in item)
-            ):
-                raise RecordError(f"field {key!r} must be a string or number", line=number)
-            columns.setdefault(key, None)
-        records.append(value)
-    return Dataset(format="jsonl", records=records, columns=list(columns))
+class _Reader:
+    """Records of one file, in order; `columns` fills in as they are read."""
 
+    def __init__(self, stream: BinaryIO, *, fmt: str, limits: Limits) -> None:
+        self.format = fmt
+        self.limits = limits
+        self.columns: dict[str, None] = {}
+        self.count = 0
+        self._lines = text_lines(stream, max_line_bytes=limits.max_line_bytes)
 
-def _parse_delimited(text: str, *, delimiter: str, fmt: str) -> Dataset:
-    # QUOTE_NONE for TSV: GLUE-style files contain bare quotes inside sentences.
-    quoting: Literal[0, 1, 2, 3] = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise RecordError("the file is empty: expected a header line", line=1) from None
-    except csv.Error as exc:
-        raise RecordError(f"malformed header ({exc})", line=1) from exc
-    header = [h.strip() for h in header]
-    if not any(header):
-        raise RecordError("the header line is empty", line=1)
-    if len(set(header)) != len(header) or "" in header:
-        raise RecordError(f"header names must be unique and non-empty, got {header}", line=1)
-    records: list[Record] = []
-    while True:
+    def __iter__(self) -> Iterator[Record]:
+        rows = self._jsonl() if self.format == "jsonl" else self._delimited()
+        for number, record in rows:
+            self.count += 1
+            limit = self.limits.max_records
+            if limit is not None and self.count > limit:
+                raise TooManyRecords(
+                    f"the file holds more than {limit} records, the limit per file "
+                    "(DISTILL_MAX_RECORDS_PER_FILE): split it", line=number)
+            yield record
+
+    def _add_column(self, name: str, number: int) -> None:
+        if name in self.columns:
+            return
+        if not name.strip():
+            raise RecordError("a field or column has an empty name", line=number)
+        if len(name) > MAX_COLUMN_NAME:
+            raise RecordError(f"the field name {name[:40]!r}… is longer than "
+                              f"{MAX_COLUMN_NAME} characters", line=number)
+        if len(self.columns) >= MAX_COLUMNS:
+            raise RecordError(f"more than {MAX_COLUMNS} distinct field names in the file "
+                              f"(a new one: {name[:40]!r}): records share a few columns",
+                              line=number)
+        self.columns[name] = None
+
+    def _jsonl(self) -> Iterator[tuple[int, Record]]:
+        for number, text in self._lines:
+            if not text.strip():
+                continue
+            record = json_record(text, line=number)
+            for key in record:
+                self._add_column(key, number)
+            yield number, record
+
+    def _delimited(self) -> Iterator[tuple[int, Record]]:
+        tsv = self.format == "tsv"
+        # QUOTE_NONE for TSV: GLUE-style files contain bare quotes inside sentences. CSV is
+        # strict, so an unterminated quote is an error instead of a field that eats the rest.
+        quoting: Literal[0, 3] = csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
+        reader = csv.reader((text for _, text in self._lines), delimiter="\t" if tsv else ",",
+                            quoting=quoting, strict=not tsv)
+        header = self._next_row(reader)
+        if header is None:
+            return
+        header = [h.strip() for h in header]
+        if not any(header):
+            raise RecordError("the header line is empty", line=1)
+        if len(header) > MAX_COLUMNS:
+            raise RecordError(f"the header names {len(header)} columns; the limit is "
+                              f"{MAX_COLUMNS}", line=1)
+        repeated = sorted(name for name, n in Counter(header).items() if n > 1 and name)
+        if repeated or "" in header:
+            said = f" ({', '.join(map(repr, repeated))} repeated)" if repeated else ""
+            raise RecordError(f"header names must be unique and non-empty, got {header[:20]}"
+                              f"{said}", line=1)
+        for name in header:
+            self._add_column(name, 1)
+        while (row := self._next_row(reader)) is not None:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(header):
+                raise RecordError(
+                    f"expected {len(header)} fields ({', '.join(header[:20])}), found {len(row)}",
+                    line=reader.line_num)
+            yield reader.line_num, dict(zip(header, row, strict=True))
+
+    @staticmethod
+    def _next_row(reader: Any) -> list[str] | None:
+        start = reader.line_num + 1
         try:
-            row = next(reader)
+            return list(next(reader))
         except StopIteration:
-            break
+            return None
         except csv.Error as exc:
-            raise RecordError(f"malformed row ({exc})", line=reader.line_num) from exc
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue
-        if len(row) != len(header):
-            raise RecordError(
-                f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}",
-                line=reader.line_num,
-            )
-        records.append(dict(zip(header, row, strict=True)))
-    return Dataset(format=fmt, records=records, columns=header)
+            # Named by the line the row starts on: an open quote is found only lines later.
+            where = "" if reader.line_num <= start else f" (found at line {reader.line_num})"
+            raise RecordError(f"malformed row ({exc}){where}", line=start) from exc
+
+
+def _reader(stream: BinaryIO, *, filename: str, limits: Limits) -> _Reader:
+    return _Reader(stream, fmt=format_for(filename), limits=limits)
+
+
+def scan(stream: BinaryIO, *, filename: str, limits: Limits = Limits()) -> Summary:
+    """Check a whole file without keeping its records; RecordError names the first bad line."""
+    reader = _reader(stream, filename=filename, limits=limits)
+    for _ in reader:
+        pass
+    if not reader.count:
+        raise RecordError("the file holds no records")
+    return Summary(format=reader.format, columns=list(reader.columns), num_records=reader.count)
+
+
+def iter_file(path: str | Path) -> Iterator[Record]:
+    """The records of a stored dataset file, one at a time (its format from the file name)."""
+    path = Path(path)
+    with path.open("rb") as stream:
+        yield from _reader(stream, filename=path.name, limits=Limits())
+
+
+def _collect(stream: BinaryIO, *, filename: str) -> Dataset:
+    reader = _reader(stream, filename=filename, limits=Limits())
+    records = list(reader)
+    if not records:
+        raise RecordError("the file holds no records")
+    return Dataset(format=reader.format, records=records, columns=list(reader.columns))
 
 
 def parse_bytes(data: bytes, *, filename: str) -> Dataset:
-    """Parse a whole uploaded file; any problem raises RecordError with its line number."""
-    fmt = format_for(filename)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise RecordError("the file is not valid UTF-8 text", line=line) from exc
-    if fmt == "jsonl":
-        dataset = _parse_jsonl(text)
-    else:
-        dataset = _parse_delimited(text, delimiter="," if fmt == "csv" else "\t", fmt=fmt)
-    if not dataset.records:
-        raise RecordError("the file holds no records")
-    return dataset
+    """Parse a whole file held in memory; any problem raises RecordError with its line number."""
+    return _collect(io.BytesIO(data), filename=filename)
 
 
 def read_file(path: str | Path) -> Dataset:
-    """Read a stored dataset file (its format from the file name)."""
+    """Read a stored dataset file (its format from the file name), records and all."""
     path = Path(path)
-    return parse_bytes(path.read_bytes(), filename=path.name)
+    with path.open("rb") as stream:
+        return _collect(stream, filename=path.name)
 
 
 def missing_columns(columns: Iterable[str], required: Iterable[str]) -> list[str]:

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.files import service
 from app.files.multipart import multipart_openapi, receive_upload
-from app.files.schemas import FileDeleted, FileObject, Purpose
+from app.files.schemas import PURPOSES, FileDeleted, FileObject, Purpose
 from app.kit.pagination import ListResponse, page
 
 router = APIRouter(prefix="/files", tags=["files"])
@@ -18,7 +18,7 @@ router = APIRouter(prefix="/files", tags=["files"])
 UPLOAD_BODY = multipart_openapi(
     {
         "file": {"type": "string", "format": "binary", "description": ".jsonl, .csv or .tsv"},
-        "purpose": {"type": "string", "enum": ["train", "validation"]},
+        "purpose": {"type": "string", "enum": list(PURPOSES)},
     },
     required=["file", "purpose"],
 )
@@ -28,17 +28,21 @@ UPLOAD_BODY = multipart_openapi(
 async def upload_file(
     request: Request, session: SessionDep, settings: SettingsDep, tenant: TenantDep
 ) -> FileObject:
-    """Upload a dataset; it is parsed in full and rejected (400, with the line) when malformed."""
+    """Upload a dataset; it is parsed in full and rejected (400, with the line) when malformed.
+
+    The body is spooled to a temporary file as it arrives and checked from there as a stream,
+    so the API never holds the upload in memory.
+    """
     form = await receive_upload(request, max_file_bytes=settings.max_upload_bytes)
     try:
-        data = await form.file.read()
         row = await run_in_threadpool(
             lambda: service.create_file(
                 session=session,
                 settings=settings,
                 tenant_id=tenant.id,
                 filename=form.file.filename,
-                data=data,
+                stream=form.file.file,
+                size=form.size,
                 purpose=form.fields.get("purpose"),
             )
         )

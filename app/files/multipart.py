@@ -39,8 +39,9 @@ class ReceivedForm:
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"The upload is larger than the limit of {limit} bytes; split it or ask the operator "
-        "to raise the limit.",
+        "to raise the limit (DISTILL_MAX_UPLOAD_BYTES).",
         param="file",
+        code="file_too_large",
     )
 
 

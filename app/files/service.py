@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path, PurePath
+from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
@@ -11,10 +12,10 @@ from app.files.schemas import PURPOSES
 from app.files.tables import FileRow
 from app.kit import storage
 from app.kit.clock import now
-from app.kit.errors import Conflict, InvalidRequest, NotFound
+from app.kit.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from app.kit.ids import new_id
 from app.settings import Settings
-from distillation.records import RecordError, parse_bytes
+from distillation.records import Limits, RecordError, Summary, TooManyRecords, scan
 
 MAX_FILENAME = 255
 
@@ -28,40 +29,55 @@ def _clean_filename(filename: str | None) -> str:
     return name[-MAX_FILENAME:]
 
 
+def _check(stream: BinaryIO, *, name: str, settings: Settings) -> Summary:
+    """Read the whole upload once, keeping only its columns and record count (memory bounded by
+    the longest line allowed, whatever the file's size)."""
+    limits = Limits(max_records=settings.max_records_per_file,
+                    max_line_bytes=settings.max_record_bytes)
+    stream.seek(0)
+    try:
+        return scan(stream, filename=name, limits=limits)
+    except TooManyRecords as exc:
+        raise PayloadTooLarge(f"{name}: {exc}.", param="file", code="too_many_records") from exc
+    except RecordError as exc:
+        raise InvalidRequest(
+            f"{name}: {exc}. Fix the file and upload it again.", param="file", code="invalid_file"
+        ) from exc
+
+
 def create_file(
     *,
     session: Session,
     settings: Settings,
     tenant_id: str,
     filename: str | None,
-    data: bytes,
+    stream: BinaryIO,
+    size: int,
     purpose: str | None,
 ) -> FileRow:
-    """Check and store an uploaded dataset; the row is committed only once the file is on disk."""
+    """Check and store an uploaded dataset read from `stream` (a spooled upload, `size` bytes);
+    blocking, so call it from a worker thread. The row is committed only once the file is on
+    disk; a refused file leaves neither."""
     if purpose not in PURPOSES:
         raise InvalidRequest(
             f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}.", param="purpose"
         )
     name = _clean_filename(filename)
-    try:
-        dataset = parse_bytes(data, filename=name)
-    except RecordError as exc:
-        raise InvalidRequest(
-            f"{name}: {exc}. Fix the file and upload it again.", param="file", code="invalid_file"
-        ) from exc
+    summary = _check(stream, name=name, settings=settings)
     file_id = new_id("file")
     path = storage.file_path(settings, file_id, PurePath(name).suffix.lower())
-    storage.atomic_write_bytes(path, data)
+    stream.seek(0)
+    storage.atomic_write_stream(path, stream)
     try:
         row = FileRow(
             id=file_id,
             tenant_id=tenant_id,
             filename=name,
-            bytes=len(data),
+            bytes=size,
             purpose=purpose,
-            format=dataset.format,
-            num_records=len(dataset.records),
-            columns=list(dataset.columns),
+            format=summary.format,
+            num_records=summary.num_records,
+            columns=summary.columns,
             path=str(path),
             created_at=now(),
         )

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.inference.cache import PredictorCache, predictors
 from app.inference.schemas import Classification, Generation, PredictResponse
-from app.kit.errors import InvalidRequest
+from app.kit.errors import InvalidRequest, Unprocessable
 from app.models import service as models
 from app.settings import Settings
 from distillation.model_info import BASE_TASK
@@ -27,14 +27,15 @@ def _not_servable(model_id: str, reason: str) -> InvalidRequest:
 
 
 def check_inputs(inputs: list[PredictInput], *, task: str, settings: Settings) -> None:
-    """Reject empty, oversized or ill-shaped inputs, naming `inputs` (and the index at fault)."""
+    """Reject empty or ill-shaped inputs (400) and inputs over the configured limits (422),
+    naming `inputs` or the input at fault."""
     if not inputs:
         raise InvalidRequest("inputs is empty: send at least one text.", param="inputs")
     if len(inputs) > settings.predict_max_inputs:
-        raise InvalidRequest(
+        raise Unprocessable(
             f"inputs holds {len(inputs)} items; the limit is {settings.predict_max_inputs} "
-            "per request: split them across calls.",
-            param="inputs",
+            "per request (DISTILL_PREDICT_MAX_INPUTS): split them across calls.",
+            param="inputs", code="too_many_inputs",
         )
     for index, item in enumerate(inputs):
         takes_pairs = task in TASKS and TASKS[task].head == "classify"
@@ -45,12 +46,13 @@ def check_inputs(inputs: list[PredictInput], *, task: str, settings: Settings) -
                 param="inputs",
             )
         texts = item if isinstance(item, list) else [item]
-        for text in texts:
+        for part, text in enumerate(texts):
             if len(text) > settings.predict_max_chars:
-                raise InvalidRequest(
-                    f"inputs[{index}] has {len(text)} characters; the limit is "
-                    f"{settings.predict_max_chars}.",
-                    param="inputs",
+                param = f"inputs[{index}][{part}]" if isinstance(item, list) else f"inputs[{index}]"
+                raise Unprocessable(
+                    f"{param} has {len(text)} characters; the limit is "
+                    f"{settings.predict_max_chars} (DISTILL_PREDICT_MAX_CHARS).",
+                    param=param, code="input_too_long",
                 )
 
 

@@ -12,6 +12,7 @@ from app.auth.tables import TenantRow
 from app.jobs import lifecycle, repository
 from app.jobs.core_config import stored_request
 from app.jobs.queue import send_wakeup
+from app.jobs.quota import check_queued_jobs
 from app.jobs.schemas import (
     CheckpointOut,
     JobCreate,
@@ -127,7 +128,11 @@ def create_job(
         if replayed is not None:
             return replayed, False
 
+    # Cheap first (a tenant at its limit is refused before the file checks), then again under
+    # the tenant's lock once the slow checks are done, so that racing creates keep the limit.
+    check_queued_jobs(session, tenant_id=tenant.id, settings=settings)
     check_job_request(session=session, tenant_id=tenant.id, settings=settings, request=request)
+    check_queued_jobs(session, tenant_id=tenant.id, settings=settings, lock=True)
     created = now()
     job = JobRow(
         id=new_id("job"),

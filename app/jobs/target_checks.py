@@ -8,6 +8,8 @@ whole vocabulary otherwise. A latency target is timed on this machine, on one ca
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from transformers import AutoConfig
 
 from app.files.service import file_path
@@ -18,7 +20,7 @@ from app.models.service import ResolvedModel
 from app.settings import Settings
 from distillation.model_info import CLASSIFICATION
 from distillation.prune import SUPPORTED_KIND, pruned_size_of_texts
-from distillation.records import read_file
+from distillation.records import iter_file
 from distillation.sizing import TargetUnreachable, check_target
 from distillation.tasks import get_task
 from distillation.vocab import tokenizer_kind
@@ -29,6 +31,22 @@ def _prunes(request: JobCreate, teacher: ResolvedModel) -> bool:
         return request.student.prune_vocabulary
     return (get_task(request.task).vocabulary_pruning_refusal is None
             and tokenizer_kind(teacher.path) == SUPPORTED_KIND)
+
+
+def _texts(request: JobCreate, files: list[FileRow | None], *,
+           settings: Settings) -> Iterator[tuple[str, str | None]]:
+    """(text, pair or None) of every record of the job's files, streamed from disk (the
+    validation file, second in `files`, may name its columns differently)."""
+    data = request.data
+    for n, row in enumerate(files):
+        if row is None:
+            continue
+        text = (data.validation_text_column or data.text_column) if n == 1 else data.text_column
+        pair = ((data.validation_text_pair_column or data.text_pair_column) if n == 1
+                else data.text_pair_column)
+        for record in iter_file(file_path(row, settings=settings)):
+            yield (str(record.get(text, "")),
+                   str(record.get(pair or "", "")) if data.text_pair_column else None)
 
 
 def check_student_target(request: JobCreate, teacher: ResolvedModel,
@@ -44,21 +62,8 @@ def check_student_target(request: JobCreate, teacher: ResolvedModel,
     config = AutoConfig.from_pretrained(str(teacher.path))
     vocab = int(config.vocab_size)
     if _prunes(request, teacher):
-        data = request.data
-        texts: list[str] = []
-        pairs: list[str] | None = [] if data.text_pair_column else None
-        for n, row in enumerate(files):
-            if row is None:
-                continue
-            text = (data.validation_text_column or data.text_column) if n == 1 else data.text_column
-            pair = ((data.validation_text_pair_column or data.text_pair_column) if n == 1
-                    else data.text_pair_column)
-            for record in read_file(file_path(row, settings=settings)).records:
-                texts.append(str(record.get(text, "")))
-                if pairs is not None:
-                    pairs.append(str(record.get(pair or "", "")))
-        vocab = pruned_size_of_texts(teacher.path, texts, pairs,
-                                     max_length=data.max_seq_length)
+        examples = _texts(request, files, settings=settings)
+        vocab = pruned_size_of_texts(teacher.path, examples, max_length=request.data.max_seq_length)
     try:
         check_target(config, target, vocab_size=vocab)
     except TargetUnreachable as exc:

@@ -23,7 +23,7 @@ from distillation.dataset_checks import check_label_sets, classification_labels
 from distillation.losses import check_losses
 from distillation.model_info import BASE_TASK
 from distillation.prune import pruning_problems
-from distillation.records import read_file
+from distillation.records import iter_file
 from distillation.students import check_architecture
 from distillation.tasks import TASKS, get_task
 from distillation.tasks.base import MissingColumns
@@ -205,15 +205,15 @@ def _check_classification_data(
     *, settings: Settings,
 ) -> None:
     """Every record has its text and a string or integer label; two classes at least; labels
-    the teacher's head (if it has one) knows. Reads the stored files once."""
+    the teacher's head (if it has one) knows. Reads each stored file once, as a stream: the
+    files table has the columns, but only a pass over the records sees every label."""
     label_sets: dict[str, set[str]] = {}
     for param, row, is_validation in (("training_file", train, False),
                                       ("validation_file", validation, True)):
         if row is None:
             continue
-        records = read_file(file_path(row, settings=settings)).records
         labels, problem = classification_labels(
-            records, file_param=param,
+            iter_file(file_path(row, settings=settings)), file_param=param,
             columns=_task_columns(request, row, validation=is_validation),
         )
         if problem is not None:

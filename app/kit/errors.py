@@ -11,6 +11,8 @@ class ServiceError(Exception):
 
     status_code = 400
     code = "invalid_request"
+    # Response headers the error carries (Retry-After on a 429).
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -43,6 +45,26 @@ class Conflict(ServiceError):
 class PayloadTooLarge(ServiceError):
     status_code = 413
     code = "payload_too_large"
+
+
+class Unprocessable(ServiceError):
+    """A well-formed request over a configured limit (422, like the schema's own checks)."""
+
+    status_code = 422
+    code = "invalid_request"
+
+
+class TooManyRequests(ServiceError):
+    """429; `retry_after_s`, when known, becomes the Retry-After header."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after_s: int | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        if retry_after_s is not None:
+            self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class ServiceUnavailable(ServiceError):

@@ -37,7 +37,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
                          (404, "No such object for this tenant"),
                          (409, "Conflict with the object's state"),
                          (413, "Upload over the size limit"),
-                         (422, "Malformed request (the field is in `param`)")]
+                         (422, "Malformed request (the field is in `param`)"),
+                         (429, "Over a rate or queue limit (see Retry-After)")]
 }
 
 
@@ -57,7 +58,8 @@ def _loc_to_param(loc: Sequence[Any]) -> str | None:
 
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return JSONResponse(error_body(exc.code, exc.message, exc.param), status_code=exc.status_code)
+    return JSONResponse(error_body(exc.code, exc.message, exc.param), status_code=exc.status_code,
+                        headers=exc.headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

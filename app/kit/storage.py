@@ -67,6 +67,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_stream(path: Path, stream: BinaryIO) -> None:
+    """Copy `stream` (from where it is) to `path` through a temporary sibling and a rename, a
+    chunk at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            shutil.copyfileobj(stream, handle, CHUNK)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def move_dir(src: Path, dst: Path) -> None:
     """Move a directory to `dst` (which must not exist); a copy then a rename across devices."""
     if dst.exists():

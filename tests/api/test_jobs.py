@@ -224,6 +224,9 @@ BAD_RECORDS = [
     ("a validation record without text",
      [{"text": "good", "label": "positive"}, {"text": "bad", "label": "negative"}],
      [{"text": "fine", "label": "positive"}, {"label": "negative"}], "validation_file"),
+    # Read as a stream, the labels are the one thing kept per file: capped, as ids are no classes.
+    ("more distinct labels than any classifier",
+     [{"text": "good", "label": f"id-{n}"} for n in range(10_001)], None, "training_file"),
 ]
 
 

@@ -44,15 +44,38 @@ def test_input_limits(client: Any, auth: dict[str, str], classifier: str, settin
                            json={"inputs": ["x"] * (settings.predict_max_inputs + 1)})
     too_long = client.post(url, headers=auth,
                            json={"inputs": ["ok", "x" * (settings.predict_max_chars + 1)]})
+    long_pair = ["ok", "x" * (settings.predict_max_chars + 1)]
+    pair_too_long = client.post(url, headers=auth, json={"inputs": [["ok", "ok"], long_pair]})
     triple = client.post(url, headers=auth, json={"inputs": [["a", "b", "c"]]})
     missing = client.post(url, headers=auth, json={})
     bad_tokens = client.post(url, headers=auth, json={"inputs": ["x"], "max_new_tokens": 0})
 
-    for response in (empty, too_many, too_long, triple):
+    for response in (empty, triple):
         assert_error(response, 400, param="inputs")
-    assert "inputs[1]" in too_long.json()["error"]["message"]
+    # The configured limits: 422 naming the field and the limit.
+    error = assert_error(too_many, 422, code="too_many_inputs", param="inputs")
+    assert str(settings.predict_max_inputs) in error["message"]
+    error = assert_error(too_long, 422, code="input_too_long", param="inputs[1]")
+    assert str(settings.predict_max_chars) in error["message"]
+    assert_error(pair_too_long, 422, code="input_too_long", param="inputs[1][1]")
     assert_error(missing, 422, param="inputs")
     assert_error(bad_tokens, 422, param="max_new_tokens")
+
+
+def test_input_limits_are_settings(client: Any, auth: dict[str, str], classifier: str,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.settings import get_settings
+
+    monkeypatch.setenv("DISTILL_PREDICT_MAX_INPUTS", "2")
+    monkeypatch.setenv("DISTILL_PREDICT_MAX_CHARS", "5")
+    get_settings.cache_clear()
+    url = f"/v1/models/{classifier}/predict"
+
+    assert client.post(url, headers=auth, json={"inputs": ["12345", "ok"]}).status_code == 200
+    assert_error(client.post(url, headers=auth, json={"inputs": ["a", "b", "c"]}), 422,
+                 code="too_many_inputs", param="inputs")
+    assert_error(client.post(url, headers=auth, json={"inputs": ["123456"]}), 422,
+                 code="input_too_long", param="inputs[0]")
 
 
 def test_base_model_is_not_servable(client: Any, auth: dict[str, str]) -> None:
