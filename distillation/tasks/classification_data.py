@@ -193,7 +193,7 @@ def prepare_data(config: JobConfig, teacher_info: ModelInfo) -> TaskData:
                               max_length=max_length, index=index)
     else:
         # The teacher fine-tunes on the labelled rows only; the student learns from all of them.
-        train = teacher_train + teacher_side(extra, transfer_columns)
+        train = teacher_train + teacher_side(extra, transfer_columns) if extra else teacher_train
         student_eval = teacher_eval
     return TaskData(
         teacher=Side(teacher_tokenizer, teacher_train, teacher_eval,
