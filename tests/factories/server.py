@@ -61,7 +61,7 @@ def live_api(settings: Any, log: Path, **env: str) -> Iterator[LiveApi]:
                 proc.wait()
 
 
-def _wait_healthy(api: LiveApi, timeout: float = 120) -> None:
+def _wait_healthy(api: LiveApi, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if api.proc.poll() is not None:
