@@ -1,4 +1,5 @@
-"""FastAPI dependency aliases: `SessionDep`, `SettingsDep`, `TenantDep`."""
+"""FastAPI dependencies: the aliases `SessionDep`, `SettingsDep`, `TenantDep`, and the URL check
+every `/v1` route runs (`reject_nul_in_url`)."""
 
 from __future__ import annotations
 
