@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Future
 from functools import partial
 
 import anyio.to_thread
@@ -85,20 +86,23 @@ async def predict(
     max_new_tokens: int,
     cache: PredictorCache,
 ) -> PredictResponse:
-    """Run the model on `inputs`. The database look-up takes a thread of the server's pool for
-    a moment; the model runs on its own thread (see `app.inference.cache`), and waiting for it
-    holds no thread at all."""
-    view = await anyio.to_thread.run_sync(partial(
-        servable_model, session=session, settings=settings, tenant_id=tenant_id,
-        model_id=model_id, inputs=inputs))
-    # The session is not needed past this point; give its connection back before the model runs.
-    await anyio.to_thread.run_sync(session.close)
-    call = partial(_run, task=view.task, inputs=inputs, max_new_tokens=max_new_tokens)
+    """Run the model on `inputs`. The look-up takes a thread of the server's pool for a moment;
+    the model runs on its own thread (see `app.inference.cache`); waiting for it holds none."""
+
+    def start() -> tuple[str, Future[list[Classification] | list[Generation]]]:
+        view = servable_model(session=session, settings=settings, tenant_id=tenant_id,
+                              model_id=model_id, inputs=inputs)
+        # Not needed past this point: give the connection back before the model runs.
+        session.close()
+        call = partial(_run, task=view.task, inputs=inputs, max_new_tokens=max_new_tokens)
+        return view.id, cache.submit(view.id, view.path, view.size_bytes, call)
+
+    served_id, future = await anyio.to_thread.run_sync(start)
     try:
-        data = await asyncio.wrap_future(cache.submit(view.id, view.path, view.size_bytes, call))
+        data = await asyncio.wrap_future(future)
     except ValueError as exc:  # a directory whose head the predictor cannot serve
         raise _not_servable(model_id, str(exc)) from exc
-    return PredictResponse(model=view.id, data=data)
+    return PredictResponse(model=served_id, data=data)
 
 
 def _run(predictor: Predictor, *, task: str, inputs: list[PredictInput], max_new_tokens: int
