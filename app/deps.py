@@ -1,11 +1,12 @@
-"""FastAPI dependency aliases: `SessionDep`, `SettingsDep`, `TenantDep`."""
+"""FastAPI dependencies: the aliases `SessionDep`, `SettingsDep`, `TenantDep`, and the URL check
+every `/v1` route runs (`reject_nul_in_url`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Security
+from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -13,6 +14,7 @@ from app.auth.limits import check_rate
 from app.auth.service import authenticate
 from app.auth.tables import TenantRow
 from app.kit.db import session_factory
+from app.kit.errors import InvalidRequest
 from app.settings import Settings, get_settings
 
 
@@ -48,3 +50,13 @@ def get_tenant(
 
 
 TenantDep = Annotated[TenantRow, Depends(get_tenant)]
+
+
+def reject_nul_in_url(request: Request) -> None:
+    """400 for a path or query value holding a NUL character (`%00`): no id or value can, and
+    Postgres refuses to compare text that does (a 500 if it got that far)."""
+    for params in (request.path_params, request.query_params):
+        for name, value in params.items():
+            if "\x00" in str(value):
+                raise InvalidRequest(f"{name} contains a NUL character (%00); no valid value does.",
+                                     param=name)

@@ -4,9 +4,11 @@ internet access)."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
+from app.auth.logs import redact_key_logs
+from app.deps import reject_nul_in_url
 from app.files.endpoints import router as files_router
 from app.health.endpoints import router as health_router
 from app.inference.endpoints import router as inference_router
@@ -23,9 +25,11 @@ def create_app() -> FastAPI:
         docs_url="/docs",
     )
     install_error_handlers(app)
+    redact_key_logs()  # uvicorn has set up its log handlers by the time it loads the app
     app.include_router(health_router)
     for router in (files_router, jobs_router, models_router, inference_router):
-        app.include_router(router, prefix="/v1", responses=ERROR_RESPONSES)
+        app.include_router(router, prefix="/v1", responses=ERROR_RESPONSES,
+                           dependencies=[Depends(reject_nul_in_url)])
     return app
 
 

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=15.0, description="Reconciler period.")
     predict_max_inputs: int = Field(default=64, description="Inputs per predict call.")
     predict_max_chars: int = Field(default=10_000, description="Characters per predict input.")
+    predict_cache_models: int = Field(default=4, ge=1, description="Models kept loaded for predict.")
+    predict_cache_bytes: int = Field(
+        default=2 * 1024**3, ge=0,
+        description="Weights (bytes on disk) kept loaded for predict; the least recently used "
+        "models are unloaded past it (a single larger model is still served)."
+    )
     idempotency_ttl_s: float = Field(default=24 * 3600.0, description="Idempotency-Key lifetime.")
     # Limits on what one tenant's requests may hold or ask for (each refused with its own error).
     max_records_per_file: int = Field(default=5_000_000, ge=1, description="Records per upload.")

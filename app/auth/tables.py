@@ -25,3 +25,5 @@ class ApiKeyRow(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Written at most once a minute per key (see `auth.service.LAST_USED_RESOLUTION_S`).
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)

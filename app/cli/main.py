@@ -7,8 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -22,6 +24,7 @@ cli.add_typer(keys_cli, name="keys")
 
 HostOpt = Annotated[str, typer.Option(help="Interface to listen on.")]
 PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
+T = TypeVar("T")
 
 
 def _prepare(settings: Settings) -> None:
@@ -122,6 +125,56 @@ def keys_create(tenant: Annotated[str, typer.Option(help="Tenant the key belongs
     typer.echo(key)
 
 
+@keys_cli.command("list")
+def keys_list(tenant: Annotated[str, typer.Option(help="Tenant whose keys to list.")]) -> None:
+    """List a tenant's keys: id, prefix, created, last used, revoked (never the key itself)."""
+    from app.auth.service import list_keys
+    from app.kit.db import session_scope
+
+    settings = get_settings()
+    _prepare(settings)
+    with session_scope(settings.sqlalchemy_url) as session:
+        rows = _or_exit(lambda: list_keys(session=session, tenant_name=tenant.strip()))
+        lines = [(r.id, f"{r.prefix}…", _when(r.created_at), _when(r.last_used_at),
+                  _when(r.revoked_at)) for r in rows]
+    typer.echo(f"{'id':<29}  {'prefix':<9}  {'created (UTC)':<19}  {'last used':<19}  revoked")
+    for key_id, prefix, created, used, revoked in lines:
+        typer.echo(f"{key_id:<29}  {prefix:<9}  {created:<19}  {used:<19}  {revoked}")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (`key-…`).")]) -> None:
+    """Revoke a key: its next request is refused (401)."""
+    from app.auth.service import revoke_key
+    from app.kit.db import session_scope
+
+    settings = get_settings()
+    _prepare(settings)
+    with session_scope(settings.sqlalchemy_url) as session:
+        row, revoked_now = _or_exit(lambda: revoke_key(session=session, key_id=key_id.strip()))
+        when = _when(row.revoked_at)
+    typer.echo(f"Revoked API key {key_id} ({row.prefix}…)." if revoked_now
+               else f"API key {key_id} was already revoked ({when}).")
+
+
+def _or_exit(call: Callable[[], T]) -> T:
+    """`call()`, or its service error printed and exit code 1."""
+    from app.kit.errors import ServiceError
+
+    try:
+        return call()
+    except ServiceError as exc:
+        typer.echo(f"Error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _when(stamp: float | None) -> str:
+    """A timestamp as UTC `YYYY-MM-DD HH:MM:SS`, or `-` for none."""
+    if stamp is None:
+        return "-"
+    return datetime.fromtimestamp(stamp, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 @cli.command()
 def demo(
     rows: Annotated[int, typer.Option(help="SST-2 training rows to use.")] = 8000,
@@ -152,6 +205,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the demo
     logging.getLogger("alembic").setLevel(logging.WARNING)  # `keys create` should print the key
+    from app.auth.logs import redact_key_logs
+
+    redact_key_logs()
     cli()
 
 

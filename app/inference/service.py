@@ -1,18 +1,22 @@
-"""Predictions from a registered or built-in model: labels for classifiers, text for LMs.
-
-Blocking (tokenise, run the model): call it from a worker thread, never the event loop.
-"""
+"""Predictions from a registered or built-in model: labels for classifiers, text for LMs."""
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import Future
+from functools import partial
+
+import anyio.to_thread
 from sqlalchemy.orm import Session
 
-from app.inference.cache import PredictorCache, predictors
+from app.inference.cache import PredictorCache
 from app.inference.schemas import Classification, Generation, PredictResponse
 from app.kit.errors import InvalidRequest, Unprocessable
 from app.models import service as models
+from app.models.views import ModelView
 from app.settings import Settings
 from distillation.model_info import BASE_TASK
+from distillation.predict import Predictor
 from distillation.tasks import TASKS
 
 PredictInput = str | list[str]
@@ -56,17 +60,11 @@ def check_inputs(inputs: list[PredictInput], *, task: str, settings: Settings) -
                 )
 
 
-def predict(
-    *,
-    session: Session,
-    settings: Settings,
-    tenant_id: str,
-    model_id: str,
+def servable_model(
+    *, session: Session, settings: Settings, tenant_id: str, model_id: str,
     inputs: list[PredictInput],
-    max_new_tokens: int,
-    cache: PredictorCache = predictors,
-) -> PredictResponse:
-    """Run the model on `inputs` (404 for another tenant's model, 400 for a base model)."""
+) -> ModelView:
+    """The model to run (404 for another tenant's, 400 for a base model), inputs checked."""
     view = models.get_model(session=session, tenant_id=tenant_id, model_id=model_id)
     if view.task == BASE_TASK:
         raise _not_servable(
@@ -77,20 +75,42 @@ def predict(
     if view.task not in TASKS:
         raise _not_servable(model_id, f"its task {view.task!r} has no predict endpoint")
     check_inputs(inputs, task=view.task, settings=settings)
-    # The session is not needed past this point; give its connection back before the model runs.
-    session.close()
+    return view
+
+
+async def predict(
+    *,
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    model_id: str,
+    inputs: list[PredictInput],
+    max_new_tokens: int,
+    cache: PredictorCache,
+) -> PredictResponse:
+    """Run the model on `inputs`. The look-up takes a thread of the server's pool for a moment;
+    the model runs on its own thread (see `app.inference.cache`); waiting for it holds none."""
+
+    def start() -> tuple[str, Future[list[Classification] | list[Generation]]]:
+        view = servable_model(session=session, settings=settings, tenant_id=tenant_id,
+                              model_id=model_id, inputs=inputs)
+        # Not needed past this point: give the connection back before the model runs.
+        session.close()
+        call = partial(_run, task=view.task, inputs=inputs, max_new_tokens=max_new_tokens)
+        return view.id, cache.submit(view.id, view.path, view.size_bytes, call)
+
+    served_id, future = await anyio.to_thread.run_sync(start)
     try:
-        loaded = cache.get(view.id, view.path)
-        with loaded.lock:
-            if TASKS[view.task].head == "classify":
-                results = loaded.predictor.classify(inputs)
-                data: list[Classification] | list[Generation] = [
-                    Classification(**r) for r in results
-                ]
-            else:
-                texts = [item for item in inputs if isinstance(item, str)]
-                results = loaded.predictor.generate(texts, max_new_tokens)
-                data = [Generation(**r) for r in results]
+        data = await asyncio.wrap_future(future)
     except ValueError as exc:  # a directory whose head the predictor cannot serve
         raise _not_servable(model_id, str(exc)) from exc
-    return PredictResponse(model=view.id, data=data)
+    return PredictResponse(model=served_id, data=data)
+
+
+def _run(predictor: Predictor, *, task: str, inputs: list[PredictInput], max_new_tokens: int
+         ) -> list[Classification] | list[Generation]:
+    """Blocking: tokenise and run the model (on the model's own thread)."""
+    if TASKS[task].head == "classify":
+        return [Classification(**r) for r in predictor.classify(inputs)]
+    texts = [item for item in inputs if isinstance(item, str)]
+    return [Generation(**r) for r in predictor.generate(texts, max_new_tokens)]

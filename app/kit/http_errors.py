@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.kit.errors import ServiceError
@@ -87,6 +88,19 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _data_error(_: Request, exc: Exception) -> JSONResponse:
+    """A value the database cannot hold, such as a NUL character in a text Postgres compares or
+    stores (SQLite takes it): the request's fault, so a 400, not a 500. The URL is checked for
+    NUL before this (`app.deps.reject_nul_in_url`), so this is the net for bodies and forms."""
+    log.warning("request refused by the database: %s", str(getattr(exc, "orig", exc))[:300])
+    return JSONResponse(
+        error_body("invalid_request",
+                   "A value in the request cannot be stored (a NUL character, \\u0000, in a "
+                   "text, or a number out of range); remove it and retry."),
+        status_code=400,
+    )
+
+
 async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse(
@@ -99,4 +113,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(Exception, _unhandled)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -123,33 +122,3 @@ def test_generates_text_with_a_causal_lm(client: Any, auth: dict[str, str],
                  param="inputs")
     assert_error(client.post(url, headers=auth, json={"inputs": ["a"], "max_new_tokens": 513}),
                  422, param="max_new_tokens")
-
-
-def test_predictor_cache_loads_once_and_evicts(tmp_path: Path) -> None:
-    from app.inference.cache import PredictorCache
-
-    loads: list[Path] = []
-
-    def loader(path: Path) -> Any:
-        loads.append(path)
-        return object()
-
-    cache = PredictorCache(max_size=2, loader=loader)
-    dirs = [tmp_path / name for name in ("a", "b", "c")]
-    for directory in dirs:
-        directory.mkdir()
-    threads = [threading.Thread(target=cache.get, args=("m0", dirs[0])) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    first = cache.get("m0", dirs[0])
-    cache.get("m1", dirs[1])
-    cache.get("m0", dirs[0])  # m0 is now the most recent
-    cache.get("m2", dirs[2])  # evicts m1
-
-    assert loads == [dirs[0], dirs[1], dirs[2]]
-    assert len(cache) == 2
-    assert cache.get("m0", dirs[0]) is first
-    cache.get("m1", dirs[1])
-    assert loads[-1] == dirs[1]

@@ -1,0 +1,152 @@
+"""The predictor cache under load: bounded by bytes as well as count, one load per model (a cold
+model never holds up another), and requests waiting for a model hold no thread that
+authentication and `/healthz` need."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from app.inference.cache import PredictorCache
+from distillation.predict import Predictor
+from tests.factories.api import dir_members, tar_gz
+from tests.factories.api import upload_archive as upload
+
+# More waiting predicts than the server's thread pool has threads (anyio's default is 40).
+WAITING = 48
+# Long enough for any request on a busy machine; only reached when a request is stuck.
+STUCK_S = 60
+
+
+class GatedLoader:
+    """Loads models for real, but holds each `gated` model's load until `open` is set."""
+
+    def __init__(self, gated: set[Path]) -> None:
+        self.gated = gated
+        self.open = threading.Event()
+        self.loading = threading.Event()
+        self.loads: list[Path] = []
+
+    def __call__(self, model_dir: Path) -> Predictor:
+        self.loads.append(model_dir)
+        if model_dir in self.gated:
+            self.loading.set()
+            self.open.wait(STUCK_S * 2)
+        return Predictor.load(model_dir)
+
+
+def _model(client: Any, auth: dict[str, str], model_dir: Path) -> dict[str, Any]:
+    response = upload(client, auth, tar_gz(dir_members(model_dir)))
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def test_health_auth_and_other_models_answer_while_predicts_wait_for_a_load(
+    client: Any, auth: dict[str, str], settings: Any, tiny_teacher_dir: Path
+) -> None:
+    # Given two models, the first of which takes until released to load
+    slow, fast = _model(client, auth, tiny_teacher_dir), _model(client, auth, tiny_teacher_dir)
+    slow_dir = settings.models_dir / slow["id"]
+    loader = GatedLoader({slow_dir})
+    client.app.state.predictors = PredictorCache(loader=loader)
+    body = {"inputs": ["a lovely film"]}
+    results: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api",
+                                     timeout=STUCK_S * 3) as http:
+
+            async def post(url: str, key: int) -> None:
+                results[f"predict-{key}"] = await http.post(url, headers=auth, json=body)
+
+            async with anyio.create_task_group() as group:
+                # When more predicts than the server has threads wait for the slow model
+                for n in range(WAITING):
+                    group.start_soon(post, f"/v1/models/{slow['id']}/predict", n)
+                await anyio.to_thread.run_sync(loader.loading.wait, STUCK_S)
+                await anyio.sleep(1)
+                # Then /healthz, an authenticated read and the other model still answer
+                with anyio.move_on_after(STUCK_S):
+                    results["healthz"] = await http.get("/healthz")
+                    results["auth"] = await http.get(f"/v1/models/{fast['id']}", headers=auth)
+                    results["other"] = await http.post(f"/v1/models/{fast['id']}/predict",
+                                                       headers=auth, json=body)
+                loader.open.set()
+
+    anyio.run(scenario)
+
+    assert {name: r.status_code for name, r in results.items()
+            if not name.startswith("predict")} == {"healthz": 200, "auth": 200, "other": 200}
+    # And once loaded, the slow model answers every waiting request, loaded once
+    assert [results[f"predict-{n}"].status_code for n in range(WAITING)] == [200] * WAITING
+    assert sorted(map(str, loader.loads)) == sorted([str(slow_dir), str(settings.models_dir /
+                                                                         fast["id"])])
+
+
+def _fake_cache(tmp_path: Path, **bounds: int) -> tuple[PredictorCache, list[str], list[Path]]:
+    loads: list[str] = []
+    cache = PredictorCache(loader=lambda path: loads.append(path.name) or object(), **bounds)
+    dirs = []
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        dirs.append(tmp_path / name)
+    return cache, loads, dirs
+
+
+def _use(cache: PredictorCache, model_dir: Path, size: int) -> Any:
+    return cache.submit(model_dir.name, model_dir, size, lambda predictor: predictor).result()
+
+
+def test_cache_loads_once_and_evicts_by_count(tmp_path: Path) -> None:
+    cache, loads, (a, b, c) = _fake_cache(tmp_path, max_models=2)
+
+    threads = [threading.Thread(target=_use, args=(cache, a, 1)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    first = _use(cache, a, 1)
+    _use(cache, b, 1)
+    _use(cache, a, 1)  # a is now the most recent
+    _use(cache, c, 1)  # evicts b
+
+    assert loads == ["a", "b", "c"]
+    assert cache.model_ids() == ["a", "c"]
+    assert _use(cache, a, 1) is first
+    _use(cache, b, 1)
+    assert loads[-1] == "b"
+
+
+def test_cache_evicts_by_bytes(tmp_path: Path) -> None:
+    cache, loads, (a, b, c) = _fake_cache(tmp_path, max_models=4, max_bytes=100)
+
+    _use(cache, a, 40)
+    _use(cache, b, 50)
+    assert (cache.model_ids(), cache.size_bytes()) == (["a", "b"], 90)
+    _use(cache, c, 30)  # 120 bytes: a, the least recently used, goes
+    assert (cache.model_ids(), cache.size_bytes()) == (["b", "c"], 80)
+    _use(cache, a, 150)  # over the bound alone: served, and the only one kept
+    assert (cache.model_ids(), cache.size_bytes()) == (["a"], 150)
+    assert loads == ["a", "b", "c", "a"]
+
+
+def test_failed_load_is_retried(tmp_path: Path) -> None:
+    attempts: list[Path] = []
+
+    def flaky(path: Path) -> Any:
+        attempts.append(path)
+        if len(attempts) == 1:
+            raise OSError("disk hiccup")
+        return object()
+
+    cache = PredictorCache(loader=flaky)
+    with pytest.raises(OSError):
+        cache.submit("m", tmp_path, 1, lambda p: p).result()
+    assert cache.submit("m", tmp_path, 1, lambda p: p).result() is not None
+    assert len(attempts) == 2
