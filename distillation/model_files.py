@@ -15,12 +15,19 @@ import os
 from pathlib import Path
 from typing import Any
 
+import ijson
+
 CONFIG = "config.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
-# Tokenizers of large vocabularies run to tens of MB; larger JSON is refused, never skipped.
+# Tokenizers of large vocabularies run to tens of MB; larger JSON is refused, never skipped. Such
+# files are scanned as a stream: parsed whole, JSON takes up to 25x its size in Python objects.
 MAX_JSON_BYTES = 64 * 1024 * 1024
+# The files parsed whole (configs, tokenizer configs, weight indexes) are small: a weight index of
+# a 100B-parameter model is about 1 MB.
+MAX_PARSED_JSON_BYTES = 8 * 1024 * 1024
+MAX_JSON_DEPTH = 512
 # Keys of config.json (or of a sub-config) that change what the loader runs or reads.
 LOADER_KEYS = {
     "auto_map": "names custom classes (remote code)",
@@ -41,13 +48,17 @@ class UnsafeModel(ValueError):
     """A model directory the service refuses to load (the message names the file and the key)."""
 
 
-def read_json(path: Path, what: str | None = None) -> Any:
-    """The parsed JSON file; UnsafeModel when it is too large or not JSON (never a 500)."""
-    what = what or path.name
+def _check_size(path: Path, what: str, limit: int, kind: str) -> None:
     size = path.stat().st_size
-    if size > MAX_JSON_BYTES:
-        raise UnsafeModel(f"{what} is {size} bytes; JSON files over {MAX_JSON_BYTES} bytes "
-                          "are not accepted")
+    if size > limit:
+        raise UnsafeModel(f"{what} is {size} bytes; {kind} over {limit} bytes are not accepted")
+
+
+def read_json(path: Path, what: str | None = None) -> Any:
+    """A small JSON file parsed whole (configs, weight indexes); UnsafeModel when it is too large
+    or not JSON (never a 500)."""
+    what = what or path.name
+    _check_size(path, what, MAX_PARSED_JSON_BYTES, "configuration and index JSON files")
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -166,10 +177,46 @@ def _check_auto_map(data: dict[str, Any], what: str) -> None:
                           "transformers loads without trust_remote_code")
 
 
+def top_level_keys(path: Path, what: str) -> set[str]:
+    """The top-level keys of a JSON file, read as a stream (bounded memory whatever it holds);
+    UnsafeModel when it is over MAX_JSON_BYTES, nested too deep or not JSON."""
+    _check_size(path, what, MAX_JSON_BYTES, "JSON files")
+    try:
+        return _scan(path, what, ijson.basic_parse)
+    except ijson.JSONError as exc:
+        # The C parser stops at integers past 64 bits, which tokenizer configs hold
+        # (`model_max_length` of 1e30); the pure-Python one reads them, slower, so small files only.
+        if "integer overflow" not in str(exc) or path.stat().st_size > MAX_PARSED_JSON_BYTES:
+            raise UnsafeModel(f"{what} is not valid JSON ({str(exc).splitlines()[0][:200]})") from exc
+    try:
+        return _scan(path, what, ijson.get_backend("python").basic_parse)
+    except (ijson.JSONError, ValueError) as exc:  # ValueError: integers past 4,300 digits
+        raise UnsafeModel(f"{what} is not valid JSON ({str(exc).splitlines()[0][:200]})") from exc
+
+
+def _scan(path: Path, what: str, parse: Any) -> set[str]:
+    keys: set[str] = set()
+    depth = 0
+    with path.open("rb") as handle:
+        try:
+            for event, value in parse(handle, use_float=True):
+                if event in ("start_map", "start_array"):
+                    depth += 1
+                    if depth > MAX_JSON_DEPTH:
+                        raise UnsafeModel(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+                elif event in ("end_map", "end_array"):
+                    depth -= 1
+                elif event == "map_key" and depth == 1:
+                    keys.add(str(value))
+        except UnicodeDecodeError as exc:
+            raise UnsafeModel(f"{what} is not UTF-8 JSON") from exc
+    return keys
+
+
 def check_json_files(model_dir: Path) -> None:
     """Every JSON file of an upload: at most MAX_JSON_BYTES, valid, and without `auto_map`."""
     for path in sorted(model_dir.rglob("*.json")):
         what = path.relative_to(model_dir).as_posix()
-        data = read_json(path, what)
-        if isinstance(data, dict):
-            _check_auto_map(data, what)
+        if "auto_map" in top_level_keys(path, what):
+            raise UnsafeModel(f"{what} has an 'auto_map' entry (remote code); upload a model "
+                              "that transformers loads without trust_remote_code")

@@ -52,6 +52,15 @@ def _config(**changes: Any) -> Callable[[Members, Path], bytes]:
     return lambda m, _: archive(with_json(m, "config.json", **changes))
 
 
+def _json_of_many_values(members: Members, _: Path) -> bytes:
+    # auto_map, then about 40 MB of empty lists and objects (10M values): parsed whole, that is
+    # about 1 GB of Python objects; random order keeps the compression ratio under the limit.
+    values = (b"[],", b"{},", b"[[]],", b"[{}],")
+    body = b"".join(values[b & 3] for b in os.urandom(10_000_000))
+    data = b'{"auto_map": {"AutoTokenizer": "evil.Tok"}, "pad": [' + body + b"[]]}"
+    return archive({**members, "vocab.json": data})
+
+
 def _oversized_tokenizer_config(members: Members, _: Path) -> bytes:
     # Random hex barely compresses (about 2:1), so the ratio limit leaves it to the JSON limit.
     padding = os.urandom(32 * MB + 1024).hex()
@@ -67,6 +76,8 @@ CORPUS = {
     "auto_map in config.json": Hostile(_config(auto_map={"AutoModel": "evil.Model"}), "auto_map"),
     "auto_map in a 64 MB+ JSON": Hostile(_oversized_tokenizer_config,
                                          "JSON files over 67108864 bytes are not accepted"),
+    "JSON of 10M empty values (40 MB)": Hostile(_json_of_many_values, "vocab.json has an 'auto_map'",
+                                                bounded=True),
     "path traversal": Hostile(lambda m, _: archive({**m, "../evil": b"x"}), "'..'"),
     "absolute path": Hostile(lambda m, _: archive({**m, "/etc/evil": b"x"}), "absolute path"),
     "symlink": Hostile(lambda m, _: archive(m, extra=special("vocab.txt", tarfile.SYMTYPE,
@@ -116,7 +127,7 @@ CORPUS = {
                                     "'transformers_weights'"),
     "deeply nested config.json": Hostile(
         lambda m, _: archive({**m, "config.json": b"[" * 100_000 + b"]" * 100_000}),
-        "config.json is not valid JSON"),
+        "config.json nests deeper than 512 levels"),
     "5,000-digit integer in config.json": Hostile(
         lambda m, _: archive({**m, "config.json": b'{"vocab_size": ' + b"9" * 5000 + b"}"}),
         "config.json is not valid JSON"),
@@ -196,12 +207,14 @@ def test_the_corpus_is_refused_only_for_its_flaw(
     client: Any, auth: dict[str, str], tiny_teacher_dir: Path,
 ) -> None:
     """The same builders with nothing hostile give a model that registers, so each refusal above
-    is for its flaw alone: a sharded save inside its folder, allowed config keys, a folder."""
+    is for its flaw alone: a sharded save inside its folder, allowed config keys, a folder, and
+    a tokenizer config as transformers writes it (`model_max_length` of 1e30)."""
     members = dir_members(tiny_teacher_dir)
     fine = [
         archive(sharded(members, "model-00001-of-00001.safetensors")),
         archive(with_json(members, "config.json", attn_implementation="sdpa")),
-        archive(with_json(members, "tokenizer_config.json", fast_tokenizer_files=[])),
+        archive(with_json(members, "tokenizer_config.json", fast_tokenizer_files=[],
+                          model_max_length=10**30)),  # transformers' "no limit", past 64 bits
         archive({f"teacher/{name}": data for name, data in members.items()}),
     ]
     for body in fine:
