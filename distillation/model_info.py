@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+from distillation.loading import load_config
+from distillation.model_files import UnsafeModel
 
 # The tasks an architecture can serve (`distillation.tasks` holds what each one means).
 CLASSIFICATION = "sequence-classification"
@@ -54,9 +57,12 @@ def _first_attr(config: PretrainedConfig, *names: str) -> int | None:
 
 
 def inspect_model(path: str | Path) -> ModelInfo:
-    """Read `config.json` of a model directory; raises ValueError when it is not a usable model."""
+    """Read `config.json` of a model directory; raises ValueError when it is not a usable model
+    (UnsafeModel, naming the file and key, when the folder's files are refused)."""
     try:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        config = load_config(path)
+    except UnsafeModel:
+        raise
     except Exception as exc:  # transformers raises many kinds for a bad config
         raise ValueError(f"not a loadable Hugging Face config: {exc}") from exc
     return model_info(config)

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from distillation.loading import load_model, load_tokenizer
 from distillation.model_info import BASE_TASK, inspect_model, max_input_length
 from distillation.tasks import get_task, tasks_with_head
 
@@ -47,9 +48,9 @@ class Predictor:
                 f"{model_dir} has no task head (a base {info.model_type} model): "
                 "fine-tune or distil it into a classifier or language model first"
             )
-        model = get_task(info.task).model_class.from_pretrained(str(model_dir))
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        model.to(torch.device(device)).eval()
+        model = load_model(get_task(info.task).model_class, model_dir)
+        tokenizer = load_tokenizer(model_dir)
+        model.to(torch.device(device)).eval()  # type: ignore[arg-type]
         return cls(model=model, tokenizer=tokenizer, task=info.task, device=device)
 
     def _require(self, head: str) -> None:

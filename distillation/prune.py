@@ -32,14 +32,13 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 from transformers import (
-    AutoConfig,
-    AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from distillation.config import JobConfig, Reporter
+from distillation.loading import load_config, load_tokenizer
 from distillation.tasks.base import Problems, Task, TaskData
 from distillation.training import Features
 from distillation.vocab import tokenizer_kind, vocab_fingerprint
@@ -174,7 +173,7 @@ def prune_tokenizer(tokenizer: PreTrainedTokenizerBase, kept: Sequence[int],
     tokenizer.save_pretrained(save_dir)
     (save_dir / "tokenizer.json").write_text(text, encoding="utf-8")
     renumber_side_files(save_dir, [token_of.get(i) for i in kept], new_id)
-    pruned = AutoTokenizer.from_pretrained(str(save_dir))
+    pruned = load_tokenizer(save_dir)
     if len(pruned) != len(kept):
         raise ValueError(f"the pruned tokenizer has {len(pruned)} tokens, not {len(kept)}")
     return pruned  # type: ignore[no-any-return]
@@ -256,7 +255,7 @@ def pruned_size_of_texts(model_dir: Path, examples: Iterable[tuple[str, str | No
     """How many ids a student of `model_dir`'s vocabulary keeps once pruned to these
     (text, text pair or None) examples, read as they come (the API's estimate at job creation,
     for a student sized to a target)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = load_tokenizer(model_dir)
     used: set[int] = set()
     examples = iter(examples)
     while chunk := list(islice(examples, 4096)):
@@ -264,7 +263,7 @@ def pruned_size_of_texts(model_dir: Path, examples: Iterable[tuple[str, str | No
         encoded = tokenizer([t for t, _ in chunk], pairs, truncation=True, max_length=max_length)
         for ids in encoded["input_ids"]:
             used.update(ids)
-    config = AutoConfig.from_pretrained(str(model_dir))
+    config = load_config(model_dir)
     return len(kept_ids(used, tokenizer, config))
 
 

@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 
 from distillation.config import StudentSpec
 from distillation.layers import even_spread
+from distillation.loading import load_model
 from distillation.model_info import ModelInfo, model_info
 from distillation.tasks import CLASSIFICATION, get_task
 
@@ -108,10 +109,10 @@ def build_student(
         kwargs["attn_implementation"] = attn_implementation
     auto = get_task(task).model_class
     if spec.model_path is not None and not get_task(task).labelled:
-        return auto.from_pretrained(str(spec.model_path), **kwargs)  # type: ignore[no-any-return]
+        return load_model(auto, spec.model_path, **kwargs)
     if spec.model_path is not None:
-        return auto.from_pretrained(  # type: ignore[no-any-return]
-            str(spec.model_path), num_labels=len(labels), id2label=labels,
+        return load_model(
+            auto, spec.model_path, num_labels=len(labels), id2label=labels,
             label2id={v: k for k, v in labels.items()}, ignore_mismatched_sizes=True, **kwargs,
         )
     problems = check_architecture(spec.architecture or {}, _info(teacher))

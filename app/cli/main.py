@@ -22,6 +22,12 @@ cli = typer.Typer(help="Distillation as a service: teacher in, small fast studen
 keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
 
+# Every process the command starts (API, worker, serve, demo) keeps the Hugging Face Hub offline,
+# as the Docker image does: models come from uploads and the data directory, never from a download
+# that a model's files could ask for. Set before anything imports huggingface_hub, which reads
+# them once, at import.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
 HostOpt = Annotated[str, typer.Option(help="Interface to listen on.")]
 PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
 T = TypeVar("T")
@@ -202,6 +208,7 @@ def _redact(url: str) -> str:
 
 
 def main() -> None:
+    os.environ.update(OFFLINE_ENV)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the demo
     logging.getLogger("alembic").setLevel(logging.WARNING)  # `keys create` should print the key

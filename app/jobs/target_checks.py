@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from transformers import AutoConfig
-
 from app.files.service import file_path
 from app.files.tables import FileRow
 from app.jobs.schemas import JobCreate
 from app.kit.errors import InvalidRequest
 from app.models.service import ResolvedModel
 from app.settings import Settings
+from distillation.loading import load_config
 from distillation.model_info import CLASSIFICATION
 from distillation.prune import SUPPORTED_KIND, pruned_size_of_texts
 from distillation.records import iter_file
@@ -59,7 +58,7 @@ def check_student_target(request: JobCreate, teacher: ResolvedModel,
             "student as student.architecture or student.model.",
             param="student.target", code="unsupported_option")
     target = request.student.target.model_dump(exclude_none=True)
-    config = AutoConfig.from_pretrained(str(teacher.path))
+    config = load_config(teacher.path)
     vocab = int(config.vocab_size)
     if _prunes(request, teacher):
         examples = _texts(request, files, settings=settings)

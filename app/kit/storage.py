@@ -2,7 +2,8 @@
 
 Framework-free (no FastAPI, no SQLAlchemy) so that the API, the worker and the CLI share it.
 Writes are atomic: content goes to a temporary sibling first and is renamed into place, so a
-reader never sees half a file and a crash leaves at most a `.tmp-…` leftover.
+reader never sees half a file and a crash leaves at most a `.tmp-…` leftover. Uploaded archives
+are unpacked by `app.kit.untar`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import shutil
 import tarfile
 import tempfile
 import uuid
-import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 from app.settings import Settings
@@ -179,120 +178,3 @@ def iter_tar_gz(directory: Path, *, chunk_size: int = CHUNK) -> Iterator[bytes]:
     gz.write(tarfile.NUL * (2 * _BLOCK))  # end-of-archive marker
     gz.close()
     yield sink.take()
-
-
-# -- tar.gz in: only plain files and folders, nothing outside the destination ------------------
-
-
-class UnsafeArchive(ValueError):
-    """An archive that is not a readable .tar.gz or holds a member we refuse to extract."""
-
-
-@dataclass
-class ArchiveMember:
-    """A regular file of an archive, with its path relative to the model directory."""
-
-    name: str
-    size: int
-    member: tarfile.TarInfo
-
-
-def _clean_name(raw: str) -> PurePosixPath:
-    name = raw.replace("\\", "/")
-    path = PurePosixPath(name)
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise UnsafeArchive(f"archive member {raw!r} has an absolute path")
-    if ".." in path.parts:
-        raise UnsafeArchive(f"archive member {raw!r} points outside the directory ('..')")
-    return PurePosixPath(*[p for p in path.parts if p not in ("", ".")])
-
-
-def list_tar_gz(
-    tar: tarfile.TarFile, *, max_members: int, max_total_bytes: int
-) -> list[ArchiveMember]:
-    """Check every member of an open archive and return its regular files.
-
-    Refuses absolute paths, `..`, links, devices and FIFOs; when every file sits inside one
-    top-level folder, that folder is dropped from the names.
-    """
-    try:
-        members = tar.getmembers()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise UnsafeArchive(f"not a readable .tar.gz archive ({exc})") from exc
-    if len(members) > max_members:
-        raise UnsafeArchive(f"the archive holds {len(members)} members; the limit is {max_members}")
-    files: list[tuple[PurePosixPath, tarfile.TarInfo]] = []
-    total = 0
-    for member in members:
-        path = _clean_name(member.name)
-        if member.issym() or member.islnk():
-            raise UnsafeArchive(f"archive member {member.name!r} is a link; links are not allowed")
-        if member.isdir():
-            continue
-        if not member.isfile():
-            raise UnsafeArchive(f"archive member {member.name!r} is not a regular file")
-        if not path.parts:
-            raise UnsafeArchive(f"archive member {member.name!r} has an empty name")
-        total += member.size
-        if total > max_total_bytes:
-            raise UnsafeArchive(f"the archive unpacks to more than {max_total_bytes} bytes")
-        files.append((path, member))
-    tops = {path.parts[0] for path, _ in files}
-    strip = len(tops) == 1 and all(len(path.parts) > 1 for path, _ in files)
-    return [
-        ArchiveMember(
-            name=PurePosixPath(*path.parts[1:]).as_posix() if strip else path.as_posix(),
-            size=member.size,
-            member=member,
-        )
-        for path, member in files
-    ]
-
-
-def extract_members(tar: tarfile.TarFile, members: list[ArchiveMember], dest: Path) -> None:
-    """Copy checked members into `dest` under their cleaned names (never via `extractall`)."""
-    root = dest.resolve()
-    for item in members:
-        target = (root / item.name).resolve()
-        if not target.is_relative_to(root):  # belt and braces after _clean_name
-            raise UnsafeArchive(f"archive member {item.name!r} points outside the directory")
-        source = tar.extractfile(item.member)
-        if source is None:
-            raise UnsafeArchive(f"archive member {item.name!r} cannot be read")
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with source, target.open("wb") as out:
-                shutil.copyfileobj(source, out, CHUNK)
-        except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
-            raise UnsafeArchive(f"archive member {item.name!r} clashes with another") from exc
-        except (tarfile.TarError, EOFError, zlib.error) as exc:
-            raise UnsafeArchive(f"the archive is truncated or corrupt ({exc})") from exc
-
-
-def safe_extract_tar_gz(
-    fileobj: BinaryIO,
-    dest: Path,
-    *,
-    max_members: int = 10_000,
-    max_total_bytes: int,
-    check: Callable[[list[ArchiveMember]], None] | None = None,
-) -> list[ArchiveMember]:
-    """Extract an uploaded .tar.gz into `dest` after checking every member (see `list_tar_gz`).
-
-    `check` sees the member list before anything is written and may raise to refuse it.
-    """
-    with open_tar_gz(fileobj) as tar:
-        members = list_tar_gz(tar, max_members=max_members, max_total_bytes=max_total_bytes)
-        if check is not None:
-            check(members)
-        dest.mkdir(parents=True, exist_ok=True)
-        extract_members(tar, members, dest)
-    return members
-
-
-def open_tar_gz(fileobj: BinaryIO) -> tarfile.TarFile:
-    """Open an uploaded archive for reading (gzip-compressed tar only)."""
-    try:
-        return tarfile.open(fileobj=fileobj, mode="r:gz")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise UnsafeArchive(f"not a readable .tar.gz archive ({exc})") from exc

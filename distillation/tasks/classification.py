@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from distillation.config import DataSpec, JobConfig, Reporter
+from distillation.loading import load_model
 from distillation.losses import LossInputs
 from distillation.model_info import CLASSIFICATION, ModelInfo
 from distillation.tasks.base import Side, Task, TaskCard, TaskData, attn_kwargs
@@ -205,8 +206,8 @@ classifier("a moving, funny film")""",
         label2id = {label: i for i, label in enumerate(data.labels)}
         head: dict[str, Any] = {"num_labels": len(data.labels), "id2label": id2label,
                                 "label2id": label2id, "ignore_mismatched_sizes": True}
-        model = self.model_class.from_pretrained(str(path), **(head if new_head else {}),
-                                                 **attn_kwargs(attn))
+        model = load_model(self.model_class, path, **(head if new_head else {}),
+                           **attn_kwargs(attn))
         model.config.id2label, model.config.label2id = id2label, label2id
         return model  # type: ignore[no-any-return]
 

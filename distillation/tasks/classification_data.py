@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from torch import Tensor
-from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from distillation.augment import Augmenter
 from distillation.config import DataSpec, JobConfig
 from distillation.labels import label_index, label_text, output_label_names
+from distillation.loading import load_config, load_tokenizer
 from distillation.model_info import CLASSIFICATION, ModelInfo, max_input_length
 from distillation.records import Record, read_file
 from distillation.tasks.base import TRAIN_EVAL_LIMIT, Side, TaskData
@@ -146,14 +147,14 @@ def _same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> b
 
 def prepare_data(config: JobConfig, teacher_info: ModelInfo) -> TaskData:
     """Read and encode the training (and validation) file for the teacher and the student."""
-    teacher_tokenizer = AutoTokenizer.from_pretrained(str(config.teacher_path))
-    teacher_config = AutoConfig.from_pretrained(str(config.teacher_path))
+    teacher_tokenizer = load_tokenizer(config.teacher_path)
+    teacher_config = load_config(config.teacher_path)
     student_tokenizer, student_config = teacher_tokenizer, teacher_config
     if config.student.model_path is not None:
-        student_config = AutoConfig.from_pretrained(str(config.student.model_path))
+        student_config = load_config(config.student.model_path)
         # A student directory with no tokenizer of its own reads the teacher's tokens.
         with contextlib.suppress(OSError, ValueError):
-            student_tokenizer = AutoTokenizer.from_pretrained(str(config.student.model_path))
+            student_tokenizer = load_tokenizer(config.student.model_path)
     separate = not _same_tokenizer(teacher_tokenizer, student_tokenizer)
     max_length = min(config.data.max_seq_length,
                      max_input_length(teacher_config, teacher_tokenizer),

@@ -26,9 +26,10 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from distillation.config import DataSpec, JobConfig, LossSpec
+from distillation.loading import load_config, load_model
 from distillation.losses import LossInputs
 from distillation.model_info import BASE_TASK, ModelInfo, inspect_model, model_info
 from distillation.records import Record
@@ -177,11 +178,11 @@ class TokenTask(Task):
 
     # -- data and models -------------------------------------------------------------------------
     def prepare(self, config: JobConfig, teacher: ModelInfo) -> TaskData:
-        return prepare_token_data(config, self, AutoConfig.from_pretrained(str(config.teacher_path)))
+        return prepare_token_data(config, self, load_config(config.teacher_path))
 
     def load_model(self, path: Path, data: TaskData, *, attn: str | None,
                    new_head: bool = False) -> PreTrainedModel:
-        return self.model_class.from_pretrained(str(path), **attn_kwargs(attn))  # type: ignore[no-any-return]
+        return load_model(self.model_class, path, **attn_kwargs(attn))
 
     def finetune_loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         logits = model(**self.model_batch(batch), use_cache=False).logits

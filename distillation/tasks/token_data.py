@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from distillation.config import DataSpec, JobConfig
+from distillation.loading import load_tokenizer
 from distillation.model_info import max_input_length
 from distillation.records import Record, read_file
 from distillation.tasks.base import TRAIN_EVAL_LIMIT, Side, TaskData
@@ -120,7 +121,7 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 def prepare_token_data(config: JobConfig, task: TokenTask,
                        teacher_config: PretrainedConfig) -> TaskData:
     """Read and encode the training (and validation) file with the teacher's tokenizer."""
-    tokenizer = AutoTokenizer.from_pretrained(str(config.teacher_path))
+    tokenizer = load_tokenizer(config.teacher_path)
     pad_id = pad_token_id(tokenizer)
     max_length = min(config.data.max_seq_length, max_input_length(teacher_config, tokenizer))
 

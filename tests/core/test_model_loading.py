@@ -1,0 +1,116 @@
+"""Loading a model folder reads only that folder, runs no shipped code and fetches nothing.
+
+The folders here are made on disk directly, as a model registered before upload checks existed
+(or a local model path) would be: the checks at load time must refuse them on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSequenceClassification
+
+from distillation.model_files import UnsafeModel
+from distillation.predict import Predictor
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _victim(tiny_teacher_dir: Path, root: Path) -> Path:
+    """Another tenant's model: the teacher with every weight changed."""
+    victim = _copy(tiny_teacher_dir, root / "model-victim")
+    weights = {k: v + 1.0 for k, v in load_file(victim / "model.safetensors").items()}
+    save_file(weights, victim / "model.safetensors", metadata={"format": "pt"})
+    return victim
+
+
+def _sharded_to(model_dir: Path, shard: str) -> None:
+    """Replace the folder's weights by an index naming `shard` for every tensor."""
+    names = list(load_file(model_dir / "model.safetensors"))
+    (model_dir / "model.safetensors").rename(model_dir / "model-00001-of-00001.safetensors")
+    index = {"metadata": {}, "weight_map": dict.fromkeys(names, shard)}
+    (model_dir / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def test_weight_map_out_of_the_folder_is_refused(tiny_teacher_dir: Path, tmp_path: Path) -> None:
+    # Given a model whose weight index points at a neighbouring model's weights.
+    victim = _victim(tiny_teacher_dir, tmp_path)
+    attacker = _copy(tiny_teacher_dir, tmp_path / "model-attacker")
+    _sharded_to(attacker, f"../{victim.name}/model.safetensors")
+    # (transformers itself follows it: the attacker's model holds the victim's weights.)
+    stolen = AutoModelForSequenceClassification.from_pretrained(attacker).state_dict()
+    victim_weights = load_file(victim / "model.safetensors")
+    assert torch.equal(stolen["classifier.weight"], victim_weights["classifier.weight"])
+
+    # When it is loaded through the service's loader, then it is refused, naming the entry.
+    with pytest.raises(UnsafeModel, match=r"weight_map\[.*'\.\./model-victim/model\.safetensors'"):
+        Predictor.load(attacker)
+
+
+def test_a_sharded_save_inside_its_folder_loads(tiny_teacher_dir: Path, tmp_path: Path) -> None:
+    model_dir = _copy(tiny_teacher_dir, tmp_path / "sharded")
+    _sharded_to(model_dir, "model-00001-of-00001.safetensors")
+
+    predictor = Predictor.load(model_dir)
+
+    expected = load_file(tiny_teacher_dir / "model.safetensors")["classifier.weight"]
+    assert torch.equal(predictor.model.state_dict()["classifier.weight"], expected)
+
+
+def test_a_link_out_of_the_folder_is_refused(tiny_teacher_dir: Path, tmp_path: Path) -> None:
+    victim = _victim(tiny_teacher_dir, tmp_path)
+    attacker = _copy(tiny_teacher_dir, tmp_path / "model-attacker")
+    (attacker / "model.safetensors").unlink()
+    os.symlink(victim / "model.safetensors", attacker / "model.safetensors")
+
+    with pytest.raises(UnsafeModel, match=r"model\.safetensors \(a link\) leads outside"):
+        Predictor.load(attacker)
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"attn_implementation": "kernels-community/evil"}, "'attn_implementation'"),
+        ({"auto_map": {"AutoModelForSequenceClassification": "evil.Model"}}, "'auto_map'"),
+        ({"quantization_config": {"quant_method": "bitsandbytes"}}, "'quantization_config'"),
+        ({"vocab_size": 2_000_000}, "does not match the weights"),
+    ],
+)
+def test_config_that_steers_the_loader_is_refused_before_loading(
+    tiny_teacher_dir: Path, tmp_path: Path, change: dict[str, object], needle: str,
+) -> None:
+    model_dir = _copy(tiny_teacher_dir, tmp_path / "model")
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, **change}))
+
+    with pytest.raises(UnsafeModel, match=needle):
+        Predictor.load(model_dir)
+
+
+def test_the_cli_keeps_the_hub_offline() -> None:
+    """`distill` (serve, api, worker: all go through `main`) sets offline mode before anything
+    imports huggingface_hub, which reads it once at import."""
+    script = ("import sys; sys.argv = ['distill', '--help']\n"
+              "from app.cli.main import main\n"
+              "try:\n    main()\nexcept SystemExit:\n    pass\n"
+              "import huggingface_hub.constants as c, os\n"
+              "print(c.HF_HUB_OFFLINE, os.environ.get('TRANSFORMERS_OFFLINE'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+
+    assert out.strip().splitlines()[-1] == "True 1"
