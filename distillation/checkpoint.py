@@ -15,6 +15,7 @@ layout) holds:
 - `checkpoint.json`: the small metadata the API lists (written last).
 
 Each one is written into a temporary directory and renamed into place; the newest `keep` stay.
+A reporter that asks to stop gets no checkpoint written at all.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from distillation.checkpoint_index import (
 )
 from distillation.config import Hyperparameters, Reporter
 from distillation.teacher_cache import cache_path
-from distillation.training import LoopState
+from distillation.training import LoopState, check_stop
 
 FORMAT = 1
 TRAINER = "trainer.pt"
@@ -138,6 +139,8 @@ class Checkpointer:
 
     # -- saving --------------------------------------------------------------------------------
     def save(self, state: LoopState) -> Path:
+        # A run told to stop (cancelled, or its worker no longer owns the job) writes no more.
+        check_stop(self.reporter)
         step = state.result.steps
         final = step_dir(self.work_dir, step)
         tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"

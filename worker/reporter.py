@@ -1,6 +1,9 @@
 """A `Reporter` for the training core that writes progress, metrics and events to the job row.
 
-A heartbeat thread keeps the worker's lease fresh and notices `cancelling` (or a lost lease)
+Every write is fenced by the worker's lease (`lifecycle.require`): a worker whose job was taken
+over (re-queued by the reconciler, claimed by another worker) has the write refused, and the
+refusal stops its run there and then (`Cancelled`), before it trains another step or writes
+another file. A heartbeat thread keeps the lease fresh and notices `cancelling` (or a lost lease)
 within `heartbeat_interval_s`, even while the core is inside a long step.
 
 Progress, metrics and events are telemetry: each write is retried through a database outage
@@ -22,13 +25,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.jobs import lifecycle, repository
+from app.jobs.lifecycle import Lease, LeaseLost
 from app.jobs.status import JobStatus
 from app.kit.db import session_scope
 from app.settings import Settings
-from distillation.config import Progress
+from distillation.config import Cancelled, Progress
 from worker.db_retry import write_with_retry
 
 log = logging.getLogger(__name__)
+
+# Why a run stops: a worker that lost its lease writes nothing more, even when also cancelled.
+LEASE_LOST, CANCELLED = "lease_lost", "cancelled"
 
 
 def eval_view(data: dict[str, Any]) -> dict[str, Any]:
@@ -38,22 +45,24 @@ def eval_view(data: dict[str, Any]) -> dict[str, Any]:
 
 
 class DbReporter:
-    """Reports a running job into the database; `should_stop()` turns true on cancel."""
+    """Reports a running job into the database; `should_stop()` turns true on cancel or a lost
+    lease."""
 
-    def __init__(self, *, settings: Settings, job_id: str, worker_id: str,
+    def __init__(self, *, settings: Settings, lease: Lease,
                  metrics: dict[str, Any] | None = None) -> None:
         self.settings = settings
-        self.job_id = job_id
-        self.worker_id = worker_id
+        self.lease = lease
+        self.job_id = lease.job_id
         self.metrics_state: dict[str, Any] = metrics or {"train_loss": None, "eval": {}}
-        self.stop_reason: str | None = None  # "cancelled" | "lease_lost"
+        self.stop_reason: str | None = None  # LEASE_LOST | CANCELLED
         self._stopped = threading.Event()
         self._closing = threading.Event()
         self._last_progress_write = 0.0
         self._last_stage: str | None = None
         self.train_progress: dict[str, Any] = {}  # the distill stage's last step counters
         self.lost_writes = 0  # writes given up on during an outage, not yet reported
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.job_id}",
+                                        daemon=True)
 
     def __enter__(self) -> DbReporter:
         self._thread.start()
@@ -63,21 +72,30 @@ class DbReporter:
         self._closing.set()
         self._thread.join(timeout=10)
 
+    @property
+    def lease_lost(self) -> bool:
+        return self.stop_reason == LEASE_LOST
+
+    def _stop(self, reason: str) -> None:
+        if self.stop_reason != LEASE_LOST:
+            self.stop_reason = reason
+        self._stopped.set()
+
     def _beat(self) -> None:
         while not self._closing.wait(self.settings.heartbeat_interval_s):
             try:
                 with session_scope(self.settings.sqlalchemy_url) as session:
-                    status = lifecycle.heartbeat(session, job_id=self.job_id,
-                                                 worker_id=self.worker_id)
+                    status = lifecycle.heartbeat(session, self.lease)
             except Exception:
                 log.warning("heartbeat for %s failed", self.job_id, exc_info=True)
                 continue
             if status is None:
-                self.stop_reason = "lease_lost"
-                self._stopped.set()
-            elif status == JobStatus.CANCELLING:
-                self.stop_reason = "cancelled"
-                self._stopped.set()
+                log.warning("job %s: lease of attempt %d lost; stopping", self.job_id,
+                            self.lease.attempt)
+                self._stop(LEASE_LOST)
+                return
+            if status == JobStatus.CANCELLING:
+                self._stop(CANCELLED)
 
     # Reporter protocol -------------------------------------------------------------------
     def should_stop(self) -> bool:
@@ -95,8 +113,7 @@ class DbReporter:
         stage = progress.stage
 
         def write(session: Session) -> None:
-            lifecycle.record_progress(session, job_id=self.job_id, worker_id=self.worker_id,
-                                      progress=asdict(progress))
+            lifecycle.require(session, self.lease, progress=asdict(progress))
             if new_stage:
                 repository.add_event(session, job_id=self.job_id,
                                      message=f"Stage {stage} started.", data={"stage": stage})
@@ -116,34 +133,55 @@ class DbReporter:
         event_data = {"step": step, "train_loss": self.metrics_state.get("train_loss"), **data}
 
         def write(session: Session) -> None:
-            lifecycle.record_progress(session, job_id=self.job_id, worker_id=self.worker_id,
-                                      metrics=self.metrics_state)
+            lifecycle.require(session, self.lease, metrics=self.metrics_state)
             repository.add_event(session, job_id=self.job_id, type="metrics",
                                  message=f"step {step}: {summary}", data=event_data)
 
         self._write(f"metrics (step {step})", write)
 
     def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
-        self._write("event", lambda session: repository.add_event(
-            session, job_id=self.job_id, message=text, level=level, data=data))
+        def write(session: Session) -> None:
+            lifecycle.require(session, self.lease)
+            repository.add_event(session, job_id=self.job_id, message=text, level=level,
+                                 data=data)
+
+        self._write("event", write)
 
     def _write(self, what: str, work: Callable[[Session], object]) -> None:
-        """One telemetry write, retried through an outage; given up (and counted) after that."""
+        """One telemetry write of the lease's owner, retried through an outage; given up (and
+        counted) after that. A refused write stops the run (`Cancelled`)."""
+        if self.lease_lost:
+            raise Cancelled("the job is no longer this worker's")
         try:
             write_with_retry(self.settings.sqlalchemy_url, work,
                              within_s=self.settings.db_write_retry_s)
+        except LeaseLost:
+            log.warning("job %s: %s refused, attempt %d no longer owns the job; stopping",
+                        self.job_id, what, self.lease.attempt)
+            self._stop(LEASE_LOST)
+            raise Cancelled("the job is no longer this worker's") from None
         except SQLAlchemyError:
             self.lost_writes += 1
             log.error("job %s: gave up writing %s after %.0f s of database errors; training "
                       "goes on", self.job_id, what, self.settings.db_write_retry_s, exc_info=True)
             return
         if self.lost_writes:
-            lost, self.lost_writes = self.lost_writes, 0
-            try:
-                with session_scope(self.settings.sqlalchemy_url) as session:
-                    repository.add_event(
-                        session, job_id=self.job_id, level="warning",
-                        message=f"{lost} progress or event write(s) were lost during a database "
-                                "outage; training went on.", data={"lost_writes": lost})
-            except SQLAlchemyError:
-                self.lost_writes += lost
+            self._report_lost_writes()
+
+    def _report_lost_writes(self) -> None:
+        lost, self.lost_writes = self.lost_writes, 0
+
+        def write(session: Session) -> None:
+            lifecycle.require(session, self.lease)
+            repository.add_event(
+                session, job_id=self.job_id, level="warning",
+                message=f"{lost} progress or event write(s) were lost during a database "
+                        "outage; training went on.", data={"lost_writes": lost})
+
+        try:
+            with session_scope(self.settings.sqlalchemy_url) as session:
+                write(session)
+        except LeaseLost:
+            self._stop(LEASE_LOST)
+        except SQLAlchemyError:
+            self.lost_writes += lost

@@ -1,5 +1,9 @@
 """Running one job: claim it, build the core's config from the row, train, record the outcome.
 
+Every write after the claim is fenced by the worker's lease (`lifecycle.Lease`): a worker whose
+job was taken over has its writes refused and stops; only the attempt that records the outcome
+promotes the export into the model registry and removes the job's folder.
+
 A job fails only by its own error. A database that stays away longer than `db_write_retry_s`
 while the worker records the outcome is the service's fault: the worker hands the job back
 (or leaves it to the reconciler) and keeps its folder, so the next attempt resumes from its
@@ -22,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.jobs import lifecycle, repository
 from app.jobs.core_config import to_job_config
+from app.jobs.lifecycle import Lease
 from app.jobs.queue import send_wakeup
 from app.jobs.status import JobStatus
 from app.jobs.tables import JobRow
@@ -32,7 +37,7 @@ from app.settings import Settings
 from distillation.config import Cancelled, JobResult
 from distillation.engine import run_job
 from worker.db_retry import write_with_retry
-from worker.reporter import DbReporter, eval_view
+from worker.reporter import CANCELLED, LEASE_LOST, DbReporter, eval_view
 
 log = logging.getLogger(__name__)
 
@@ -41,30 +46,39 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _finish(settings: Settings, job_id: str, worker_id: str, *, status: str, message: str,
-            level: str = "info", **fields: Any) -> None:
-    def write(session: Session) -> None:
-        if lifecycle.finish(session, job_id=job_id, worker_id=worker_id, status=status, **fields):
-            repository.add_event(session, job_id=job_id, message=message, level=level)
+def _finish(settings: Settings, lease: Lease, *, status: str, message: str,
+            level: str = "info", trace: str | None = None, **fields: Any) -> bool:
+    """Record this attempt's outcome (and its events) if the job is still its own."""
+    def write(session: Session) -> bool:
+        if not lifecycle.finish(session, lease, status=status, **fields):
+            return False
+        repository.add_event(session, job_id=lease.job_id, message=message, level=level)
+        if trace is not None:
+            repository.add_event(session, job_id=lease.job_id, message="Traceback",
+                                 level="error", data={"traceback": trace})
+        return True
 
-    write_with_retry(settings.sqlalchemy_url, write, within_s=settings.db_write_retry_s)
+    return write_with_retry(settings.sqlalchemy_url, write, within_s=settings.db_write_retry_s)
 
 
-def _hand_back(settings: Settings, job_id: str, worker_id: str, exc: BaseException) -> None:
-    """The database failed us past every retry: give the job back for another attempt, or, if
-    even that cannot be written, leave it to the reconciler (our heartbeat has stopped)."""
-    log.error("job %s: database unavailable past %.0f s (%s); handing the job back", job_id,
-              settings.db_write_retry_s, exc)
+def _hand_back(settings: Settings, lease: Lease, message: str) -> None:
+    """Give the job back for another attempt, its checkpoints kept; if even that cannot be
+    written, the reconciler re-queues it (this worker's heartbeat has stopped)."""
     try:
         with session_scope(settings.sqlalchemy_url) as session:
-            new_status = lifecycle.release(
-                session, job_id=job_id, worker_id=worker_id,
-                message=f"The worker lost the database ({type(exc).__name__}); its checkpoints "
-                        "are kept for the next attempt.")
+            new_status = lifecycle.release(session, lease, message=message)
         if new_status == JobStatus.QUEUED:
-            send_wakeup(job_id, settings=settings)
+            send_wakeup(lease.job_id, settings=settings)
     except SQLAlchemyError:
-        log.warning("job %s: could not hand it back; the reconciler will re-queue it", job_id)
+        log.warning("job %s: could not hand it back; the reconciler will re-queue it",
+                    lease.job_id)
+
+
+def _lost_database(settings: Settings, lease: Lease, exc: BaseException) -> None:
+    log.error("job %s: database unavailable past %.0f s (%s); handing the job back",
+              lease.job_id, settings.db_write_retry_s, exc)
+    _hand_back(settings, lease, f"The worker lost the database ({type(exc).__name__}); its "
+                                "checkpoints are kept for the next attempt.")
 
 
 def execute_job(job_id: str, *, settings: Settings) -> str | None:
@@ -77,65 +91,79 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
             log.info("job %s is not queued (already claimed, finished or cancelled); skipping",
                      job_id)
             return None
+        lease = Lease(job_id=job_id, worker_id=worker_id, attempt=job.attempts)
         repository.add_event(session, job_id=job_id,
                              message=f"Worker {worker_id} started attempt {job.attempts}.")
-    job_dir = settings.jobs_dir / job_id
-    status: str | None
-    with DbReporter(settings=settings, job_id=job_id, worker_id=worker_id,
-                    metrics=dict(job.metrics)) as reporter:
-        try:
-            config = write_with_retry(
-                settings.sqlalchemy_url,
-                lambda session: to_job_config(job, session=session, settings=settings),
-                within_s=settings.db_write_retry_s)
-            result = run_job(config, reporter)
-            status = _record_success(job, result, settings=settings, worker_id=worker_id,
-                                     reporter=reporter)
-        except Cancelled:
-            if reporter.stop_reason == "lease_lost":
-                log.warning("job %s: lease lost; another worker owns it now", job_id)
-                return None
-            try:
-                _finish(settings, job_id, worker_id, status=JobStatus.CANCELLED,
-                        message="Job cancelled.")
-                status = JobStatus.CANCELLED
-            except SQLAlchemyError as exc:
-                _hand_back(settings, job_id, worker_id, exc)
-                return None
-        except SQLAlchemyError as exc:
-            _hand_back(settings, job_id, worker_id, exc)
-            return None
-        except Exception as exc:
-            log.exception("job %s failed", job_id)
-            error = {"code": "training_failed", "message": f"{type(exc).__name__}: {exc}"}
-            trace = traceback.format_exc()[-3500:]
-            try:
-                _finish(settings, job_id, worker_id, status=JobStatus.FAILED, error=error,
-                        message=f"Job failed: {error['message']}", level="error")
-            except SQLAlchemyError as db_exc:
-                _hand_back(settings, job_id, worker_id, db_exc)
-                return None
-            reporter.message("Traceback", level="error", data={"traceback": trace})
-            status = JobStatus.FAILED
+    with DbReporter(settings=settings, lease=lease, metrics=dict(job.metrics)) as reporter:
+        status = _run(job, lease, reporter, settings=settings)
     if status is not None:
-        # Finished for good. A run cut short by a lost lease or the database (returned above) or
-        # by the worker's death keeps the directory, so the attempt that takes the job over
-        # resumes from its checkpoints; and a job another worker took at the last moment (None)
-        # is now its own.
-        shutil.rmtree(job_dir, ignore_errors=True)
+        # Finished for good, by this attempt: nobody needs the job's files any more. A run cut
+        # short (a lost lease, the database, the worker's death) keeps them for the attempt
+        # that goes on.
+        shutil.rmtree(settings.jobs_dir / job_id, ignore_errors=True)
     return status
 
 
-def _record_success(job: JobRow, result: JobResult, *, settings: Settings, worker_id: str,
+def _run(job: JobRow, lease: Lease, reporter: DbReporter, *, settings: Settings) -> str | None:
+    try:
+        config = write_with_retry(
+            settings.sqlalchemy_url,
+            lambda session: to_job_config(job, session=session, settings=settings),
+            within_s=settings.db_write_retry_s)
+        result = run_job(config, reporter)
+        return _record_success(job, lease, result, settings=settings, reporter=reporter)
+    except Cancelled:
+        return _stopped(lease, reporter, settings=settings)
+    except SQLAlchemyError as exc:
+        _lost_database(settings, lease, exc)
+        return None
+    except Exception as exc:
+        log.exception("job %s failed", lease.job_id)
+        error = {"code": "training_failed", "message": f"{type(exc).__name__}: {exc}"}
+        try:
+            failed = _finish(settings, lease, status=JobStatus.FAILED, error=error,
+                             message=f"Job failed: {error['message']}", level="error",
+                             trace=traceback.format_exc()[-3500:])
+        except SQLAlchemyError as db_exc:
+            _lost_database(settings, lease, db_exc)
+            return None
+        if not failed:  # the job is another attempt's now: its files are not ours to delete
+            log.warning("job %s: attempt %d failed after losing the job; nothing recorded",
+                        lease.job_id, lease.attempt)
+            return None
+        return JobStatus.FAILED
+
+
+def _stopped(lease: Lease, reporter: DbReporter, *, settings: Settings) -> str | None:
+    """The run stopped on request: lost lease (nothing more to write) or cancel."""
+    if reporter.stop_reason == LEASE_LOST:
+        log.warning("job %s: attempt %d lost its lease; another worker owns the job now",
+                    lease.job_id, lease.attempt)
+        return None
+    assert reporter.stop_reason in (CANCELLED, None)
+    try:
+        if _finish(settings, lease, status=JobStatus.CANCELLED, message="Job cancelled."):
+            return JobStatus.CANCELLED
+        return None
+    except SQLAlchemyError as exc:
+        _lost_database(settings, lease, exc)
+        return None
+
+
+def _record_success(job: JobRow, lease: Lease, result: JobResult, *, settings: Settings,
                     reporter: DbReporter) -> str | None:
     """Register the student (and the teacher the job fine-tuned) and mark the job succeeded in one
-    transaction, unless a cancel came in meanwhile: an acknowledged cancel is honoured even when
-    training got to the end."""
+    transaction, if the job is still this attempt's and not being cancelled: an acknowledged
+    cancel is honoured even when training got to the end. Only then are the exports moved into
+    the registry."""
     metrics = {**reporter.metrics_state, "train_loss": result.train_loss,
                "eval": eval_view(result.eval_metrics)}
     trained = reporter.train_progress
 
     def record(session: Session) -> bool:
+        # The job's row stays locked from here to the commit: no one can take it meanwhile.
+        if not lifecycle.hold(session, lease, statuses=(JobStatus.RUNNING,)):
+            return False
         # Moved into the model store as they are registered: (store path, export path) each.
         moved: list[tuple[Path, Path]] = []
         try:
@@ -158,18 +186,13 @@ def _record_success(job: JobRow, result: JobResult, *, settings: Settings, worke
                 moved.append((Path(teacher.path), result.teacher.model_dir))
                 teacher_id = teacher.id
             done = lifecycle.finish(
-                session, job_id=job.id, worker_id=worker_id, status=JobStatus.SUCCEEDED,
-                result_model=model.id, teacher_model=teacher_id, metrics=metrics,
-                from_statuses=(JobStatus.RUNNING,),
+                session, lease, status=JobStatus.SUCCEEDED, result_model=model.id,
+                teacher_model=teacher_id, metrics=metrics, from_statuses=(JobStatus.RUNNING,),
                 progress={"stage": "export", "percent": 100.0, "step": trained.get("step", 0),
                           "total_steps": trained.get("total_steps", 0),
                           "epoch": trained.get("epoch", 0), "eta_seconds": 0.0},
             )
-            if not done:  # cancelled, or taken over by another worker: keep nothing
-                session.rollback()
-                for registered, _ in moved:
-                    shutil.rmtree(registered, ignore_errors=True)
-                return False
+            assert done, "the job's row is locked by this transaction"
             also = f" (fine-tuned teacher: model {teacher_id})" if teacher_id else ""
             repository.add_event(session, job_id=job.id,
                                  message=f"Job succeeded: model {model.id}{also}.",
@@ -189,8 +212,7 @@ def _record_success(job: JobRow, result: JobResult, *, settings: Settings, worke
         return JobStatus.SUCCEEDED
 
     def cancel_instead(session: Session) -> bool:
-        cancelled = lifecycle.finish(session, job_id=job.id, worker_id=worker_id,
-                                     status=JobStatus.CANCELLED,
+        cancelled = lifecycle.finish(session, lease, status=JobStatus.CANCELLED,
                                      from_statuses=(JobStatus.CANCELLING,))
         if cancelled:
             repository.add_event(session, job_id=job.id,

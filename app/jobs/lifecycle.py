@@ -1,26 +1,49 @@
-"""Job state transitions: a cancel from the API, a worker's claim, heartbeat and finish, and the
-reconciler's pass.
+"""Job state transitions: a cancel from the API, a worker's claim, heartbeat, writes and finish,
+and the reconciler's pass.
 
 Every transition is one conditional UPDATE, so two workers (or a worker, the reconciler and a
 cancel) can never both win: the queue's guarantees rest on these statements, not on the broker.
+
+Leases. A claim makes one worker the owner of one attempt of the job: its `Lease` (job id, worker
+id, attempt number). Every later write of that worker (heartbeat, progress, metrics, events,
+the outcome) goes through `hold`, which refreshes the lease only while it still holds and keeps
+the job's row locked to the end of the transaction: what the transaction writes next is written
+by the owner, and a worker whose job was re-queued or claimed by another has every write refused.
+
+Time. Leases run on the database's clock (`db_now`): claims, heartbeats and the reconciler's
+staleness checks, so a worker whose own clock is off is judged on the reconciler's clock.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from app.jobs import repository
 from app.jobs.queue import send_wakeup
 from app.jobs.status import IN_PROGRESS, JobStatus
 from app.jobs.tables import JobRow
-from app.kit.clock import now
+from app.kit.clock import db_now
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """A worker's write was refused: the job is no longer this worker's attempt."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who owns a running job: the worker that claimed it, for which attempt."""
+
+    job_id: str
+    worker_id: str
+    attempt: int
 
 
 def is_queued(session: Session, *, job_id: str) -> bool:
@@ -31,9 +54,8 @@ def request_cancel(session: Session, *, job_id: str) -> JobStatus | None:
     """A queued job is cancelled at once, a running one becomes `cancelling` (its worker stops
     within a heartbeat); the new status, or None when the job had finished meanwhile. Each is a
     conditional update, so a job that finishes or is claimed in between is not overwritten."""
-    t = now()
     for old, new, values, message in (
-        (JobStatus.QUEUED, JobStatus.CANCELLED, {"finished_at": t},
+        (JobStatus.QUEUED, JobStatus.CANCELLED, {"finished_at": db_now()},
          "Job cancelled before it started."),
         (JobStatus.RUNNING, JobStatus.CANCELLING, {}, "Cancellation requested."),
         (JobStatus.CANCELLING, JobStatus.CANCELLING, {}, None),
@@ -50,60 +72,57 @@ def request_cancel(session: Session, *, job_id: str) -> JobStatus | None:
 
 
 def claim(session: Session, *, job_id: str, worker_id: str) -> JobRow | None:
-    """Atomically move a `queued` job to `running` for this worker; None if someone else has it."""
-    t = now()
+    """Atomically move a `queued` job to `running` for this worker, as its next attempt; None if
+    someone else has it. The lease is `Lease(job.id, worker_id, job.attempts)`."""
     result = session.execute(
         update(JobRow)
         .where(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED)
-        .values(status=JobStatus.RUNNING, worker_id=worker_id, heartbeat_at=t, started_at=t,
-                attempts=JobRow.attempts + 1)
+        .values(status=JobStatus.RUNNING, worker_id=worker_id, heartbeat_at=db_now(),
+                started_at=db_now(), attempts=JobRow.attempts + 1)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         return None
     session.commit()
-    job = session.get(JobRow, job_id, populate_existing=True)
-    return job
+    return session.get(JobRow, job_id, populate_existing=True)
 
 
-def heartbeat(session: Session, *, job_id: str, worker_id: str) -> str | None:
-    """Refresh this worker's lease; the job's status, or None when the lease was lost."""
+def _owned(lease: Lease, statuses: tuple[str, ...] = IN_PROGRESS) -> tuple[ColumnElement[bool], ...]:
+    return (JobRow.id == lease.job_id, JobRow.worker_id == lease.worker_id,
+            JobRow.attempts == lease.attempt, JobRow.status.in_(statuses))
+
+
+def hold(session: Session, lease: Lease, *, statuses: tuple[str, ...] = IN_PROGRESS,
+         **values: Any) -> bool:
+    """Refresh `lease` (and write `values` to the job) if the job is still this attempt's, in
+    one of `statuses`; False if not. The row stays locked until the transaction ends."""
     result = session.execute(
-        update(JobRow)
-        .where(JobRow.id == job_id, JobRow.worker_id == worker_id, JobRow.status.in_(IN_PROGRESS))
-        .values(heartbeat_at=now())
+        update(JobRow).where(*_owned(lease, statuses)).values(heartbeat_at=db_now(), **values)
     )
-    session.commit()
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def require(session: Session, lease: Lease, **values: Any) -> None:
+    """`hold`, raising `LeaseLost` when the job is no longer this attempt's."""
+    if not hold(session, lease, **values):
+        raise LeaseLost(f"job {lease.job_id} is no longer attempt {lease.attempt} of "
+                        f"worker {lease.worker_id}")
+
+
+def heartbeat(session: Session, lease: Lease) -> str | None:
+    """Refresh this worker's lease; the job's status, or None when the lease was lost."""
+    if not hold(session, lease):
+        session.commit()
         return None
-    return session.scalar(select(JobRow.status).where(JobRow.id == job_id))
-
-
-def record_progress(
-    session: Session,
-    *,
-    job_id: str,
-    worker_id: str,
-    progress: dict[str, Any] | None = None,
-    metrics: dict[str, Any] | None = None,
-) -> None:
-    values: dict[str, Any] = {"heartbeat_at": now()}
-    if progress is not None:
-        values["progress"] = progress
-    if metrics is not None:
-        values["metrics"] = metrics
-    session.execute(
-        update(JobRow)
-        .where(JobRow.id == job_id, JobRow.worker_id == worker_id, JobRow.status.in_(IN_PROGRESS))
-        .values(**values)
-    )
+    status = session.scalar(select(JobRow.status).where(JobRow.id == lease.job_id))
+    session.commit()
+    return status
 
 
 def finish(
     session: Session,
+    lease: Lease,
     *,
-    job_id: str,
-    worker_id: str,
     status: str,
     error: dict[str, Any] | None = None,
     result_model: str | None = None,
@@ -112,66 +131,56 @@ def finish(
     progress: dict[str, Any] | None = None,
     from_statuses: tuple[str, ...] = IN_PROGRESS,
 ) -> bool:
-    """End this worker's run with `status` (and, when it succeeded, its student and fine-tuned
-    teacher); False if the job is no longer this worker's (or not in one of `from_statuses`)."""
-    values: dict[str, Any] = {"status": status, "finished_at": now(), "error": error,
+    """End this attempt with `status` (and, when it succeeded, its student and fine-tuned
+    teacher); False if the job is no longer this attempt's (or not in one of `from_statuses`)."""
+    values: dict[str, Any] = {"status": status, "finished_at": db_now(), "error": error,
                               "result_model": result_model, "finetuned_teacher_id": teacher_model}
     if metrics is not None:
         values["metrics"] = metrics
     if progress is not None:
         values["progress"] = progress
-    result = session.execute(
-        update(JobRow)
-        .where(JobRow.id == job_id, JobRow.worker_id == worker_id,
-               JobRow.status.in_(from_statuses))
-        .values(**values)
-    )
+    result = session.execute(update(JobRow).where(*_owned(lease, from_statuses)).values(**values))
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def release(session: Session, *, job_id: str, worker_id: str, message: str) -> str | None:
+def release(session: Session, lease: Lease, *, message: str) -> str | None:
     """This worker hands its running job back: `running` becomes `queued` again (its checkpoints
     stay for the next attempt) and `cancelling` becomes `cancelled`; the new status, or None if
-    the job is no longer this worker's."""
-    t = now()
-    for old, new, extra in ((JobStatus.RUNNING, JobStatus.QUEUED, {"enqueued_at": t}),
-                            (JobStatus.CANCELLING, JobStatus.CANCELLED, {"finished_at": t})):
+    the job is no longer this attempt's."""
+    for old, new, extra in ((JobStatus.RUNNING, JobStatus.QUEUED, {"enqueued_at": db_now()}),
+                            (JobStatus.CANCELLING, JobStatus.CANCELLED,
+                             {"finished_at": db_now()})):
         result = session.execute(
-            update(JobRow)
-            .where(JobRow.id == job_id, JobRow.worker_id == worker_id, JobRow.status == old)
-            .values(status=new, worker_id=None, **extra)
+            update(JobRow).where(*_owned(lease, (old,))).values(status=new, worker_id=None, **extra)
         )
         if result.rowcount == 1:  # type: ignore[attr-defined]
-            repository.add_event(session, job_id=job_id, level="warning",
+            repository.add_event(session, job_id=lease.job_id, level="warning",
                                  message=f"{message} Job {new}.")
             return new
     return None
 
 
-def stale_queued(session: Session, *, older_than: float) -> list[str]:
-    """Queued jobs whose wake-up message went out before `older_than` (maybe lost)."""
-    return list(
-        session.scalars(
-            select(JobRow.id).where(JobRow.status == JobStatus.QUEUED,
-                                    JobRow.enqueued_at < older_than)
-        )
-    )
+def stale_queued(session: Session, *, older_than_s: float) -> list[str]:
+    """Queued jobs whose wake-up message went out more than `older_than_s` ago (maybe lost)."""
+    return list(session.scalars(
+        select(JobRow.id).where(JobRow.status == JobStatus.QUEUED,
+                                JobRow.enqueued_at < db_now() - older_than_s)
+    ))
 
 
 def mark_enqueued(session: Session, *, job_id: str) -> None:
     session.execute(
         update(JobRow).where(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED)
-        .values(enqueued_at=now())
+        .values(enqueued_at=db_now())
     )
 
 
-def stale_running(session: Session, *, older_than: float) -> list[JobRow]:
-    """Running (or cancelling) jobs whose worker has not beaten since `older_than`."""
-    return list(
-        session.scalars(
-            select(JobRow).where(JobRow.status.in_(IN_PROGRESS), JobRow.heartbeat_at < older_than)
-        )
-    )
+def stale_running(session: Session, *, older_than_s: float) -> list[JobRow]:
+    """Running (or cancelling) jobs whose worker has not beaten for `older_than_s` seconds."""
+    return list(session.scalars(
+        select(JobRow).where(JobRow.status.in_(IN_PROGRESS),
+                             JobRow.heartbeat_at < db_now() - older_than_s)
+    ))
 
 
 def recover_stale(session: Session, *, job: JobRow, max_attempts: int) -> str | None:
@@ -192,10 +201,7 @@ def recover_stale(session: Session, *, job: JobRow, max_attempts: int) -> str | 
                  "message": f"The worker stopped answering {job.attempts} times; giving up."}
         message = error["message"]
     values: dict[str, Any] = {"status": new_status, "error": error, "worker_id": None}
-    if new_status == JobStatus.QUEUED:
-        values["enqueued_at"] = now()
-    else:
-        values["finished_at"] = now()
+    values["enqueued_at" if new_status == JobStatus.QUEUED else "finished_at"] = db_now()
     result = session.execute(
         update(JobRow)
         .where(JobRow.id == job.id, JobRow.status == job.status,
@@ -211,18 +217,18 @@ def recover_stale(session: Session, *, job: JobRow, max_attempts: int) -> str | 
 
 def reconcile(session: Session, *, settings: Settings) -> dict[str, list[str]]:
     """One reconciler pass: re-queue (or fail, or finish cancelling) running jobs whose worker
-    went silent, and re-send the wake-up of queued jobs nobody claimed. Returns the job ids it
-    re-sent, re-queued, failed or cancelled. Safe to run anywhere, any number of times."""
+    went silent, and re-send the wake-up of queued jobs nobody claimed.
+    Returns the job ids it re-sent, re-queued, failed or cancelled. Safe to run anywhere, any
+    number of times."""
     done: dict[str, list[str]] = {"resent": [], "queued": [], "failed": [], "cancelled": []}
-    t = now()
-    for job in stale_running(session, older_than=t - settings.stale_heartbeat_after_s):
+    for job in stale_running(session, older_than_s=settings.stale_heartbeat_after_s):
         status = recover_stale(session, job=job, max_attempts=settings.max_attempts)
         if status is not None:
             done[status].append(job.id)
     session.commit()
     for job_id in done["queued"]:
         send_wakeup(job_id, settings=settings)
-    for job_id in stale_queued(session, older_than=t - settings.queued_resend_after_s):
+    for job_id in stale_queued(session, older_than_s=settings.queued_resend_after_s):
         if send_wakeup(job_id, settings=settings):
             mark_enqueued(session, job_id=job_id)
             done["resent"].append(job_id)
