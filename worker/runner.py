@@ -1,8 +1,9 @@
 """Running one job: claim it, build the core's config from the row, train, record the outcome.
 
 Every write after the claim is fenced by the worker's lease (`lifecycle.Lease`): a worker whose
-job was taken over has its writes refused and stops; only the attempt that records the outcome
-promotes the export into the model registry and removes the job's folder.
+job was taken over has its writes refused, stops, and touches no file but its own attempt's;
+only the attempt that records the outcome promotes the export into the model registry and
+removes the job's folder.
 
 A job fails only by its own error. A database that stays away longer than `db_write_retry_s`
 while the worker records the outcome is the service's fault: the worker hands the job back
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import traceback
 import uuid
@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.jobs import lifecycle, repository
+from app.jobs import lifecycle, repository, workspace
 from app.jobs.core_config import to_job_config
 from app.jobs.lifecycle import Lease
 from app.jobs.queue import send_wakeup
@@ -36,6 +36,7 @@ from app.models.service import register_distilled_model
 from app.settings import Settings
 from distillation.config import Cancelled, JobResult
 from distillation.engine import run_job
+from worker import attempts
 from worker.db_retry import write_with_retry
 from worker.reporter import CANCELLED, LEASE_LOST, DbReporter, eval_view
 
@@ -100,12 +101,13 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
         # Finished for good, by this attempt: nobody needs the job's files any more. A run cut
         # short (a lost lease, the database, the worker's death) keeps them for the attempt
         # that goes on.
-        shutil.rmtree(settings.jobs_dir / job_id, ignore_errors=True)
+        workspace.remove(settings, job_id)
     return status
 
 
 def _run(job: JobRow, lease: Lease, reporter: DbReporter, *, settings: Settings) -> str | None:
     try:
+        attempts.prepare(settings, lease)  # this attempt's folder, from what earlier ones saved
         config = write_with_retry(
             settings.sqlalchemy_url,
             lambda session: to_job_config(job, session=session, settings=settings),

@@ -8,6 +8,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.files.service import file_path, get_file
+from app.jobs import workspace
 from app.jobs.schemas import JobCreate
 from app.jobs.tables import JobRow
 from app.models.service import resolve_model_ref
@@ -39,7 +40,8 @@ def _file(session: Session, job: JobRow, file_id: str | None, *, field: str,
 
 
 def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobConfig:
-    """The training core's config for a job row."""
+    """The training core's config for a job row, writing into the folder of its current
+    attempt (`job.attempts`, as its claim set it)."""
     request = stored_request(job)
     teacher = resolve_model_ref(session=session, tenant_id=job.tenant_id, settings=settings,
                                 ref=request.teacher.model, param="teacher.model")
@@ -53,7 +55,6 @@ def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobCo
     assert train_path is not None
     arch = request.student.architecture
     finetune = request.teacher.finetune
-    job_dir = settings.jobs_dir / job.id
     return JobConfig(
         task=request.task,
         teacher_path=teacher.path,
@@ -82,6 +83,6 @@ def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobCo
                          beta=loss.beta, layer_map=loss.layer_map)
                 for loss in request.distillation.losses],
         hyperparameters=Hyperparameters(**request.hyperparameters.model_dump()),
-        output_dir=job_dir / "output",
-        work_dir=job_dir / "work",
+        output_dir=workspace.output_dir(settings, job.id, job.attempts),
+        work_dir=workspace.work_dir(settings, job.id, job.attempts),
     )

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
-from app.jobs import repository
+from app.jobs import repository, workspace
 from app.jobs.queue import send_wakeup
 from app.jobs.status import IN_PROGRESS, JobStatus
 from app.jobs.tables import JobRow
@@ -226,6 +226,8 @@ def reconcile(session: Session, *, settings: Settings) -> dict[str, list[str]]:
         if status is not None:
             done[status].append(job.id)
     session.commit()
+    for job_id in done["failed"] + done["cancelled"]:
+        workspace.remove(settings, job_id)  # finished for good: no attempt needs its files
     for job_id in done["queued"]:
         send_wakeup(job_id, settings=settings)
     for job_id in stale_queued(session, older_than_s=settings.queued_resend_after_s):

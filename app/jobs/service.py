@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.tables import TenantRow
-from app.jobs import lifecycle, repository
+from app.jobs import lifecycle, repository, workspace
 from app.jobs.core_config import stored_request
 from app.jobs.queue import send_wakeup
 from app.jobs.quota import check_queued_jobs
@@ -24,7 +24,6 @@ from app.jobs.schemas import (
 from app.jobs.status import JobStatus
 from app.jobs.tables import IdempotencyKeyRow, JobEventRow, JobRow
 from app.jobs.validation import check_job_request
-from app.kit import storage
 from app.kit.clock import now
 from app.kit.errors import Conflict, InvalidRequest, NotFound
 from app.kit.ids import new_id
@@ -227,7 +226,9 @@ def list_checkpoints(
     """The checkpoints in the job's working directory, newest first (none once it has finished:
     the directory goes when the job does)."""
     job = get_job(session=session, tenant=tenant, job_id=job_id)
-    work_dir = storage.job_dir(settings, job.id) / "work"  # the worker's JobConfig.work_dir
+    work_dir = workspace.checkpoint_work_dir(settings, job.id)
+    if work_dir is None:
+        return []
     return [
         CheckpointOut(id=checkpoint_id(meta["step"]), step=meta["step"],
                       epoch=meta.get("epoch", 0), created_at=int(meta.get("created_at", 0)),

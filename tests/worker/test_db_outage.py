@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from app.jobs import workspace
 from app.kit.db import engine_for
 from distillation.checkpoint_index import list_checkpoints
 from tests.factories.worker import create_job
@@ -132,12 +133,12 @@ def test_an_outcome_that_cannot_be_recorded_hands_the_job_back_with_its_checkpoi
     job = client.get(f"/v1/distillation/jobs/{job_id}", headers=auth).json()
     assert (status, job["status"], job["error"], job["result_model"]) == (
         None, "queued", None, None)
-    assert list_checkpoints(settings.jobs_dir / job_id / "work")
+    assert list_checkpoints(workspace.work_dir(settings, job_id, 1))
     assert any("lost the database" in e["message"] for e in events(client, auth, job_id))
     models = client.get("/v1/models", headers=auth).json()["data"]
     assert [m for m in models if m.get("source_job") == job_id] == []
-    # the export went back to the job folder, where the next attempt's export replaces it
-    assert list((settings.jobs_dir / job_id / "output").rglob("model.safetensors"))
+    # the export went back to the attempt's folder (the next attempt exports its own)
+    assert list(workspace.output_dir(settings, job_id, 1).rglob("model.safetensors"))
 
     # and once the database accepts the write, the next attempt resumes and succeeds
     faults("success", False)

@@ -1,0 +1,92 @@
+"""An attempt's folder, started from what the attempts before it saved.
+
+Each attempt works in a folder of its own (`app.jobs.workspace`). When one starts, the newest
+complete checkpoints, the teacher's cached outputs and the teacher fine-tuned by the attempts
+before it are linked into its folder (hard links: no copy of the bytes, and nothing an earlier
+attempt does to its own folder afterwards, such as a worker that has not yet noticed it lost the
+job deleting its checkpoints, reaches the new folder). The core replaces these files by writing
+new ones and renaming them into place, never by writing into them, so a link is never changed
+under the other folder either. Only complete things are carried: a checkpoint with its
+metadata, a teacher with its `finetuned.json`, a cache file (written whole, then renamed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from app.jobs import workspace
+from app.jobs.lifecycle import Lease
+from app.settings import Settings
+from distillation.checkpoint_index import FINETUNED_MARKER, checkpoints_dir, list_checkpoints
+from distillation.teacher_cache import CACHE_FILE
+
+log = logging.getLogger(__name__)
+
+TEACHER = "teacher"  # where `engine.load_teacher` keeps a fine-tuned teacher in the work folder
+KEEP_CHECKPOINTS = 2  # as many as the `Checkpointer` keeps: the newest, and one if it is unreadable
+
+
+def _link(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(src, dst)
+
+
+def _link_tree(src: Path, dst: Path) -> bool:
+    """Link `src`'s files into a new `dst`, whole or not at all; False if that failed (an
+    earlier attempt still running may delete what it is copied from)."""
+    tmp = dst.parent / f".tmp-carry-{dst.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, tmp, copy_function=_link)
+        tmp.rename(dst)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.warning("could not carry %s forward: %s", src, exc)
+        return False
+    return True
+
+
+def _carry_checkpoints(earlier: list[Path], work: Path) -> list[int]:
+    newest: dict[int, Path] = {}
+    for folder in earlier:  # newest attempt first: its copy of a step wins
+        for directory, meta in list_checkpoints(folder):
+            newest.setdefault(int(meta["step"]), directory)
+    carried = []
+    for step in sorted(newest, reverse=True)[:KEEP_CHECKPOINTS]:
+        source = newest[step]
+        if _link_tree(source, checkpoints_dir(work) / source.name):
+            carried.append(step)
+    return carried
+
+
+def prepare(settings: Settings, lease: Lease) -> Path:
+    """This attempt's work folder, with what the attempts before it saved linked in."""
+    work = workspace.work_dir(settings, lease.job_id, lease.attempt)
+    work.mkdir(parents=True, exist_ok=True)
+    earlier = workspace.earlier_work_dirs(settings, lease.job_id, before=lease.attempt)
+    if not earlier:
+        return work
+    carried = _carry_checkpoints(earlier, work)
+    teacher = next((f / TEACHER for f in earlier if (f / TEACHER / FINETUNED_MARKER).is_file()),
+                   None)
+    if teacher is not None:
+        _link_tree(teacher, work / TEACHER)
+    cache = next((f / CACHE_FILE for f in earlier if (f / CACHE_FILE).is_file()), None)
+    if cache is not None:
+        tmp = work / f".tmp-{CACHE_FILE}-{uuid.uuid4().hex[:8]}"
+        try:
+            _link(str(cache), str(tmp))
+            tmp.rename(work / CACHE_FILE)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("could not carry %s forward: %s", cache, exc)
+    log.info("job %s attempt %d: carried forward checkpoints %s, fine-tuned teacher %s, teacher "
+             "cache %s", lease.job_id, lease.attempt, carried, teacher is not None,
+             cache is not None)
+    return work
