@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from app.jobs import repository, workspace
-from app.jobs.queue import send_wakeup
+from app.jobs.queue import send_wakeup, waiting_wakeups
 from app.jobs.status import IN_PROGRESS, JobStatus
 from app.jobs.tables import JobRow
 from app.kit.clock import db_now
@@ -217,7 +217,7 @@ def recover_stale(session: Session, *, job: JobRow, max_attempts: int) -> str | 
 
 def reconcile(session: Session, *, settings: Settings) -> dict[str, list[str]]:
     """One reconciler pass: re-queue (or fail, or finish cancelling) running jobs whose worker
-    went silent, and re-send the wake-up of queued jobs nobody claimed.
+    went silent, and re-send the wake-up of queued jobs whose message is gone from the broker.
     Returns the job ids it re-sent, re-queued, failed or cancelled. Safe to run anywhere, any
     number of times."""
     done: dict[str, list[str]] = {"resent": [], "queued": [], "failed": [], "cancelled": []}
@@ -230,7 +230,13 @@ def reconcile(session: Session, *, settings: Settings) -> dict[str, list[str]]:
         workspace.remove(settings, job_id)  # finished for good: no attempt needs its files
     for job_id in done["queued"]:
         send_wakeup(job_id, settings=settings)
-    for job_id in stale_queued(session, older_than_s=settings.queued_resend_after_s):
+    stale = stale_queued(session, older_than_s=settings.queued_resend_after_s)
+    # A message still waiting in the queue is not lost, only behind busy workers: one
+    # outstanding wake-up per job (a broker that cannot be read gets one per interval).
+    waiting = waiting_wakeups(settings) if stale else set()
+    for job_id in stale:
+        if waiting is not None and job_id in waiting:
+            continue
         if send_wakeup(job_id, settings=settings):
             mark_enqueued(session, job_id=job_id)
             done["resent"].append(job_id)

@@ -5,15 +5,24 @@ The job row is the queue of record. A message only wakes a worker, carrying just
 message that is lost is re-sent by the reconciler and a duplicated one is harmless (the worker's
 claim is atomic), so a failed send is logged, not raised. The worker's Celery app
 (`worker/celery_app.py`) is built from `celery_settings`; the API never imports it.
+
+`waiting_wakeups` reads which jobs' messages still wait in the queue, so that the reconciler
+re-sends only a wake-up that is really gone (a flushed or restarted broker): while every worker
+is busy, a queued job keeps exactly one message, not one more per reconciler pass.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
 from typing import Any
 
 from celery import Celery
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
 
 from app.settings import Settings
 
@@ -74,3 +83,71 @@ def send_wakeup(job_id: str, *, settings: Settings) -> bool:
                     exc_info=True)
         return False
     return True
+
+
+# kombu's Redis transport keeps a queue as one list per priority step: the queue's own name for
+# priority 0 (every message here) and `<name>\x06\x16<step>` for the others.
+_REDIS_PRIORITY_SEP = "\x06\x16"
+_REDIS_PRIORITY_STEPS = (3, 6, 9)
+_broker_engines: dict[str, Engine] = {}
+
+
+def waiting_wakeups(settings: Settings) -> set[str] | None:
+    """The ids of the jobs whose wake-up waits in the training queue, not yet taken by a worker;
+    None when the broker cannot tell (a kind this does not read, or one that does not answer)."""
+    url = settings.celery_broker_url
+    payloads: list[str] | list[bytes]
+    try:
+        if url.startswith(("redis://", "rediss://")):
+            payloads = _redis_waiting(url)
+        elif url.startswith("sqla+"):
+            payloads = _sqla_waiting(url.removeprefix("sqla+"))
+        else:
+            return None
+    except Exception:
+        log.warning("could not read the training queue; wake-ups are re-sent by age",
+                    exc_info=True)
+        return None
+    return {job_id for payload in payloads if (job_id := _job_id(payload)) is not None}
+
+
+def _redis_waiting(url: str) -> list[bytes]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        names = [TRAINING_QUEUE, *(f"{TRAINING_QUEUE}{_REDIS_PRIORITY_SEP}{step}"
+                                   for step in _REDIS_PRIORITY_STEPS)]
+        with client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.lrange(name, 0, -1)
+            return [item for items in pipe.execute() for item in items]
+    finally:
+        client.close()
+
+
+def _sqla_waiting(url: str) -> list[str]:
+    """kombu's SQLAlchemy transport: a message stays `visible` until a worker takes it."""
+    engine = _broker_engines.get(url)
+    if engine is None:  # no pool: nothing to carry across a fork
+        engine = _broker_engines.setdefault(url, create_engine(url, poolclass=NullPool))
+    with engine.connect() as conn:
+        return list(conn.scalars(text(
+            "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id "
+            "WHERE q.name = :queue AND m.visible"), {"queue": TRAINING_QUEUE}))
+
+
+def _job_id(payload: str | bytes) -> str | None:
+    """The job id a wake-up message carries (Celery's message protocol 2: the body is the JSON
+    `[args, kwargs, embed]`, base64-encoded by kombu); None for anything else."""
+    try:
+        message = json.loads(payload)
+        if message.get("headers", {}).get("task") != RUN_JOB_TASK:
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0]) if args else None
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
