@@ -48,6 +48,10 @@ class Settings(BaseSettings):
         default=120.0, description="A running job whose heartbeat is this old is re-queued."
     )
     max_attempts: int = Field(default=3, description="Runs of a job before it is failed.")
+    shutdown_grace_s: float = Field(
+        default=20.0, description="Seconds a worker told to stop (SIGTERM) has to checkpoint its "
+        "job and hand it back before it hands it back without the checkpoint and exits."
+    )
     reconcile_interval_s: float = Field(default=15.0, description="Reconciler period.")
     predict_max_inputs: int = Field(default=64, description="Inputs per predict call.")
     predict_max_chars: int = Field(default=10_000, description="Characters per predict input.")

@@ -120,6 +120,9 @@ class Clock:
         self.begin()
         return False
 
+    def should_pause(self) -> bool:
+        return False
+
     def progress(self, progress: Progress) -> None:
         self.events.append((self.now(), progress.stage))
 

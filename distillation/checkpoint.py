@@ -15,7 +15,8 @@ layout) holds:
 - `checkpoint.json`: the small metadata the API lists (written last).
 
 Each one is written into a temporary directory and renamed into place; the newest `keep` stay.
-A reporter that asks to stop gets no checkpoint written at all.
+A reporter that asks to pause (`should_pause`: the worker is shutting down) gets a checkpoint of
+the step just taken, then `Cancelled`; one that asks to stop gets no checkpoint written at all.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from distillation.checkpoint_index import (
     list_checkpoints,
     step_dir,
 )
-from distillation.config import Hyperparameters, Reporter
+from distillation.config import Cancelled, Hyperparameters, Reporter
 from distillation.teacher_cache import cache_path
 from distillation.training import LoopState, check_stop
 
@@ -113,8 +114,13 @@ class Checkpointer:
     # -- fit's hooks ---------------------------------------------------------------------------
     def after_step(self, state: LoopState) -> None:
         step = state.result.steps
-        if step % self.every == 0 or step >= state.total_steps:
+        pause = self.reporter.should_pause()
+        if step % self.every == 0 or step >= state.total_steps or pause:
             self.save(state)
+        if pause:  # the worker is shutting down: the next attempt goes on from this step
+            self.reporter.message(f"Saved a checkpoint at step {step} to stop on.",
+                                  data={"paused_at_step": step, "checkpoint": checkpoint_id(step)})
+            raise Cancelled(f"paused at step {step}")
 
     def restore(self, state: LoopState) -> None:
         """Load the newest checkpoint that reads back whole and fits this run, if there is one."""

@@ -188,6 +188,12 @@ class Reporter(Protocol):
 
     def should_stop(self) -> bool: ...
 
+    def should_pause(self) -> bool:
+        """True when the run should save a checkpoint at its next optimizer step and stop there
+        (its worker is shutting down); asked after every step of a loop that checkpoints. A
+        stage without checkpoints stops on `should_stop` instead."""
+        ...
+
 
 class NullReporter:
     """A reporter that records nothing (tests, benchmarks)."""
@@ -204,6 +210,9 @@ class NullReporter:
         pass
 
     def should_stop(self) -> bool:
+        return False
+
+    def should_pause(self) -> bool:
         return False
 
 

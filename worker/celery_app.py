@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from app.jobs.queue import celery_settings
 from app.settings import get_settings
-from worker import reconcile_timer
+from worker import reconcile_timer, shutdown
 
 celery_app = Celery("distill", include=["worker.tasks"])
 celery_app.conf.update(
@@ -32,9 +32,22 @@ celery_app.conf.update(
 app = celery_app  # `celery -A worker.celery_app` finds `app`
 
 
+_consumer: Any = None  # the worker's consumer, whose pool runs the jobs
+
+
 @worker_ready.connect
-def _start_reconciler(**_: Any) -> None:
+def _start_reconciler(sender: Any = None, **_: Any) -> None:
+    global _consumer
+    _consumer = sender
     reconcile_timer.start(get_settings())
+
+
+@worker_shutting_down.connect
+def _pause_jobs(**_: Any) -> None:
+    # SIGTERM reaches this process only (docker stop): pass it on, so the running job
+    # checkpoints and is handed back instead of holding the shutdown up until it ends.
+    if _consumer is not None:
+        shutdown.forward_to_pool(_consumer.pool)
 
 
 @worker_shutdown.connect

@@ -10,6 +10,10 @@ Progress, metrics and events are telemetry: each write is retried through a data
 (`db_write_retry_s`), and one that still fails is logged and counted, never raised into the
 training core, so an outage cannot fail a healthy job. The count is reported in a warning event
 once the database answers again.
+
+`pause()` (the worker is shutting down) asks the core for a checkpoint at its next optimizer
+step and a stop there; outside the distill stage, which is the one that checkpoints, it stops
+at once.
 """
 
 from __future__ import annotations
@@ -34,8 +38,11 @@ from worker.db_retry import write_with_retry
 
 log = logging.getLogger(__name__)
 
-# Why a run stops: a worker that lost its lease writes nothing more, even when also cancelled.
-LEASE_LOST, CANCELLED = "lease_lost", "cancelled"
+# Why a run stops, strongest first: a worker that lost its lease writes nothing more, whatever
+# else was asked of it.
+LEASE_LOST, CANCELLED, SHUTDOWN = "lease_lost", "cancelled", "shutdown"
+_PRECEDENCE = (LEASE_LOST, CANCELLED, SHUTDOWN)
+CHECKPOINTED_STAGE = "distill"
 
 
 def eval_view(data: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +53,7 @@ def eval_view(data: dict[str, Any]) -> dict[str, Any]:
 
 class DbReporter:
     """Reports a running job into the database; `should_stop()` turns true on cancel or a lost
-    lease."""
+    lease, `should_pause()` once the worker is shutting down."""
 
     def __init__(self, *, settings: Settings, lease: Lease,
                  metrics: dict[str, Any] | None = None) -> None:
@@ -54,8 +61,9 @@ class DbReporter:
         self.lease = lease
         self.job_id = lease.job_id
         self.metrics_state: dict[str, Any] = metrics or {"train_loss": None, "eval": {}}
-        self.stop_reason: str | None = None  # LEASE_LOST | CANCELLED
-        self._stopped = threading.Event()
+        self.stop_reason: str | None = None  # LEASE_LOST | CANCELLED | SHUTDOWN
+        self._stopped = threading.Event()  # stop at once
+        self._pausing = threading.Event()  # checkpoint at the next step, then stop
         self._closing = threading.Event()
         self._last_progress_write = 0.0
         self._last_stage: str | None = None
@@ -77,9 +85,14 @@ class DbReporter:
         return self.stop_reason == LEASE_LOST
 
     def _stop(self, reason: str) -> None:
-        if self.stop_reason != LEASE_LOST:
+        if self.stop_reason is None or _PRECEDENCE.index(reason) < _PRECEDENCE.index(
+                self.stop_reason):
             self.stop_reason = reason
-        self._stopped.set()
+        (self._pausing if reason == SHUTDOWN else self._stopped).set()
+
+    def pause(self) -> None:
+        """The worker is shutting down: checkpoint at the next optimizer step and stop."""
+        self._stop(SHUTDOWN)
 
     def _beat(self) -> None:
         while not self._closing.wait(self.settings.heartbeat_interval_s):
@@ -99,7 +112,11 @@ class DbReporter:
 
     # Reporter protocol -------------------------------------------------------------------
     def should_stop(self) -> bool:
-        return self._stopped.is_set()
+        return self._stopped.is_set() or (
+            self._pausing.is_set() and self._last_stage != CHECKPOINTED_STAGE)
+
+    def should_pause(self) -> bool:
+        return self._pausing.is_set() and not self._stopped.is_set()
 
     def progress(self, progress: Progress) -> None:
         if progress.stage == "distill":

@@ -8,7 +8,7 @@ removes the job's folder.
 A job fails only by its own error. A database that stays away longer than `db_write_retry_s`
 while the worker records the outcome is the service's fault: the worker hands the job back
 (or leaves it to the reconciler) and keeps its folder, so the next attempt resumes from its
-checkpoints.
+checkpoints. So does a worker told to shut down (`SIGTERM`), after a last checkpoint.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from app.models.service import register_distilled_model
 from app.settings import Settings
 from distillation.config import Cancelled, JobResult
 from distillation.engine import run_job
-from worker import attempts
+from worker import attempts, shutdown
 from worker.db_retry import write_with_retry
-from worker.reporter import CANCELLED, LEASE_LOST, DbReporter, eval_view
+from worker.reporter import CANCELLED, LEASE_LOST, SHUTDOWN, DbReporter, eval_view
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,16 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
         lease = Lease(job_id=job_id, worker_id=worker_id, attempt=job.attempts)
         repository.add_event(session, job_id=job_id,
                              message=f"Worker {worker_id} started attempt {job.attempts}.")
-    with DbReporter(settings=settings, lease=lease, metrics=dict(job.metrics)) as reporter:
+    with DbReporter(settings=settings, lease=lease, metrics=dict(job.metrics)) as reporter, \
+            shutdown.pause_on_sigterm(
+                reporter.pause, grace_s=settings.shutdown_grace_s,
+                on_deadline=lambda: _hand_back(settings, lease, "The worker shut down before "
+                                               "the job reached a checkpoint.")):
         status = _run(job, lease, reporter, settings=settings)
     if status is not None:
         # Finished for good, by this attempt: nobody needs the job's files any more. A run cut
-        # short (a lost lease, the database, the worker's death) keeps them for the attempt
-        # that goes on.
+        # short (a lost lease, the database, a shutdown, the worker's death) keeps them for the
+        # attempt that goes on.
         workspace.remove(settings, job_id)
     return status
 
@@ -137,10 +141,15 @@ def _run(job: JobRow, lease: Lease, reporter: DbReporter, *, settings: Settings)
 
 
 def _stopped(lease: Lease, reporter: DbReporter, *, settings: Settings) -> str | None:
-    """The run stopped on request: lost lease (nothing more to write) or cancel."""
+    """The run stopped on request: lost lease (nothing more to write), shutdown (hand the job
+    back), or cancel."""
     if reporter.stop_reason == LEASE_LOST:
         log.warning("job %s: attempt %d lost its lease; another worker owns the job now",
                     lease.job_id, lease.attempt)
+        return None
+    if reporter.stop_reason == SHUTDOWN:
+        _hand_back(settings, lease, "The worker is shutting down; the next attempt goes on "
+                                    "from the last checkpoint.")
         return None
     assert reporter.stop_reason in (CANCELLED, None)
     try:

@@ -101,7 +101,8 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     try:
         uvicorn.run("app.main:app", host=host, port=port, log_level="info")
     finally:
-        stop_process(worker_proc)
+        # The worker checkpoints its job and hands it back within its grace period.
+        stop_process(worker_proc, timeout=settings.shutdown_grace_s + 10)
 
 
 def _die_with_parent() -> None:

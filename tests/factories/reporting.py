@@ -47,6 +47,9 @@ class RecordingReporter:
         self.checks += 1
         return self.stop_after is not None and self.checks > self.stop_after
 
+    def should_pause(self) -> bool:
+        return False
+
     # -- what the tests read ---------------------------------------------------------------------
     @property
     def messages(self) -> list[str]:
