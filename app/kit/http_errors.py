@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.kit.errors import ServiceError
@@ -39,8 +39,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
                          (409, "Conflict with the object's state"),
                          (413, "Upload over the size limit"),
                          (422, "Malformed request (the field is in `param`)"),
-                         (429, "Over a rate or queue limit (see Retry-After)")]
+                         (429, "Over a rate or queue limit (see Retry-After)"),
+                         (503, "The database is unavailable for a moment; retry")]
 }
+# Seconds a client is asked to wait before retrying a request the database could not serve.
+RETRY_AFTER_S = 5
 
 
 def error_body(code: str, message: str, param: str | None = None) -> dict[str, Any]:
@@ -101,6 +104,20 @@ async def _data_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database that cannot be reached (restarting, failing over) is a 503 the client may
+    retry; any other database error is a bug (500)."""
+    assert isinstance(exc, DBAPIError)
+    if not (exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))):
+        return await _unhandled(request, exc)
+    log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    return JSONResponse(
+        error_body("service_unavailable",
+                   "The database is unavailable for a moment; retry the request shortly."),
+        status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse(
@@ -114,4 +131,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DataError, _data_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unhandled)
