@@ -17,11 +17,13 @@ from typing import Any
 
 import pytest
 
+from tests.factories.faults import trained_steps
 from tests.factories.worker import FINAL, create_job, start_worker, stop_worker, wait_for
 
 # A reconciler pass a second: the main process's queries pass psycopg's prepare threshold (five
 # runs) within seconds, while its connection sits idle in the pool between passes.
 RECONCILE_S = "1"
+CHECKPOINT_EVERY = 20
 DB_ERRORS = ("DuplicatePreparedStatement", "already exists", "heartbeat for",
              "lost synchronization", "another command is already in progress")
 
@@ -84,7 +86,8 @@ def test_a_job_requeued_after_sigkill_resumes_on_a_worker_that_has_lived_a_while
     first = start_worker(settings, log=worker_log, DISTILL_RECONCILE_INTERVAL_S=RECONCILE_S)
     try:
         job_id, _ = create_job(client, auth, tiny_teacher_dir, train=400, validation=16,
-                               epochs=3, batch_size=4, checkpoint_every_steps=20)
+                               epochs=3, batch_size=4, checkpoint_every_steps=CHECKPOINT_EVERY,
+                               log_every_steps=1)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             job = client.get(f"/v1/distillation/jobs/{job_id}", headers=auth).json()
@@ -110,11 +113,19 @@ def test_a_job_requeued_after_sigkill_resumes_on_a_worker_that_has_lived_a_while
     finally:
         stop_worker(second)
 
-    # Then the job resumed from its checkpoint on attempt 2 and succeeded, and so did the others
+    # Then the job resumed from its newest checkpoint on attempt 2 and succeeded, and so did the
+    # others; the steps trained again are at most one checkpoint interval, and every step after
+    # the resume was trained once
     assert (done["status"], done["error"], done["attempts"]) == ("succeeded", None, 2), done
     assert [(j["status"], j["error"]) for j in others_done] == [("succeeded", None)] * 2
     events = client.get(f"/v1/distillation/jobs/{job_id}/events?limit=1000",
                         headers=auth).json()["data"]
-    assert any("Resumed from checkpoint" in e["message"] for e in events), [
-        e["message"] for e in events]
+    resumed = [e for e in events if e["data"] and "resumed_from_step" in e["data"]]
+    assert len(resumed) == 1, [e["message"] for e in events]
+    step = resumed[0]["data"]["resumed_from_step"]
+    assert resumed[0]["message"].startswith(f"Resumed from checkpoint at step {step} ")
+    second = next(i for i, e in enumerate(events) if "started attempt 2" in e["message"])
+    first_run, second_run = trained_steps(events[:second]), trained_steps(events[second:])
+    assert step % CHECKPOINT_EVERY == 0 and 0 <= max(first_run) - step <= CHECKPOINT_EVERY
+    assert second_run == list(range(step + 1, done["progress"]["total_steps"] + 1))
     assert database_errors(worker_log) == []

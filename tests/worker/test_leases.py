@@ -1,0 +1,82 @@
+"""Leases on both databases the service runs on: Postgres, and the SQLite file of embedded mode
+(`distill serve`). A claim's lease is refreshed only by its own attempt, and heartbeats and the
+staleness check read the database's clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from app.auth.service import create_key
+from app.jobs import lifecycle
+from app.jobs.lifecycle import Lease
+from app.jobs.status import JobStatus
+from app.jobs.tables import JobRow
+from app.kit.clock import db_now
+from app.kit.db import session_scope
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "postgres":
+        yield request.getfixturevalue("settings").sqlalchemy_url
+        return
+    from app.kit.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'distill.db'}"
+    upgrade(url)
+    yield url
+
+
+def queued_job(url: str) -> str:
+    with session_scope(url) as session:
+        tenant, _ = create_key(session=session, tenant_name="acme")
+        session.add(JobRow(id="job-lease", tenant_id=tenant.id, status=JobStatus.QUEUED,
+                           task="sequence-classification", request={}, progress={}, metrics={},
+                           created_at=time.time(), enqueued_at=time.time(), attempts=0))
+    return "job-lease"
+
+
+def column(url: str, name: str) -> Any:
+    with session_scope(url) as session:
+        return session.execute(select(getattr(JobRow, name), db_now())
+                               .where(JobRow.id == "job-lease")).one()
+
+
+def test_only_the_attempt_that_holds_the_lease_may_write(database: str) -> None:
+    job_id = queued_job(database)
+    with session_scope(database) as session:
+        job = lifecycle.claim(session, job_id=job_id, worker_id="w-1")
+        assert job is not None and job.attempts == 1
+    mine = Lease(job_id, "w-1", 1)
+    for stranger in (Lease(job_id, "w-2", 1), Lease(job_id, "w-1", 2)):
+        with session_scope(database) as session:
+            assert not lifecycle.hold(session, stranger, progress={"step": 9})
+            with pytest.raises(lifecycle.LeaseLost):
+                lifecycle.require(session, stranger)
+    with session_scope(database) as session:
+        assert lifecycle.hold(session, mine, progress={"step": 1})
+    assert column(database, "progress")[0] == {"step": 1}
+
+
+def test_heartbeats_and_staleness_read_the_database_clock(database: str) -> None:
+    job_id = queued_job(database)
+    with session_scope(database) as session:
+        assert lifecycle.claim(session, job_id=job_id, worker_id="w-1") is not None
+    beat, now = column(database, "heartbeat_at")
+    assert 0 <= now - beat < 5
+
+    with session_scope(database) as session:
+        assert lifecycle.stale_running(session, older_than_s=60) == []
+        session.execute(update(JobRow).where(JobRow.id == job_id)
+                        .values(heartbeat_at=db_now() - 61))
+    with session_scope(database) as session:
+        assert [j.id for j in lifecycle.stale_running(session, older_than_s=60)] == [job_id]
+        assert lifecycle.heartbeat(session, Lease(job_id, "w-1", 1)) == JobStatus.RUNNING
+    with session_scope(database) as session:
+        assert lifecycle.stale_running(session, older_than_s=60) == []
