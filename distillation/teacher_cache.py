@@ -100,8 +100,10 @@ def teacher_identity(teacher: nn.Module) -> dict[str, Any]:
             digest.update(f"{name}:{tuple(tensor.shape)}:{float(flat.double().sum()):.6e}".encode())
             digest.update(flat[:_CHECKSUM_VALUES].float().cpu().numpy().tobytes())
     config = getattr(teacher, "config", None)
-    return {"name_or_path": str(getattr(config, "_name_or_path", "")), "parameters": count,
-            "checksum": digest.hexdigest()}
+    # The folder's name, not its path: a fine-tuned teacher lives in the work folder of the
+    # attempt that loaded it, which differs from the attempt that cached its outputs.
+    name = Path(str(getattr(config, "_name_or_path", ""))).name
+    return {"name_or_path": name, "parameters": count, "checksum": digest.hexdigest()}
 
 
 def load_tensors(path: Path, header: dict[str, Any]) -> dict[str, Tensor] | None:

@@ -7,7 +7,10 @@ attempt does to its own folder afterwards, such as a worker that has not yet not
 job deleting its checkpoints, reaches the new folder). The core replaces these files by writing
 new ones and renaming them into place, never by writing into them, so a link is never changed
 under the other folder either. Only complete things are carried: a checkpoint with its
-metadata, a teacher with its `finetuned.json`, a cache file (written whole, then renamed).
+metadata, a teacher with its `finetuned.json`, a cache file (written whole, then renamed), the
+best epoch's student with its `best.json`. Anything else in a work folder is rebuilt by every
+attempt (the pruned tokenizer); `tests/worker/test_attempts.py` fails when the core starts
+keeping something this module does not know.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from app.jobs import workspace
 from app.jobs.lifecycle import Lease
 from app.settings import Settings
 from distillation.checkpoint_index import FINETUNED_MARKER, checkpoints_dir, list_checkpoints
+from distillation.selection import BEST_DIR
+from distillation.selection import STATE as BEST_STATE
 from distillation.teacher_cache import CACHE_FILE
 
 log = logging.getLogger(__name__)
@@ -43,7 +48,7 @@ def _link_tree(src: Path, dst: Path) -> bool:
     tmp = dst.parent / f".tmp-carry-{dst.name}-{uuid.uuid4().hex[:8]}"
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(src, tmp, copy_function=_link)
+        shutil.copytree(src, tmp, copy_function=_link, ignore=shutil.ignore_patterns(".tmp-*"))
         tmp.rename(dst)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -77,6 +82,9 @@ def prepare(settings: Settings, lease: Lease) -> Path:
                    None)
     if teacher is not None:
         _link_tree(teacher, work / TEACHER)
+    best = next((f / BEST_DIR for f in earlier if (f / BEST_DIR / BEST_STATE).is_file()), None)
+    if best is not None:
+        _link_tree(best, work / BEST_DIR)
     cache = next((f / CACHE_FILE for f in earlier if (f / CACHE_FILE).is_file()), None)
     if cache is not None:
         tmp = work / f".tmp-{CACHE_FILE}-{uuid.uuid4().hex[:8]}"
@@ -87,6 +95,6 @@ def prepare(settings: Settings, lease: Lease) -> Path:
             tmp.unlink(missing_ok=True)
             log.warning("could not carry %s forward: %s", cache, exc)
     log.info("job %s attempt %d: carried forward checkpoints %s, fine-tuned teacher %s, teacher "
-             "cache %s", lease.job_id, lease.attempt, carried, teacher is not None,
-             cache is not None)
+             "cache %s, best epoch %s", lease.job_id, lease.attempt, carried,
+             teacher is not None, cache is not None, best is not None)
     return work
