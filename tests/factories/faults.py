@@ -1,22 +1,17 @@
 """Faults for the fault suite, all real: a TCP proxy in front of Postgres that can be stopped
-(the database goes away under the API and the workers, then comes back), a live `distill api`
-process that can be restarted, a worker process whose clock runs behind, and readers of what a
-job's events say about its attempts (training runs, steps trained, late writes)."""
+(the database goes away under the API and the workers, then comes back), a worker process whose
+clock runs behind, and readers of what a job's events say about its attempts (training runs,
+steps trained). A live `distill api` is `tests.factories.server.live_api`."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,48 +86,6 @@ class TcpProxy:
                     sock.shutdown(socket.SHUT_RDWR)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def distill_env(settings: Any, **env: str) -> dict[str, str]:
-    """The environment of a `distill` command on the settings' database, broker and data dir."""
-    return {**os.environ, "DISTILL_DATABASE_URL": settings.database_url,
-            "DISTILL_BROKER_URL": settings.broker_url,
-            "DISTILL_DATA_DIR": str(settings.resolved_data_dir), **env}
-
-
-def start_api(settings: Any, *, port: int, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    """A real `distill api` process on `port`, its output appended to `log`; returns once it
-    answers `/healthz`."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "api", "--port", str(port)],
-                                env=distill_env(settings, **env), cwd=ROOT,
-                                start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("`distill api` did not come up: " + log.read_text(errors="replace"))
-
-
-def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def clock_behind_env(tmp: Path, seconds: float) -> dict[str, str]:
     """Environment for a process whose clock (`time.time`) runs `seconds` behind this one's."""
     site = tmp / f"clock-behind-{int(seconds)}"
@@ -164,18 +117,3 @@ def trained_steps(events: list[dict[str, Any]]) -> list[int]:
     """The optimizer steps whose training metrics were recorded, in the order they were."""
     return [e["data"]["step"] for e in events
             if e["type"] == "metrics" and "learning_rate" in (e["data"] or {})]
-
-
-def job_process_pid(job: dict[str, Any] | None, worker_id: str | None = None) -> int:
-    """The pid of the process running a job: a worker id is `host:pid:nonce`."""
-    owner = worker_id or (job or {}).get("worker_id")
-    assert owner, job
-    return int(owner.split(":")[1])
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -27,15 +27,8 @@ from app.jobs.queue import send_wakeup
 from app.jobs.tables import JobRow
 from app.kit.db import engine_for, session_scope
 from tests.factories.api import REDIS_URL, assert_error
-from tests.factories.faults import (
-    TcpProxy,
-    free_port,
-    job_events,
-    start_api,
-    started_attempts,
-    stop_process,
-    trained_steps,
-)
+from tests.factories.faults import TcpProxy, job_events, started_attempts, trained_steps
+from tests.factories.server import live_api
 from tests.factories.worker import FINAL, create_job, start_worker, stop_worker, wait_for
 from tests.worker.test_reconciler import wait_for_step
 
@@ -234,45 +227,42 @@ def test_the_database_going_away_under_the_api_and_a_worker(
     proxy = TcpProxy(("127.0.0.1", 5432))
     proxy.start()
     via_proxy = proxy.url_for(settings.database_url)
-    port = free_port()
-    api = start_api(settings, port=port, log=tmp_path / "api.log", DISTILL_DATABASE_URL=via_proxy)
     worker = started_worker(settings, tmp_path / "worker.log", DISTILL_DATABASE_URL=via_proxy,
                             DISTILL_RECONCILE_INTERVAL_S="2")
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
-        job_id, _teacher = create_job(http, auth, tiny_teacher_dir, **LONG_JOB)
-        before = wait_for_step(http, auth, job_id, 5)["progress"]["step"]
+        with live_api(settings, tmp_path / "api.log", DISTILL_DATABASE_URL=via_proxy) as api, \
+                httpx.Client(base_url=api.url, timeout=30) as http:
+            job_id, _ = create_job(http, auth, tiny_teacher_dir, **LONG_JOB)
+            before = wait_for_step(http, auth, job_id, 5)["progress"]["step"]
 
-        # When the database goes away for a while
-        proxy.stop()
-        down = time.monotonic()
-        during = [http.get(f"/v1/distillation/jobs/{job_id}", headers=auth),
-                  http.get("/v1/models", headers=auth)]
-        time.sleep(max(0.0, 6 - (time.monotonic() - down)))
-        proxy.start()
+            # When the database goes away for a while
+            proxy.stop()
+            down = time.monotonic()
+            during = [http.get(f"/v1/distillation/jobs/{job_id}", headers=auth),
+                      http.get("/v1/models", headers=auth)]
+            time.sleep(max(0.0, 6 - (time.monotonic() - down)))
+            proxy.start()
 
-        # Then requests meanwhile were answered 503 in the error shape
-        for response in during:
-            assert_error(response, 503, code="service_unavailable")
-            assert response.headers["Retry-After"]
-        # and, with no restart, the API answers again and the job went on and succeeded
-        deadline = time.monotonic() + 60
-        while http.get(f"/v1/distillation/jobs/{job_id}", headers=auth).status_code != 200:
-            assert time.monotonic() < deadline, "the API did not come back"
-            time.sleep(0.5)
-        done = wait_for(http, auth, job_id, FINAL, timeout=300)
-        assert (done["status"], done["attempts"], done["error"]) == ("succeeded", 1, None)
-        assert done["progress"]["step"] > before
-        # and the same worker runs the next job
-        again, _ = create_job(http, auth, tiny_teacher_dir, max_steps=3)
-        assert wait_for(http, auth, again, FINAL)["status"] == "succeeded"
-        assert api.poll() is None and worker.poll() is None
-        events = job_events(lambda url: http.get(url, headers=auth), job_id)
-        assert started_attempts(events) == 1
+            # Then requests meanwhile were answered 503 in the error shape
+            for response in during:
+                assert_error(response, 503, code="service_unavailable")
+                assert response.headers["Retry-After"]
+            # and, with no restart, the API answers again and the job went on and succeeded
+            deadline = time.monotonic() + 60
+            while http.get(f"/v1/distillation/jobs/{job_id}", headers=auth).status_code != 200:
+                assert time.monotonic() < deadline, "the API did not come back"
+                time.sleep(0.5)
+            done = wait_for(http, auth, job_id, FINAL, timeout=300)
+            assert (done["status"], done["attempts"], done["error"]) == ("succeeded", 1, None)
+            assert done["progress"]["step"] > before
+            # and the same worker runs the next job
+            again, _ = create_job(http, auth, tiny_teacher_dir, max_steps=3)
+            assert wait_for(http, auth, again, FINAL)["status"] == "succeeded"
+            assert api.proc.poll() is None and worker.poll() is None
+            events = job_events(lambda url: http.get(url, headers=auth), job_id)
+            assert started_attempts(events) == 1
     finally:
-        http.close()
         stop_worker(worker)
-        stop_process(api)
         proxy.stop()
 
 
@@ -287,28 +277,23 @@ def test_jobs_do_not_notice_the_api_restarting(
     settings: Any, auth: dict[str, str], tiny_teacher_dir: Path, tmp_path: Path,
 ) -> None:
     # Given the API and a worker, and a job running
-    port, log = free_port(), tmp_path / "api.log"
-    api = start_api(settings, port=port, log=log)
+    log = tmp_path / "api.log"
     worker = started_worker(settings, tmp_path / "worker.log", DISTILL_RECONCILE_INTERVAL_S="2")
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
-        job_id, _ = create_job(http, auth, tiny_teacher_dir, **LONG_JOB)
-        wait_for_step(http, auth, job_id, 5)
+        with live_api(settings, log) as api, httpx.Client(base_url=api.url, timeout=30) as http:
+            job_id, _ = create_job(http, auth, tiny_teacher_dir, **LONG_JOB)
+            wait_for_step(http, auth, job_id, 5)
 
         # When the API stops, and starts again a few seconds later, while the job runs
-        stop_process(api)
         step_down = job_step(settings, job_id)
         time.sleep(3)
         step_up = job_step(settings, job_id)
-        api = start_api(settings, port=port, log=log)
-
-        # Then the job went on meanwhile and finished in its first attempt, with no warning
-        done = wait_for(http, auth, job_id, FINAL, timeout=300)
-        events = job_events(lambda url: http.get(url, headers=auth), job_id)
+        with live_api(settings, log) as api, httpx.Client(base_url=api.url, timeout=30) as http:
+            # Then the job went on meanwhile and finished in its first attempt, with no warning
+            done = wait_for(http, auth, job_id, FINAL, timeout=300)
+            events = job_events(lambda url: http.get(url, headers=auth), job_id)
     finally:
-        http.close()
         stop_worker(worker)
-        stop_process(api)
     assert step_up > step_down
     assert (done["status"], done["attempts"], done["error"]) == ("succeeded", 1, None)
     assert started_attempts(events) == 1

@@ -124,8 +124,8 @@ def test_a_job_requeued_after_sigkill_resumes_on_a_worker_that_has_lived_a_while
     assert len(resumed) == 1, [e["message"] for e in events]
     step = resumed[0]["data"]["resumed_from_step"]
     assert resumed[0]["message"].startswith(f"Resumed from checkpoint at step {step} ")
-    second = next(i for i, e in enumerate(events) if "started attempt 2" in e["message"])
-    first_run, second_run = trained_steps(events[:second]), trained_steps(events[second:])
+    resume = next(i for i, e in enumerate(events) if "started attempt 2" in e["message"])
+    first_run, second_run = trained_steps(events[:resume]), trained_steps(events[resume:])
     assert step % CHECKPOINT_EVERY == 0 and 0 <= max(first_run) - step <= CHECKPOINT_EVERY
     assert second_run == list(range(step + 1, done["progress"]["total_steps"] + 1))
     assert database_errors(worker_log) == []
