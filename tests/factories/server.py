@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.factories.api_process import stop_api
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,13 +53,7 @@ def live_api(settings: Any, log: Path, **env: str) -> Iterator[LiveApi]:
         _wait_healthy(api)
         yield api
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_api(proc)
 
 
 def _wait_healthy(api: LiveApi, timeout: float = 300) -> None:
