@@ -1,0 +1,74 @@
+"""The runtimes a served model can run in, and where each one's files live in a model directory.
+
+A model directory is a Hugging Face directory (the `torch` runtime). An exported encoder student
+may also hold `onnx/` (ONNX Runtime, fp32) and `onnx-int8/` (dynamically quantised int8), each a
+directory its runtime loads as it is, and `runtimes.json`: the runtime the model is served with by
+default and each runtime's measured accuracy and latency.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Protocol, get_args
+
+Runtime = Literal["torch", "onnx", "onnx-int8"]
+RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
+RUNTIMES_FILE = "runtimes.json"
+ONNX_FILE = "model.onnx"
+# The sub-directories that are not part of the Hugging Face (torch) download.
+RUNTIME_SUBDIRS: dict[Runtime, str] = {"onnx": "onnx", "onnx-int8": "onnx-int8"}
+
+
+class RuntimeUnavailable(ValueError):
+    """The model has no files for the runtime asked for."""
+
+
+class ServingPredictor(Protocol):
+    """What the predict endpoint calls: a loaded model in one runtime."""
+
+    task: str
+
+    def classify(self, inputs: Any) -> list[dict[str, Any]]: ...
+
+    def generate(self, inputs: Any, max_new_tokens: int) -> list[dict[str, Any]]: ...
+
+
+def runtime_dir(model_dir: Path, runtime: Runtime) -> Path:
+    """The directory that `runtime` loads: the model directory itself for torch."""
+    return model_dir if runtime == "torch" else model_dir / RUNTIME_SUBDIRS[runtime]
+
+
+def available_runtimes(model_dir: Path) -> list[Runtime]:
+    """torch, then each ONNX runtime whose files the directory holds."""
+    return ["torch", *(r for r in RUNTIMES[1:] if (runtime_dir(model_dir, r) / ONNX_FILE).is_file())]
+
+
+def runtimes_info(model_dir: Path) -> dict[str, Any]:
+    """`runtimes.json` (`{"default": …, "runtimes": {name: {...}}}`), or torch alone."""
+    path = model_dir / RUNTIMES_FILE
+    if path.is_file():
+        info: dict[str, Any] = json.loads(path.read_text())
+        return info
+    return {"default": "torch", "runtimes": {"torch": {}}}
+
+
+def default_runtime(model_dir: Path) -> Runtime:
+    """The runtime recorded at export (torch when none was, or when its files are gone)."""
+    name = runtimes_info(model_dir).get("default", "torch")
+    return name if name in available_runtimes(model_dir) else "torch"
+
+
+def load_predictor(model_dir: Path, runtime: Runtime) -> ServingPredictor:
+    """Load the model in `runtime`; RuntimeUnavailable when its files are absent."""
+    if runtime not in available_runtimes(model_dir):
+        have = ", ".join(available_runtimes(model_dir))
+        raise RuntimeUnavailable(f"this model has no {runtime} export (it can run in: {have})")
+    if runtime == "torch":
+        from distillation.predict import Predictor
+
+        return Predictor.load(model_dir)
+    from distillation.onnx_runtime import OnnxPredictor  # type: ignore[import-not-found]
+
+    predictor: ServingPredictor = OnnxPredictor.load(runtime_dir(model_dir, runtime))
+    return predictor
