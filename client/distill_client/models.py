@@ -18,7 +18,6 @@ from distill_client.errors import APIConnectionError
 from distill_client.types import Deleted, Model, Page, Predictions
 
 DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, read=300.0)
-CHUNK = 1 << 20
 
 
 class Models:
@@ -72,7 +71,7 @@ class Models:
                 params={"format": format}, timeout=DOWNLOAD_TIMEOUT), idempotent=True, stream=True)
             try:
                 with archive.open("wb") as out:
-                    for chunk in response.iter_bytes(CHUNK):
+                    for chunk in response.iter_bytes():  # as received: a network read each
                         out.write(chunk)
             except httpx.TransportError as exc:
                 raise APIConnectionError(str(response.request.url),
