@@ -41,7 +41,7 @@ def test_429_waits_for_retry_after(proxy: FaultProxy, via_proxy: Client) -> None
     started = time.monotonic()
     assert via_proxy.models.list().data
     waited = time.monotonic() - started
-    assert [s.action for s in proxy.requests("GET", "/v1/models")] == ["429", "pass"]
+    assert [s.action for s in proxy.requests("GET", "/v1/models")] == ["429:2", "pass"]
     assert waited >= 2.0  # the server's Retry-After, not the client's first backoff (~0.5 s)
 
 
