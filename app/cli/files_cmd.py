@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from app.cli.remote import (
     DEFAULT_API_URL,
@@ -16,6 +15,7 @@ from app.cli.remote import (
     connect,
     console,
     print_json,
+    table,
     when,
 )
 
@@ -53,12 +53,11 @@ def list_files(
     if json_out:
         print_json(page)
         return
-    table = Table("id", "filename", "purpose", "format", "records", "bytes", "created (UTC)")
-    table.columns[0].no_wrap = True
+    rows = table("id", "filename", "purpose", "format", "records", "bytes", "created (UTC)")
     for f in page.data:
-        table.add_row(f.id, f.filename, f.purpose, f.format, f"{f.num_records:,}",
+        rows.add_row(f.id, f.filename, f.purpose, f.format, f"{f.num_records:,}",
                       f"{f.bytes:,}", when(f.created_at))
-    console().print(table)
+    console().print(rows)
 
 
 @files_cli.command("get")

@@ -55,7 +55,7 @@ class StageBars:
                 self._done(stage)
 
     def _done(self, stage: str) -> None:
-        self.progress.update(self.bars[stage], completed=100, eta="done")
+        self.progress.update(self.bars[stage], completed=100, steps="", eta="done")
 
 
 def _event_line(event: JobEvent) -> str:

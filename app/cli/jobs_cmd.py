@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from app.cli.follow import exit_for, follow_job, interrupted
 from app.cli.remote import (
@@ -20,6 +19,7 @@ from app.cli.remote import (
     console,
     fail,
     print_json,
+    table,
     when,
 )
 
@@ -96,12 +96,11 @@ def list_jobs(
     if json_out:
         print_json(page)
         return
-    table = Table("id", "status", "task", "stage", "progress", "model", "created (UTC)")
-    table.columns[0].no_wrap = True
+    rows = table("id", "status", "task", "stage", "progress", "model", "created (UTC)", ids=(0, 5))
     for job in page.data:
-        table.add_row(job.id, job.status, job.task, job.progress.stage or "-",
+        rows.add_row(job.id, job.status, job.task, job.progress.stage or "-",
                       f"{job.progress.percent:.0f}%", job.result_model or "-", when(job.created_at))
-    console().print(table)
+    console().print(rows)
 
 
 def _job_lines(job: Job) -> list[tuple[str, str]]:

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from app.cli.remote import (
     DEFAULT_API_URL,
@@ -17,6 +16,7 @@ from app.cli.remote import (
     connect,
     console,
     print_json,
+    table,
     when,
 )
 from app.cli.report import report_table
@@ -35,12 +35,11 @@ def list_models(api_url: ApiUrlOpt = DEFAULT_API_URL, api_key: ApiKeyOpt = None,
     if json_out:
         print_json(page)
         return
-    table = Table("id", "source", "task", "parameters", "size (MB)", "job", "created (UTC)")
-    table.columns[0].no_wrap = True
+    rows = table("id", "source", "task", "parameters", "size (MB)", "job", "created (UTC)")
     for m in page.data:
-        table.add_row(m.id, m.source or "-", m.task, f"{m.parameters:,}",
+        rows.add_row(m.id, m.source or "-", m.task, f"{m.parameters:,}",
                       f"{m.size_bytes / 1e6:.1f}", m.source_job or "-", when(m.created_at))
-    console().print(table)
+    console().print(rows)
 
 
 @models_cli.command("get")
@@ -109,11 +108,11 @@ def predict(
         print_json(result)
         return
     generated = any(p.text is not None for p in result.data)
-    table = Table("input", "output") if generated else Table("input", "label", "score")
+    rows = table("input", "output", ids=()) if generated else table("input", "label", "score", ids=())
     for text, p in zip(texts, result.data, strict=False):
         if generated:
-            table.add_row(escape(text), escape(p.text or ""))
+            rows.add_row(escape(text), escape(p.text or ""))
         else:
-            table.add_row(escape(text), escape(p.label or "-"),
+            rows.add_row(escape(text), escape(p.label or "-"),
                           "-" if p.score is None else f"{p.score:.3f}")
-    console().print(table)
+    console().print(rows)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 if TYPE_CHECKING:
     from distill_client import Client
@@ -40,6 +41,16 @@ def console() -> Console:
     rich's 80, so that ids and names are never cut (`COLUMNS` still wins)."""
     wide = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
     return Console(highlight=False, soft_wrap=True, width=200 if wide else None)
+
+
+def table(*headers: str, ids: tuple[int, ...] = (0,)) -> Table:
+    """A table whose cells wrap instead of being cut with "…", its id columns kept whole (an id
+    is for copying)."""
+    out = Table(*headers)
+    for index, column in enumerate(out.columns):
+        column.overflow = "fold"
+        column.no_wrap = index in ids
+    return out
 
 
 def fail(message: str, code: int = EXIT_API) -> typer.Exit:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from distill_client import (
     APIConnectionError,
     AuthenticationError,
@@ -28,6 +27,7 @@ from distill_client import (
     UnsafeArchiveError,
 )
 from distill_client._archive import prepare_destination, staging_dir, unpack
+
 from tests.factories.api import job_body, tar_gz
 from tests.factories.records import sentiment_records, write_jsonl
 from tests.factories.server import ROOT, free_port

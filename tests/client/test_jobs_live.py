@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from distill_client import Client, Job, JobEvent
 from typer.testing import CliRunner
 
 from app.cli.main import cli
-from distill_client import Client, Job, JobEvent
 from tests.factories.api import job_body
 from tests.factories.records import sentiment_records, write_jsonl
 

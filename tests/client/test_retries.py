@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from distill_client import APIConnectionError, Client, InternalServerError
+
 from tests.factories.api import job_body
 from tests.factories.http_faults import FaultProxy
 from tests.factories.records import sentiment_records, write_jsonl

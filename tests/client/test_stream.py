@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 import uvicorn
+from distill_client import Client, Job, JobEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from distill_client import Client, Job, JobEvent
 from tests.factories.server import free_port
 
 JOB_ID = "job-sse"
