@@ -29,6 +29,9 @@ def _plain_members_only(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo |
         kind = "link" if member.issym() or member.islnk() else "special file"
         raise UnsafeArchiveError(f"Refused to unpack {member.name!r}: a {kind} "
                                  "(a model archive holds plain files and folders only).")
+    if member.name.startswith("/") or ".." in member.name.split("/"):
+        # The data filter would strip a leading "/"; an archive that has one is not ours.
+        raise UnsafeArchiveError(f"Refused to unpack {member.name!r}: a path outside the folder.")
     try:
         return tarfile.data_filter(member, dest)
     except tarfile.FilterError as exc:
