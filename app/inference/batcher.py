@@ -83,6 +83,10 @@ class Batcher:
         self._queue.put(call)
         return call.future
 
+    def queued(self) -> int:
+        """Calls handed in but not yet picked up by the model's thread (approximate)."""
+        return self._queue.qsize()
+
     def close(self) -> None:
         """Serve the calls already queued, then end the thread (and free the model)."""
         self._queue.put(None)
@@ -96,7 +100,6 @@ class Batcher:
         while waiting or not self._closing:
             if not waiting and not self._receive(waiting, timeout=None):
                 continue
-            self._receive_ready(waiting)
             if not self._ensure_loaded(waiting):
                 continue
             batch = self._take(waiting)
@@ -144,6 +147,7 @@ class Batcher:
     def _take(self, waiting: deque[_Call]) -> list[_Call]:
         """The oldest call and the waiting calls that can join it (up to `max_rows` inputs),
         waiting for more until the oldest call has waited `max_wait_s`."""
+        self._receive_ready(waiting)  # those that came while the model loaded, too
         for call in waiting:
             if call.group is None:
                 call.group = self._group(call)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.inference.batcher import Batcher
+from app.inference.batcher import Batcher, PredictInput, Rows
 from app.inference.stats import BatchHook
 from app.kit.storage import dir_mtime_ns
 from distillation.runtimes import Runtime, ServingPredictor, load_predictor
@@ -57,14 +58,15 @@ class PredictorCache:
         self._slots: OrderedDict[SlotKey, _Slot] = OrderedDict()
         self._lock = threading.Lock()  # guards `_slots` only; never held while a model loads
 
-    def batcher(self, model_id: str, runtime: Runtime, model_dir: Path, size_bytes: int
-                ) -> Batcher:
-        """The batcher serving the model in `runtime` (its model loads on its first call); a
-        changed directory (new mtime) is loaded afresh. `size_bytes`: the weights' size.
+    def submit(self, model_id: str, runtime: Runtime, model_dir: Path, size_bytes: int,
+               inputs: Sequence[PredictInput], *, generate: bool = False,
+               max_new_tokens: int = 0) -> Future[Rows]:
+        """Queue a predict call on the model's batcher in `runtime` (the model loads on its first
+        call; a changed directory, new mtime, is loaded afresh). `size_bytes`: the weights' size.
         FileNotFoundError when the directory is gone."""
         stamp = dir_mtime_ns(model_dir)
         key = (model_id, runtime)
-        with self._lock:
+        with self._lock:  # held while queuing too, so no call lands on a batcher closed meanwhile
             slot = self._slots.get(key)
             if slot is None or slot.stamp != stamp:
                 if slot is not None:
@@ -79,7 +81,13 @@ class PredictorCache:
                                                 size_bytes=size_bytes)
             self._slots.move_to_end(key)
             self._evict()
-            return slot.batcher
+            return slot.batcher.submit(inputs, generate=generate, max_new_tokens=max_new_tokens)
+
+    def queued(self, model_id: str, runtime: Runtime) -> int:
+        """Calls waiting for the model's thread to pick them up (0 when it is not cached)."""
+        with self._lock:
+            slot = self._slots.get((model_id, runtime))
+            return slot.batcher.queued() if slot is not None else 0
 
     def _evict(self) -> None:
         """Drop the least recently used slots until both bounds hold (or one slot is left)."""

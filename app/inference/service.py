@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from app.inference.batcher import PredictInput, Rows
 from app.inference.cache import PredictorCache
 from app.kit.db import session_factory
 from app.kit.errors import InvalidRequest, NotFound, Unprocessable
@@ -30,8 +31,6 @@ from distillation.runtimes import (
 )
 from distillation.tasks import TASKS
 
-PredictInput = str | list[str]
-Rows = list[dict[str, object]]
 
 
 @dataclass(frozen=True)
@@ -153,11 +152,11 @@ async def predict(
     check_inputs(inputs, task=model.task, settings=settings)
     used = choose_runtime(model, runtime)
     try:
-        batcher = cache.batcher(model.id, used, model.path, model.size_bytes)
+        future = cache.submit(model.id, used, model.path, model.size_bytes, inputs,
+                              generate=not model.classifies, max_new_tokens=max_new_tokens)
     except FileNotFoundError as exc:  # deleted since it was looked up
         memo.discard((tenant_id, model_id))
         raise _files_missing(model_id) from exc
-    future = batcher.submit(inputs, generate=not model.classifies, max_new_tokens=max_new_tokens)
     try:
         rows = await asyncio.wrap_future(future)
     except RuntimeUnavailable as exc:  # its files went between the look-up and the load

@@ -117,8 +117,8 @@ def _fake_cache(tmp_path: Path, **bounds: int) -> tuple[PredictorCache, list[str
 
 
 def _use(cache: PredictorCache, model_dir: Path, size: int) -> Any:
-    batcher = cache.batcher(model_dir.name, "torch", model_dir, size)
-    return batcher.submit(["x"]).result(timeout=STUCK_S)[0]["by"]
+    future = cache.submit(model_dir.name, "torch", model_dir, size, ["x"])
+    return future.result(timeout=STUCK_S)[0]["by"]
 
 
 def test_cache_loads_once_and_evicts_by_count(tmp_path: Path) -> None:
@@ -165,6 +165,6 @@ def test_failed_load_is_retried(tmp_path: Path) -> None:
 
     cache = PredictorCache(loader=flaky)
     with pytest.raises(OSError):
-        cache.batcher("m", "torch", tmp_path, 1).submit(["x"]).result(timeout=STUCK_S)
-    assert cache.batcher("m", "torch", tmp_path, 1).submit(["x"]).result(timeout=STUCK_S)
+        cache.submit("m", "torch", tmp_path, 1, ["x"]).result(timeout=STUCK_S)
+    assert cache.submit("m", "torch", tmp_path, 1, ["x"]).result(timeout=STUCK_S)
     assert len(attempts) == 2
