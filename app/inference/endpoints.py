@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request
 
 from app.deps import CachedTenantDep, CurrentSettingsDep
 from app.inference import service
@@ -53,7 +52,7 @@ async def predict(
     tenant: CachedTenantDep,
     cache: Annotated[PredictorCache, Depends(get_predictors)],
     memo: Annotated[service.ModelMemo, Depends(get_model_memo)],
-) -> Response:
+) -> dict[str, Any]:
     """Labels and scores (classifiers) or generated text (causal-lm, seq2seq).
 
     An async route: concurrent calls to one model share a forward pass (see
@@ -63,9 +62,6 @@ async def predict(
         settings=settings, tenant_id=tenant.id, model_id=model_id, inputs=body.inputs,
         max_new_tokens=body.max_new_tokens, runtime=body.runtime, cache=cache, memo=memo,
     )
-    # Serialised here: the rows are plain dicts the predictor built, in PredictResponse's shape;
-    # validating them again through the response model cost more than the JSON (README).
-    content = {"object": "list", "model": model.id, "runtime": runtime, "data": rows}
-    return Response(json.dumps(content, ensure_ascii=False, allow_nan=False,
-                               separators=(",", ":")).encode("utf-8"),
-                    media_type="application/json")
+    # Plain dicts, validated and serialised by the response model: a hand-serialised response
+    # saved 6 µs a call (60 µs at 32 inputs) of about 2 ms, not worth skipping the check.
+    return {"object": "list", "model": model.id, "runtime": runtime, "data": rows}

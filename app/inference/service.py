@@ -32,7 +32,6 @@ from distillation.runtimes import (
 from distillation.tasks import TASKS
 
 
-
 @dataclass(frozen=True)
 class ServedModel:
     """What predict needs of a model, kept in the model memo for a few seconds."""
