@@ -157,8 +157,9 @@ class Batcher:
         scanned = 0
         while rows < self._max_rows:
             # Join the compatible calls already waiting, oldest first, skipping what no longer fits.
-            kept: deque[_Call] = deque()
-            for call in list(waiting)[scanned:]:
+            pending = list(waiting)
+            kept = pending[:scanned]  # looked at in an earlier round: they stay, in order
+            for call in pending[scanned:]:
                 if call.group is None:
                     call.group = self._group(call)
                 if call.group == first.group and rows + len(call.inputs) <= self._max_rows:

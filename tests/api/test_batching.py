@@ -67,7 +67,7 @@ def held_batcher(load: Callable[[], Any], log: BatchLog, **options: Any
         return load()
 
     batcher = Batcher(model_id="m", runtime="torch", load=held, max_rows=options.pop("max_rows", 64),
-                      max_wait_s=0.002, on_batch=log, **options)
+                      max_wait_s=options.pop("max_wait_s", 0.002), on_batch=log, **options)
     return batcher, release
 
 
@@ -194,5 +194,24 @@ def test_generation_batches_by_tokens_and_length(tmp_path: Path) -> None:
     assert [(b.requests, b.rows) for b in log.recent()] == [(3, 4), (1, 1), (1, 1)]
     # And the texts equal those generated one prompt at a time
     for (inputs, tokens), rows in zip(calls, results, strict=True):
-        assert rows == [alone.generate([text], tokens)[0] for text in inputs]
+        assert rows == [alone.generate([str(text)], tokens)[0] for text in inputs]
+    batcher.close()
+
+
+def test_calls_that_cannot_join_wait_for_the_next_batch(tmp_path: Path) -> None:
+    # Given a call for 4 tokens and one for 6 queued while the model loads, and a long wait
+    lm = save_gpt2(tmp_path / "lm")
+    log = BatchLog()
+    batcher, release = held_batcher(lambda: Predictor.load(lm), log, max_rows=2, max_wait_s=STUCK_S)
+    first, other = submit_all(batcher, release, [(["red cat"], 4), (["blue dog"], 6)],
+                              generate=True)
+
+    # When a second 4-token call arrives while the first batch waits for company
+    wait_until(lambda: batcher.queued() == 0)
+    late = batcher.submit(["green bird"], generate=True, max_new_tokens=4)
+
+    # Then it joins the first call, and the 6-token call, passed over twice, runs next
+    for future in (first, other, late):
+        assert len(future.result(timeout=STUCK_S)) == 1
+    assert [(b.requests, b.rows) for b in log.recent()] == [(2, 2), (1, 1)]
     batcher.close()

@@ -101,7 +101,7 @@ class _Echo:
         raise NotImplementedError
 
 
-def _fake_cache(tmp_path: Path, **bounds: int) -> tuple[PredictorCache, list[str], list[Path]]:
+def _fake_cache(tmp_path: Path, **bounds: Any) -> tuple[PredictorCache, list[str], list[Path]]:
     loads: list[str] = []
 
     def loader(path: Path, runtime: Runtime) -> Any:

@@ -117,9 +117,9 @@ def test_bad_requests_fail_alone_among_good_ones(
     assert client.delete(f"/v1/models/{gone}", headers=auth).status_code in (200, 204)
     lm = _upload(client, auth, save_gpt2(tmp_path / "lm"))
     url = f"/v1/models/{classifier}/predict"
-    good = {f"good-{n}": (url, {"inputs": [f"film {n}", ["a plot", "that works"]]})
-            for n in range(5)}
-    bad = {
+    good: dict[str, tuple[str, dict[str, Any]]] = {
+        f"good-{n}": (url, {"inputs": [f"film {n}", ["a plot", "that works"]]}) for n in range(5)}
+    bad: dict[str, tuple[str, dict[str, Any]]] = {
         "empty": (url, {"inputs": []}),
         "too_many": (url, {"inputs": ["x"] * (settings.predict_max_inputs + 1)}),
         "too_long": (url, {"inputs": ["x" * (settings.predict_max_chars + 1)]}),
