@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +17,14 @@ def default_data_dir() -> Path:
     if (project / "pyproject.toml").exists():
         return project / ".distill"
     return Path.home() / ".distill"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or `taskset`'s share),
+    not the machine's count that torch would otherwise size its thread pool by."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -60,6 +69,23 @@ class Settings(BaseSettings):
         default=2 * 1024**3, ge=0,
         description="Weights (bytes on disk) kept loaded for predict; the least recently used "
         "models are unloaded past it (a single larger model is still served)."
+    )
+    predict_max_batch: int = Field(
+        default=32, ge=1, description="Inputs one forward pass of a served model takes: "
+        "concurrent predict calls to one model are batched up to this many inputs."
+    )
+    predict_max_wait_ms: float = Field(
+        default=2.0, ge=0, description="How long a predict call waits for others to share its "
+        "forward pass (while a batch runs, the next fills anyway)."
+    )
+    predict_threads: int = Field(
+        default_factory=usable_cpus, ge=1,
+        description="torch threads per served model (default: the CPUs this process may use)."
+    )
+    lookup_cache_s: float = Field(
+        default=5.0, ge=0, description="Seconds an API key's tenant and a model's record are "
+        "remembered for predict (a revoked key or deleted model stops answering within it; "
+        "0: look up every request)."
     )
     idempotency_ttl_s: float = Field(default=24 * 3600.0, description="Idempotency-Key lifetime.")
     # Limits on what one tenant's requests may hold or ask for (each refused with its own error).
