@@ -10,15 +10,17 @@ Content-Security-Policy (scripts and styles from this origin only) stands behind
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 
 from app.deps import SessionDep, TenantDep
+from app.kit.errors import NotFound
 from app.models import service as models_service
 from app.ui.schemas import ModelCard
 
@@ -28,6 +30,11 @@ templates = Jinja2Templates(directory=HERE / "templates")
 markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+# The files a model card may show as images (`distillation.curve.CURVE_FILE`, named here so the
+# API does not import matplotlib); anything else in the model's folder is not served this way.
+CARD_IMAGES = frozenset({"training_curve.png"})
+FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n", re.DOTALL)
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -80,7 +87,25 @@ def model_card(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelCa
     view = models_service.get_model(session=session, tenant_id=tenant.id, model_id=model_id)
     readme = view.path / "README.md"
     text = readme.read_text(errors="replace") if readme.is_file() else None
-    return ModelCard(id=view.id, markdown=text, html=markdown.render(text) if text else None)
+    return ModelCard(id=view.id, markdown=text, html=render_card(text) if text else None)
+
+
+@router.get("/api/models/{model_id}/files/{name}")
+def model_card_image(model_id: str, name: str, session: SessionDep,
+                     tenant: TenantDep) -> FileResponse:
+    """An image the model card shows (the training curve); the page fetches it with the key."""
+    view = models_service.get_model(session=session, tenant_id=tenant.id, model_id=model_id)
+    path = view.path / name
+    if name not in CARD_IMAGES or not path.is_file():
+        raise NotFound(f"Model {model_id} has no card image {name!r}.", param="name")
+    return FileResponse(path, media_type="image/png")
+
+
+def render_card(text: str) -> str:
+    """A model card as HTML: its YAML front matter shown as a code block, any raw HTML in it
+    escaped, links other than http(s)/relative refused (markdown-it's `validateLink`)."""
+    text = FRONT_MATTER.sub(lambda m: f"```yaml\n{m.group(1)}\n```\n", text, count=1)
+    return markdown.render(text)
 
 
 def install_ui(app: FastAPI) -> None:

@@ -152,7 +152,7 @@ def test_cancelled_job_streams_its_events_then_end(fast: Any, auth: dict[str, st
 
     events = stream(fast, auth, job_id)
 
-    assert [e["event"] for e in events][0] == "job.update"
+    assert events[0]["event"] == "job.update"
     assert events[-1] == {"event": "end", "data": {"status": "cancelled"}}
     assert [e["event"] for e in events].count("job.update") == 1  # nothing changed since
 

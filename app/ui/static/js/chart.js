@@ -3,7 +3,7 @@
 
 const NS = "http://www.w3.org/2000/svg";
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563"];
-const W = 520, H = 220, PAD = { left: 52, right: 12, top: 10, bottom: 28 };
+const W = 520, H = 230, PAD = { left: 56, right: 14, top: 10, bottom: 40 };
 
 function el(tag, attrs = {}, text) {
   const node = document.createElementNS(NS, tag);
@@ -18,7 +18,11 @@ function extent(values) {
   return [lo, hi];
 }
 
-const label = (v) => (Math.abs(v) >= 1000 || Number.isInteger(v) ? String(Math.round(v)) : v.toPrecision(3));
+function label(v) {
+  if (Number.isInteger(v) || Math.abs(v) >= 1000) return String(Math.round(v));
+  if (v !== 0 && Math.abs(v) < 0.01) return v.toExponential(1);
+  return String(Number(v.toPrecision(3)));
+}
 
 /** Draw `series` into `container` (its previous chart replaced); `empty` when there is no point. */
 export function lineChart(container, series, { xLabel = "step", empty = "No points yet." } = {}) {
@@ -43,9 +47,9 @@ export function lineChart(container, series, { xLabel = "step", empty = "No poin
     svg.append(el("text", { x: PAD.left - 6, y: sy(y) + 4, "text-anchor": "end", class: "tick" }, label(y)));
   }
   for (const x of [x0, (x0 + x1) / 2, x1]) {
-    svg.append(el("text", { x: sx(x), y: H - 10, "text-anchor": "middle", class: "tick" }, label(x)));
+    svg.append(el("text", { x: sx(x), y: H - PAD.bottom + 16, "text-anchor": "middle", class: "tick" }, label(x)));
   }
-  svg.append(el("text", { x: W - PAD.right, y: H - 10, "text-anchor": "end", class: "axis" }, xLabel));
+  svg.append(el("text", { x: (PAD.left + W - PAD.right) / 2, y: H - 4, "text-anchor": "middle", class: "axis" }, xLabel));
   drawn.forEach((s, i) => {
     const color = COLORS[i % COLORS.length];
     const points = [...s.points].sort((a, b) => a[0] - b[0]);

@@ -54,6 +54,16 @@ async function load() {
   if (card.html) {
     // Rendered by the server with raw HTML escaped (markdown-it, html off): safe to insert.
     article.innerHTML = card.html;
+    // Its images are files of the model (the training curve): fetched with the key, shown as blobs.
+    for (const img of article.querySelectorAll("img")) {
+      const name = img.getAttribute("src") || "";
+      img.removeAttribute("src");
+      if (/^[\w.-]+$/.test(name)) {
+        api(`/ui/api/models/${encodeURIComponent(modelId)}/files/${encodeURIComponent(name)}`)
+          .then((r) => r.blob()).then((blob) => { img.src = URL.createObjectURL(blob); })
+          .catch(() => { img.alt = `(${img.alt || name}: not available)`; });
+      }
+    }
   } else {
     article.textContent = "This model has no model card.";
   }
