@@ -134,7 +134,12 @@ def test_model_page_shows_report_card_downloads_and_predicts(
     # The model card, rendered from markdown (its table too)
     page.locator("#card table").first.wait_for()
     assert "Teacher" in page.inner_text("#card")
-    page.wait_for_function("document.querySelector('#card img')?.naturalWidth > 0")  # the curve
+    # its training curve, fetched with the key (the page's CSP rules out wait_for_function)
+    curve = page.locator("#card img").first
+    deadline = time.monotonic() + 20
+    while not curve.evaluate("img => img.complete && img.naturalWidth > 0"):
+        assert time.monotonic() < deadline, "the card's training curve never loaded"
+        time.sleep(0.2)
 
     # Predict
     page.fill("#predict-inputs", "a wonderful, moving film\nthe worst thing I have seen")
