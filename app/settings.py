@@ -62,6 +62,14 @@ class Settings(BaseSettings):
         "job and hand it back before it hands it back without the checkpoint and exits."
     )
     reconcile_interval_s: float = Field(default=15.0, description="Reconciler period.")
+    events_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often a live event stream (`/events?stream=true`) "
+        "reads the job and its new events from the database."
+    )
+    events_ping_interval_s: float = Field(
+        default=15.0, gt=0, description="Seconds between keep-alive comments on a live event "
+        "stream, so that proxies keep an idle stream open."
+    )
     predict_max_inputs: int = Field(default=64, description="Inputs per predict call.")
     predict_max_chars: int = Field(default=10_000, description="Characters per predict input.")
     predict_cache_models: int = Field(default=4, ge=1, description="Models kept loaded for predict.")
