@@ -97,7 +97,8 @@ async def predict(
         # Not needed past this point: give the connection back before the model runs.
         session.close()
         call = partial(_run, task=view.task, inputs=inputs, max_new_tokens=max_new_tokens)
-        return view.id, cache.submit(view.id, view.path, view.size_bytes, call)
+        return view.id, cache.submit(view.id, models.local_model_path(settings, view),
+                                     view.size_bytes, call)
 
     served_id, future = await anyio.to_thread.run_sync(start)
     try:
