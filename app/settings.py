@@ -40,6 +40,24 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         default=None, description="Celery broker; default: a SQLite-file broker in the data dir."
     )
+    storage_url: str | None = Field(
+        default=None, description="Where uploads, models and job state are kept: unset (the data "
+        "directory) or a local folder (a path or file://...), or s3://bucket/prefix for an "
+        "S3-compatible store that the API and workers share instead of a folder."
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Endpoint of the S3-compatible store (MinIO: http://minio:9000); "
+        "unset: AWS, or the standard AWS_ENDPOINT_URL. Credentials: the standard AWS_* variables."
+    )
+    scratch_dir: Path | None = Field(
+        default=None, description="With a remote store: this process's own cache of what it "
+        "pulls from the store (a worker's job folders, the models predict loads); default: "
+        "`scratch/` in the data directory."
+    )
+    store_sync_interval_s: float = Field(
+        default=2.0, gt=0, description="With a remote store: how often a worker pushes its "
+        "running job's new checkpoints and teacher cache to the store."
+    )
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, description="Upload size limit.")
     max_model_upload_bytes: int = Field(default=2 * 1024**3, description="Model archive limit.")
     allow_local_model_paths: bool = Field(
@@ -125,16 +143,36 @@ class Settings(BaseSettings):
         return f"sqla+sqlite:///{self.resolved_data_dir / 'broker.db'}"
 
     @property
+    def remote_storage(self) -> bool:
+        """Whether the store is an object store (`s3://…`) rather than a local folder."""
+        url = self.storage_url or ""
+        return "://" in url and not url.startswith("file://")
+
+    @property
+    def resolved_scratch_dir(self) -> Path:
+        return (self.scratch_dir or self.resolved_data_dir / "scratch").expanduser().resolve()
+
+    @property
+    def local_root(self) -> Path:
+        """The folder `files/`, `models/` and `jobs/` live in: the store itself when it is local,
+        this process's scratch cache of it when it is remote."""
+        if self.remote_storage:
+            return self.resolved_scratch_dir
+        if self.storage_url:
+            return Path(self.storage_url.removeprefix("file://")).expanduser().resolve()
+        return self.resolved_data_dir
+
+    @property
     def files_dir(self) -> Path:
-        return self.resolved_data_dir / "files"
+        return self.local_root / "files"
 
     @property
     def models_dir(self) -> Path:
-        return self.resolved_data_dir / "models"
+        return self.local_root / "models"
 
     @property
     def jobs_dir(self) -> Path:
-        return self.resolved_data_dir / "jobs"
+        return self.local_root / "jobs"
 
 
 @lru_cache

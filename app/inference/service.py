@@ -111,11 +111,13 @@ def find_servable_model(*, settings: Settings, tenant_id: str, model_id: str) ->
         )
     if view.task not in TASKS:
         raise _not_servable(model_id, f"its task {view.task!r} has no predict endpoint")
-    if not view.path.is_dir():
+    # With a remote store, the model's copy in this process's scratch cache (pulled once).
+    path = models.local_model_path(settings, view)
+    if not path.is_dir():
         raise _files_missing(model_id)
-    return ServedModel(id=view.id, task=view.task, path=view.path, size_bytes=view.size_bytes,
-                       runtimes=tuple(available_runtimes(view.path)),
-                       default_runtime=default_runtime(view.path))
+    return ServedModel(id=view.id, task=view.task, path=path, size_bytes=view.size_bytes,
+                       runtimes=tuple(available_runtimes(path)),
+                       default_runtime=default_runtime(path))
 
 
 def choose_runtime(model: ServedModel, asked: Runtime | None) -> Runtime:
