@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.kit.queues import QueueClass, parse_queues
 
 
 def default_data_dir() -> Path:
@@ -125,6 +128,40 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         default=600, ge=0, description="Requests per API key per minute (0: no limit)."
     )
+
+    # Routing by size (`app/jobs/routing.py`): the classes of workers, and this worker's own.
+    worker_queues: str = Field(
+        default="", description="The classes of workers, as `name=MEMORY[xDEVICES]` entries "
+        "separated by commas (`small=8GiB,large=80GiBx4`: memory per device, devices per "
+        "worker): a job goes to the smallest queue whose workers can hold it, and is refused "
+        "(400) when none can. Empty: one queue, `training`, of unbounded memory and one device "
+        "per worker (a single-machine setup: nothing is refused for its size)."
+    )
+    worker_memory: ByteSize | None = Field(
+        default=None, description="This worker's memory per device (e.g. `80GiB`), advertised "
+        "when it registers and deciding which queues it consumes; default: read from its device "
+        "(CUDA's total memory, or the machine's RAM on a CPU worker)."
+    )
+    worker_devices: int | None = Field(
+        default=None, ge=1, description="This worker's devices, for `hyperparameters.devices` "
+        "jobs (DDP); default: the CUDA devices it sees, or 1 on a CPU worker."
+    )
+
+    worker_device: Literal["cpu", "cuda"] | None = Field(
+        default=None, description="This worker's device kind, advertised when it registers; "
+        "default: `cuda` when it sees a CUDA device, else `cpu`."
+    )
+
+    @field_validator("worker_queues")
+    @classmethod
+    def _queues_parse(cls, value: str) -> str:
+        parse_queues(value)  # a typo stops the process at start, naming the entry
+        return value
+
+    @property
+    def queue_classes(self) -> list[QueueClass]:
+        """The configured queues, smallest first."""
+        return parse_queues(self.worker_queues)
 
     @property
     def resolved_data_dir(self) -> Path:

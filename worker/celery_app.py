@@ -15,6 +15,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from app.jobs.queue import celery_settings
 from app.settings import get_settings
+from app.workers import presence
 from worker import reconcile_timer, shutdown
 
 celery_app = Celery("distill", include=["worker.tasks"])
@@ -39,6 +40,9 @@ _consumer: Any = None  # the worker's consumer, whose pool runs the jobs
 def _start_reconciler(sender: Any = None, **_: Any) -> None:
     global _consumer
     _consumer = sender
+    # Advertise what this worker holds and the queues it consumes (`-Q`), in the registry.
+    consuming = sender.app.amqp.queues.consume_from if sender is not None else None
+    presence.join(get_settings(), queues=sorted(consuming or {}))
     reconcile_timer.start(get_settings())
 
 
@@ -53,3 +57,4 @@ def _pause_jobs(**_: Any) -> None:
 @worker_shutdown.connect
 def _stop_reconciler(**_: Any) -> None:
     reconcile_timer.stop()
+    presence.leave(get_settings())

@@ -68,8 +68,9 @@ def _hand_back(settings: Settings, lease: Lease, message: str) -> None:
     try:
         with session_scope(settings.sqlalchemy_url) as session:
             new_status = lifecycle.release(session, lease, message=message)
+            queue = lifecycle.wakeup_queue(session, job_id=lease.job_id, settings=settings)
         if new_status == JobStatus.QUEUED:
-            send_wakeup(lease.job_id, settings=settings)
+            send_wakeup(lease.job_id, settings=settings, queue=queue)
     except SQLAlchemyError:
         log.warning("job %s: could not hand it back; the reconciler will re-queue it",
                     lease.job_id)
