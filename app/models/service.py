@@ -26,7 +26,10 @@ from app.models.views import ModelView, from_builtin, from_row, inspect_cached
 from app.models.weights import weight_stats
 from app.settings import Settings
 from distillation.model_info import ModelInfo
+from distillation.runtimes import RUNTIME_SUBDIRS, available_runtimes, runtime_dir
 
+# What `GET /v1/models/{id}/download` gives: the Hugging Face directory, or an ONNX runtime's.
+DownloadFormat = Literal["hf", "onnx", "onnx-int8"]
 # Safetensors barely compress, tokenizers do: a generous bound on what an upload unpacks to.
 UNPACKED_SIZE_FACTOR = 4
 
@@ -131,13 +134,30 @@ def delete_model(*, session: Session, tenant_id: str, model_id: str) -> None:
     storage.remove(path)
 
 
-def download_model(*, session: Session, tenant_id: str, model_id: str) -> Iterator[bytes]:
-    """The model directory as a streamed .tar.gz (members at the archive root)."""
+def download_formats(model_dir: Path) -> list[DownloadFormat]:
+    """hf, then each ONNX runtime the model was exported to."""
+    return ["hf", *(r for r in available_runtimes(model_dir) if r != "torch")]
+
+
+def download_model(
+    *, session: Session, tenant_id: str, model_id: str, fmt: DownloadFormat = "hf"
+) -> Iterator[bytes]:
+    """The directory that `fmt`'s runtime loads, as a streamed .tar.gz (members at the archive
+    root): `hf` is the Hugging Face directory without the ONNX sub-directories, `onnx` and
+    `onnx-int8` are those sub-directories (400 naming `format` when the model has no such export)."""
     view = get_model(session=session, tenant_id=tenant_id, model_id=model_id)
     if not (view.path / "config.json").is_file():
         raise NotFound(f"The files of model {model_id} are missing on the server.",
                        param="model_id", code="model_files_missing")
-    return storage.iter_tar_gz(view.path)
+    if fmt == "hf":
+        return storage.iter_tar_gz(view.path, skip_dirs=RUNTIME_SUBDIRS.values())
+    formats = download_formats(view.path)
+    if fmt not in formats:
+        raise InvalidRequest(
+            f"Model {model_id} has no {fmt} export (only classifier students distilled by a job "
+            f"are exported to ONNX); it can be downloaded as: {', '.join(formats)}.",
+            param="format", code="format_unavailable")
+    return storage.iter_tar_gz(runtime_dir(view.path, fmt))
 
 
 def resolve_model_ref(
