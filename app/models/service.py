@@ -26,7 +26,12 @@ from app.models.views import ModelView, from_builtin, from_row, inspect_cached
 from app.models.weights import weight_stats
 from app.settings import Settings
 from distillation.model_info import ModelInfo
-from distillation.runtimes import RUNTIME_SUBDIRS, available_runtimes, runtime_dir
+from distillation.runtimes import (
+    RUNTIME_SUBDIRS,
+    RUNTIMES_FILE,
+    available_runtimes,
+    runtime_dir,
+)
 
 # What `GET /v1/models/{id}/download` gives: the Hugging Face directory, or an ONNX runtime's.
 DownloadFormat = Literal["hf", "onnx", "onnx-int8"]
@@ -78,6 +83,10 @@ def create_uploaded_model(
             archive, staging,
             max_total_bytes=settings.max_model_upload_bytes * UNPACKED_SIZE_FACTOR,
         )
+        # Runtime exports are the service's own (made and measured at a job's export): an
+        # upload's `onnx/` folders (Hub snapshots often carry one) are not served.
+        for name in (*RUNTIME_SUBDIRS.values(), RUNTIMES_FILE):
+            storage.remove(staging / name)
         try:
             info = inspect_cached(staging)
             stats = weight_stats(staging)
