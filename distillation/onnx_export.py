@@ -14,9 +14,7 @@ that baked in a shape or dropped an input is refused (`ExportFailed`), never ser
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import io
 import json
 import shutil
 import warnings
@@ -28,7 +26,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from distillation.loading import load_config, load_model, load_tokenizer
 from distillation.model_files import CONFIG
-from distillation.model_info import CLASSIFICATION, max_input_length, task_of
+from distillation.model_info import CLASSIFICATION, max_input_length, model_info, task_of
 from distillation.onnx_runtime import OnnxClassifier, open_session
 from distillation.runtimes import ONNX_FILE, Runtime, runtime_dir
 
@@ -73,7 +71,7 @@ def export_onnx(model_dir: Path, *, quantize: bool = True) -> dict[Runtime, Path
         _check(model, dirs["onnx"], {n: check[n] for n in names})
         if quantize:
             _quantize(dirs["onnx"] / ONNX_FILE, dirs["onnx-int8"] / ONNX_FILE, large=large)
-        labels = [str(config.id2label[i]) for i in sorted(config.id2label, key=int)]
+        labels = model_info(config).labels or []
         max_length = max_input_length(config, tokenizer)
         for runtime, path in dirs.items():
             shutil.copyfile(model_dir / CONFIG, path / CONFIG)
@@ -94,8 +92,8 @@ def _export(model: PreTrainedModel, sample: dict[str, torch.Tensor], path: Path,
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     common: dict[str, Any] = {"kwargs": sample, "input_names": list(sample),
                               "output_names": ["logits"]}
-    # The exporters report progress and deprecations on stdout and as warnings: not the job's.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    # The exporters' deprecation and tracing warnings are not the job's to show.
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(model, (), str(path), dynamo=True, external_data=large,
