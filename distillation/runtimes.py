@@ -90,9 +90,10 @@ def choose_default(entries: dict[str, dict[str, Any]], metric: str = "accuracy")
             offered.append(name)
     best = min(offered, key=lambda name: entries[name]["latency_ms_p50"])
     rivals = [f"{name} {entries[name]['latency_ms_p50']:.2f} ms" for name in offered if name != best]
-    reason = (f"{best}: the fastest at batch 1 ({entries[best]['latency_ms_p50']:.2f} ms p50"
+    within = {"torch": "", "onnx": " of torch fp32", "onnx-int8": " of torch fp32 and onnx fp32"}
+    reason = (f"the fastest at batch 1 ({entries[best]['latency_ms_p50']:.2f} ms p50"
               + (f"; {', '.join(rivals)}" if rivals else "") + ")"
-              + (f" within {ACCURACY_TOLERANCE * 100:.1f} points of torch fp32 {metric}"
+              + (f" within {ACCURACY_TOLERANCE * 100:.1f} points{within[best]} {metric}"
                  if best != "torch" else ""))
     if refused:
         reason += f"; not offered: {'; '.join(refused)}"
