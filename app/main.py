@@ -1,6 +1,6 @@
-"""The FastAPI application: the contract's `/v1` routes, health checks and OpenAPI at `/docs`
+"""The FastAPI application: the contract's `/v1` routes, health checks, OpenAPI at `/docs`
 (Swagger UI and ReDoc served from the `fastapi-offline` package, so the docs load with no
-internet access)."""
+internet access) and the dashboard at `/ui` (`app.ui`, every asset served from the package)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from app.inference.endpoints import router as inference_router
 from app.jobs.endpoints import router as jobs_router
 from app.kit.http_errors import ERROR_RESPONSES, install_error_handlers
 from app.models.endpoints import router as models_router
+from app.ui.endpoints import install_ui
 
 
 def create_app() -> FastAPI:
@@ -30,6 +31,7 @@ def create_app() -> FastAPI:
     for router in (files_router, jobs_router, models_router, inference_router):
         app.include_router(router, prefix="/v1", responses=ERROR_RESPONSES,
                            dependencies=[Depends(reject_nul_in_url)])
+    install_ui(app)
     return app
 
 

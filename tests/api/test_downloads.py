@@ -128,3 +128,18 @@ def test_a_model_without_onnx_export(client: Any, auth: dict[str, str],
     with tarfile.open(fileobj=io.BytesIO(
             client.get(f"/v1/models/{model_id}/download", headers=auth).content)) as tar:
         assert "runtimes.json" not in tar.getnames() and "onnx/model.onnx" not in tar.getnames()
+
+
+def test_predict_serves_each_exported_runtime(client: Any, auth: dict[str, str],
+                                              distilled: str) -> None:
+    url = f"/v1/models/{distilled}/predict"
+    answers = {runtime: client.post(url, headers=auth, json={"inputs": TEXTS, "runtime": runtime})
+               for runtime in ("torch", "onnx", "onnx-int8")}
+    for runtime, response in answers.items():
+        assert response.status_code == 200, response.text
+        assert response.json()["runtime"] == runtime
+    rows = {runtime: response.json()["data"] for runtime, response in answers.items()}
+    assert [r["label"] for r in rows["onnx"]] == [r["label"] for r in rows["torch"]]
+    for onnx, torch_row in zip(rows["onnx"], rows["torch"], strict=True):
+        assert onnx["scores"] == pytest.approx(torch_row["scores"], abs=1e-4)
+    assert [r["label"] for r in rows["onnx-int8"]] == [r["label"] for r in rows["torch"]]
