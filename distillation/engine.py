@@ -4,7 +4,8 @@ One pipeline, read top to bottom; where the tasks differ it asks the job's `Task
 (`tasks.registry`). Stages, each reported through the `Reporter`: `finetune_teacher` (when
 asked), `cache_teacher` (when the teacher's outputs are worth caching), `distill` (evaluating the
 student after every epoch), `evaluate` (both models: the task's metrics, then CPU speed),
-`export`. The engine knows nothing of where the config came from or where the reports go;
+`export` (the Hugging Face directory, then the ONNX runtimes of a classifier, each measured:
+`runtime_report`). The engine knows nothing of where the config came from or where the reports go;
 `reporter.should_stop()` is asked before every batch and a stop raises `Cancelled`.
 
 Resume: checkpoints every `checkpoint_every_steps`, a fine-tuned teacher kept for the next
@@ -41,6 +42,7 @@ from distillation.report import (
     model_entry,
     weights_size,
 )
+from distillation.runtime_report import measure_runtimes
 from distillation.selection import EpochSelector
 from distillation.students import build_student
 from distillation.tasks import Task, TaskData, get_task
@@ -278,6 +280,10 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     tracker = Tracker(reporter, "export", 2)
     size_bytes = save_model(student, data.student.tokenizer, config.output_dir, data.labels)
     tracker.report(1, fit_result.epochs, force=True)
+    runtimes, runtime_warnings = measure_runtimes(
+        config, task, data, model_dir=config.output_dir, student=student,
+        torch_metrics=results["student"]["metrics"], torch_speed=results["student"]["speed"],
+        size_bytes=size_bytes, device=device, reporter=reporter)
     parameters = count_parameters(student)
     teacher_entry = model_entry(results["teacher"]["metrics"],
                                 parameters=count_parameters(teacher),
@@ -297,7 +303,8 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     if selection is not None:
         report["student_selection"] = selection
     report["optimizer_steps"] = fit_result.steps
-    report["warnings"] = warnings
+    report["runtimes"] = runtimes
+    report["warnings"] = warnings + runtime_warnings
     report["epoch_selection"] = epoch_choice
     write_report(config.output_dir, report, config,
                  {"epochs": fit_result.epochs, "steps": fit_result.steps, "labels": data.labels,

@@ -207,12 +207,15 @@ def iter_tar_gz_entries(entries: Iterable[TarEntry], *, chunk_size: int = storag
 
 
 def iter_stored_model_tar_gz(settings: Settings, location: str, files: dict[str, int],
-                             include: Callable[[str], bool] = lambda name: True
-                             ) -> Iterator[bytes]:
+                             include: Callable[[str], bool] = lambda name: True,
+                             prefix: str = "") -> Iterator[bytes]:
     """A published model (its manifest's `files`) as a .tar.gz streamed from the store, one
-    chunk in memory at a time; `include` picks members by name."""
+    chunk in memory at a time; `include` picks members by name; with `prefix` (a sub-folder,
+    "onnx/") only the files under it, named as from inside it."""
     store = open_store(settings)
     key = store.key(location)
-    entries = [TarEntry(name, size, lambda name=name: store.iter_bytes(f"{key}/{name}"))  # type: ignore[misc]
-               for name, size in sorted(files.items()) if include(name)]
+    entries = [TarEntry(name.removeprefix(prefix), size,
+                        lambda name=name: store.iter_bytes(f"{key}/{name}"))  # type: ignore[misc]
+               for name, size in sorted(files.items())
+               if name.startswith(prefix) and include(name)]
     return iter_tar_gz_entries(entries)

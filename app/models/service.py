@@ -34,7 +34,18 @@ from app.models.views import ModelView, from_builtin, from_row, inspect_cached
 from app.models.weights import weight_stats
 from app.settings import Settings, get_settings
 from distillation.model_info import ModelInfo
+from distillation.runtimes import (
+    ONNX_FILE,
+    RUNTIME_SUBDIRS,
+    RUNTIMES_FILE,
+    available_runtimes,
+)
 
+# What `GET /v1/models/{id}/download` gives: the Hugging Face directory, or an ONNX runtime's.
+DownloadFormat = Literal["hf", "onnx", "onnx-int8"]
+# The ONNX formats: the sub-folder of the model directory each one is.
+EXPORT_DIRS: dict[DownloadFormat, str] = {"onnx": RUNTIME_SUBDIRS["onnx"],
+                                          "onnx-int8": RUNTIME_SUBDIRS["onnx-int8"]}
 # Safetensors barely compress, tokenizers do: a generous bound on what an upload unpacks to.
 UNPACKED_SIZE_FACTOR = 4
 
@@ -83,6 +94,10 @@ def create_uploaded_model(
             archive, staging,
             max_total_bytes=settings.max_model_upload_bytes * UNPACKED_SIZE_FACTOR,
         )
+        # Runtime exports are the service's own (made and measured at a job's export): an
+        # upload's `onnx/` folders (Hub snapshots often carry one) are not served.
+        for name in (*RUNTIME_SUBDIRS.values(), RUNTIMES_FILE):
+            storage.remove(staging / name)
         try:
             info = inspect_cached(staging)
             stats = weight_stats(staging)
@@ -137,18 +152,51 @@ def delete_model(*, session: Session, tenant_id: str, model_id: str) -> None:
     remove_location(get_settings(), location)
 
 
-def download_model(*, session: Session, tenant_id: str, model_id: str) -> Iterator[bytes]:
-    """The model directory as a streamed .tar.gz (members at the archive root)."""
+def download_formats(model_dir: Path) -> list[DownloadFormat]:
+    """hf, then each ONNX runtime the model was exported to."""
+    have = available_runtimes(model_dir)
+    return ["hf", *(fmt for fmt in EXPORT_DIRS if fmt in have)]
+
+
+def _stored_formats(files: dict[str, int]) -> list[DownloadFormat]:
+    """`download_formats` of a model in the remote store, read from its manifest."""
+    return ["hf", *(fmt for fmt, folder in EXPORT_DIRS.items() if f"{folder}/{ONNX_FILE}" in files)]
+
+
+def _no_such_export(model_id: str, fmt: str, formats: list[DownloadFormat]) -> InvalidRequest:
+    return InvalidRequest(
+        f"Model {model_id} has no {fmt} export (only classifier students distilled by a job "
+        f"are exported to ONNX); it can be downloaded as: {', '.join(formats)}.",
+        param="format", code="format_unavailable")
+
+
+def download_model(
+    *, session: Session, tenant_id: str, model_id: str, fmt: DownloadFormat = "hf"
+) -> Iterator[bytes]:
+    """The directory that `fmt`'s runtime loads, as a streamed .tar.gz (members at the archive
+    root): `hf` is the Hugging Face directory without the ONNX sub-directories, `onnx` and
+    `onnx-int8` are those sub-directories (400 naming `format` when the model has no such export)."""
     view = get_model(session=session, tenant_id=tenant_id, model_id=model_id)
+    skip = tuple(f"{folder}/" for folder in RUNTIME_SUBDIRS.values())
     if is_remote(view.location):
         # Streamed from the store; only a model whose manifest was written (whole) is served.
         files = stored_model_files(get_settings(), view.location)
         if files is None or "config.json" not in files:
             raise _files_missing(model_id)
-        return iter_stored_model_tar_gz(get_settings(), view.location, files)
+        if fmt == "hf":
+            return iter_stored_model_tar_gz(get_settings(), view.location, files,
+                                            include=lambda name: not name.startswith(skip))
+        if fmt not in (formats := _stored_formats(files)):
+            raise _no_such_export(model_id, fmt, formats)
+        return iter_stored_model_tar_gz(get_settings(), view.location, files,
+                                        prefix=f"{EXPORT_DIRS[fmt]}/")
     if not (view.path / "config.json").is_file():
         raise _files_missing(model_id)
-    return storage.iter_tar_gz(view.path)
+    if fmt == "hf":
+        return storage.iter_tar_gz(view.path, skip_dirs=RUNTIME_SUBDIRS.values())
+    if fmt not in (formats := download_formats(view.path)):
+        raise _no_such_export(model_id, fmt, formats)
+    return storage.iter_tar_gz(view.path / EXPORT_DIRS[fmt])
 
 
 def _files_missing(model_id: str) -> NotFound:
