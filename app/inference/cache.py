@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from app.inference.batcher import Batcher, PredictInput, Rows
@@ -44,7 +45,7 @@ class PredictorCache:
         *,
         max_models: int = DEFAULT_MAX_MODELS,
         max_bytes: int = DEFAULT_MAX_BYTES,
-        loader: Loader = load_predictor,
+        loader: Loader | None = None,
         max_batch: int = 32,
         max_wait_s: float = 0.002,
         threads: int | None = None,
@@ -54,7 +55,8 @@ class PredictorCache:
         self.max_bytes = max_bytes
         self.max_batch, self.max_wait_s, self.threads = max_batch, max_wait_s, threads
         self.on_batch = on_batch
-        self._loader = loader
+        # The default loader gives ONNX Runtime sessions the same thread count as torch.
+        self._loader = loader or partial(load_predictor, threads=threads)
         self._slots: OrderedDict[SlotKey, _Slot] = OrderedDict()
         self._lock = threading.Lock()  # guards `_slots` only; never held while a model loads
 
