@@ -15,6 +15,7 @@ from app.auth.service import authenticate
 from app.auth.tables import TenantRow
 from app.kit.db import session_factory
 from app.kit.errors import InvalidRequest
+from app.kit.logs import set_tenant
 from app.settings import Settings, get_settings
 
 
@@ -45,6 +46,7 @@ def get_tenant(
 ) -> TenantRow:
     """The key's tenant (401 without a valid key; 429 past the key's requests per minute)."""
     tenant = authenticate(session=session, authorization=authorization)
+    set_tenant(tenant.id)  # on every log line of the request from here on
     check_rate(authorization=authorization or "", settings=settings)
     return tenant
 

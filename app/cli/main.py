@@ -14,7 +14,8 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from app.cli.processes import stop_process
+from app.cli.processes import stop_process, worker_metrics_env
+from app.kit.logs import LogFormat
 from app.settings import Settings, get_settings
 
 cli = typer.Typer(help="Distillation as a service: teacher in, small fast student out.",
@@ -66,7 +67,8 @@ def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     """Run the API server alone (workers run as `distill worker`)."""
     import uvicorn
 
-    uvicorn.run("app.main:app", host=host, port=port, log_level="info")
+    _configure_logs(default="json")
+    uvicorn.run("app.main:app", host=host, port=port, log_level="info", log_config=None)
 
 
 @cli.command()
@@ -78,6 +80,8 @@ def worker(
     if not settings.database_url:  # embedded SQLite: nobody else runs the migrations
         _prepare(settings)
     argv = _worker_argv(concurrency)
+    # Before the worker imports prometheus-client, which reads it once.
+    os.environ.update(worker_metrics_env(settings))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(argv[0], argv)  # the worker takes this process over (same pid, same signals)
@@ -91,7 +95,9 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
 
     settings = get_settings()
     _prepare(settings)
-    env = {**os.environ, "DISTILL_DATA_DIR": str(settings.resolved_data_dir)}
+    # One format for both processes of this command (console unless asked otherwise).
+    env = {**os.environ, "DISTILL_DATA_DIR": str(settings.resolved_data_dir),
+           "DISTILL_LOG_FORMAT": settings.log_format or "console", **worker_metrics_env(settings)}
     worker_proc = subprocess.Popen(_worker_argv(1), env=env, preexec_fn=_die_with_parent)
     # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it runs the `finally`
     # below, which stops the worker too.
@@ -99,7 +105,7 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     typer.echo(f"distill: data in {settings.resolved_data_dir}; API on http://{host}:{port} "
                f"(docs at /docs); worker pid {worker_proc.pid}")
     try:
-        uvicorn.run("app.main:app", host=host, port=port, log_level="info")
+        uvicorn.run("app.main:app", host=host, port=port, log_level="info", log_config=None)
     finally:
         # The worker checkpoints its job and hands it back within its grace period.
         stop_process(worker_proc, timeout=settings.shutdown_grace_s + 10)
@@ -208,14 +214,20 @@ def _redact(url: str) -> str:
     return url
 
 
+def _configure_logs(*, default: LogFormat) -> None:
+    """Log lines in `DISTILL_LOG_FORMAT`, else `default`; API keys redacted from every one."""
+    from app.auth.logs import redact, redact_key_logs
+    from app.kit.logs import configure_logging
+
+    configure_logging(get_settings().log_format or default, scrub=redact)
+    redact_key_logs()
+
+
 def main() -> None:
     os.environ.update(OFFLINE_ENV)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _configure_logs(default="console")  # `distill api` and `distill worker` switch to json
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the demo
     logging.getLogger("alembic").setLevel(logging.WARNING)  # `keys create` should print the key
-    from app.auth.logs import redact_key_logs
-
-    redact_key_logs()
     cli()
 
 
