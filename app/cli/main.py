@@ -44,14 +44,25 @@ def _prepare(settings: Settings) -> None:
     upgrade(settings.sqlalchemy_url)
 
 
-def _worker_argv(concurrency: int) -> list[str]:
+def _worker_argv(concurrency: int, *, log_format: LogFormat) -> list[str]:
     """The Celery worker's command line. The CLI starts the worker as a program, never imports
-    it: the API side (this package) stays below the Celery process in the layers."""
+    it: the API side (this package) stays below the Celery process in the layers. Logging JSON,
+    it prints no banner: every line of its output is a JSON object."""
     from app.jobs.queue import TRAINING_QUEUE
 
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+    quiet = ["--quiet"] if log_format == "json" else []
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", *quiet, "worker",
             "-Q", TRAINING_QUEUE, "-c", str(concurrency), "--loglevel", "INFO",
             "--without-gossip", "--without-mingle"]
+
+
+def _worker_env(settings: Settings, log_format: LogFormat) -> dict[str, str]:
+    """Environment a worker needs before it starts: its log format, its metrics folder, and (for
+    JSON) no progress bars from transformers, which would write half-lines between the JSON."""
+    env = {"DISTILL_LOG_FORMAT": log_format, **worker_metrics_env(settings)}
+    if log_format == "json":
+        env["HF_HUB_DISABLE_PROGRESS_BARS"] = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    return env
 
 
 @cli.command()
@@ -79,9 +90,10 @@ def worker(
     settings = get_settings()
     if not settings.database_url:  # embedded SQLite: nobody else runs the migrations
         _prepare(settings)
-    argv = _worker_argv(concurrency)
-    # Before the worker imports prometheus-client, which reads it once.
-    os.environ.update(worker_metrics_env(settings))
+    log_format = settings.log_format or "json"
+    argv = _worker_argv(concurrency, log_format=log_format)
+    # Before the worker imports prometheus-client and transformers, which read them once.
+    os.environ.update(_worker_env(settings, log_format))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(argv[0], argv)  # the worker takes this process over (same pid, same signals)
@@ -96,9 +108,11 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     settings = get_settings()
     _prepare(settings)
     # One format for both processes of this command (console unless asked otherwise).
+    log_format = settings.log_format or "console"
     env = {**os.environ, "DISTILL_DATA_DIR": str(settings.resolved_data_dir),
-           "DISTILL_LOG_FORMAT": settings.log_format or "console", **worker_metrics_env(settings)}
-    worker_proc = subprocess.Popen(_worker_argv(1), env=env, preexec_fn=_die_with_parent)
+           **_worker_env(settings, log_format)}
+    worker_proc = subprocess.Popen(_worker_argv(1, log_format=log_format), env=env,
+                                   preexec_fn=_die_with_parent)
     # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it runs the `finally`
     # below, which stops the worker too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -134,6 +134,7 @@ def configure_logging(fmt: LogFormat = "json", *, level: int | str = logging.INF
     root.handlers = [h for h in root.handlers if h.get_name() != "distill"]
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # `warnings.warn` as log lines too, not raw text between them
     # uvicorn's loggers write through the root's handler (uvicorn runs with `log_config=None`).
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers = []
