@@ -1,7 +1,7 @@
 """The FastAPI application: the contract's `/v1` routes, health checks, Prometheus metrics at
-`/metrics`, and OpenAPI at `/docs`
+`/metrics`, OpenAPI at `/docs`
 (Swagger UI and ReDoc served from the `fastapi-offline` package, so the docs load with no
-internet access)."""
+internet access) and the dashboard at `/ui` (`app.ui`, every asset served from the package)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from app.kit.http_errors import ERROR_RESPONSES, install_error_handlers
 from app.kit.metrics import instrument_http
 from app.kit.request_id import RequestIdMiddleware
 from app.models.endpoints import router as models_router
+from app.ui.endpoints import install_ui
 
 
 def create_app() -> FastAPI:
@@ -37,6 +38,7 @@ def create_app() -> FastAPI:
     for router in (files_router, jobs_router, models_router, inference_router):
         app.include_router(router, prefix="/v1", responses=ERROR_RESPONSES,
                            dependencies=[Depends(reject_nul_in_url)])
+    install_ui(app)
     return app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,14 @@ def default_data_dir() -> Path:
     return Path.home() / ".distill"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or `taskset`'s share),
+    not the machine's count that torch would otherwise size its thread pool by."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     """One settings object; defaults run with nothing installed (SQLite file, server-less broker)."""
 
@@ -31,6 +40,24 @@ class Settings(BaseSettings):
     )
     broker_url: str | None = Field(
         default=None, description="Celery broker; default: a SQLite-file broker in the data dir."
+    )
+    storage_url: str | None = Field(
+        default=None, description="Where uploads, models and job state are kept: unset (the data "
+        "directory) or a local folder (a path or file://...), or s3://bucket/prefix for an "
+        "S3-compatible store that the API and workers share instead of a folder."
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Endpoint of the S3-compatible store (MinIO: http://minio:9000); "
+        "unset: AWS, or the standard AWS_ENDPOINT_URL. Credentials: the standard AWS_* variables."
+    )
+    scratch_dir: Path | None = Field(
+        default=None, description="With a remote store: this process's own cache of what it "
+        "pulls from the store (a worker's job folders, the models predict loads); default: "
+        "`scratch/` in the data directory."
+    )
+    store_sync_interval_s: float = Field(
+        default=2.0, gt=0, description="With a remote store: how often a worker pushes its "
+        "running job's new checkpoints and teacher cache to the store."
     )
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, description="Upload size limit.")
     max_model_upload_bytes: int = Field(default=2 * 1024**3, description="Model archive limit.")
@@ -54,6 +81,14 @@ class Settings(BaseSettings):
         "job and hand it back before it hands it back without the checkpoint and exits."
     )
     reconcile_interval_s: float = Field(default=15.0, description="Reconciler period.")
+    events_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often a live event stream (`/events?stream=true`) "
+        "reads the job and its new events from the database."
+    )
+    events_ping_interval_s: float = Field(
+        default=15.0, gt=0, description="Seconds between keep-alive comments on a live event "
+        "stream, so that proxies keep an idle stream open."
+    )
     predict_max_inputs: int = Field(default=64, description="Inputs per predict call.")
     predict_max_chars: int = Field(default=10_000, description="Characters per predict input.")
     predict_cache_models: int = Field(default=4, ge=1, description="Models kept loaded for predict.")
@@ -61,6 +96,23 @@ class Settings(BaseSettings):
         default=2 * 1024**3, ge=0,
         description="Weights (bytes on disk) kept loaded for predict; the least recently used "
         "models are unloaded past it (a single larger model is still served)."
+    )
+    predict_max_batch: int = Field(
+        default=32, ge=1, description="Inputs one forward pass of a served model takes: "
+        "concurrent predict calls to one model are batched up to this many inputs."
+    )
+    predict_max_wait_ms: float = Field(
+        default=2.0, ge=0, description="How long a predict call waits for others to share its "
+        "forward pass (while a batch runs, the next fills anyway)."
+    )
+    predict_threads: int = Field(
+        default_factory=usable_cpus, ge=1,
+        description="torch threads per served model (default: the CPUs this process may use)."
+    )
+    lookup_cache_s: float = Field(
+        default=5.0, ge=0, description="Seconds an API key's tenant and a model's record are "
+        "remembered for predict (a revoked key or deleted model stops answering within it; "
+        "0: look up every request)."
     )
     idempotency_ttl_s: float = Field(default=24 * 3600.0, description="Idempotency-Key lifetime.")
     # Limits on what one tenant's requests may hold or ask for (each refused with its own error).
@@ -110,16 +162,36 @@ class Settings(BaseSettings):
         return f"sqla+sqlite:///{self.resolved_data_dir / 'broker.db'}"
 
     @property
+    def remote_storage(self) -> bool:
+        """Whether the store is an object store (`s3://…`) rather than a local folder."""
+        url = self.storage_url or ""
+        return "://" in url and not url.startswith("file://")
+
+    @property
+    def resolved_scratch_dir(self) -> Path:
+        return (self.scratch_dir or self.resolved_data_dir / "scratch").expanduser().resolve()
+
+    @property
+    def local_root(self) -> Path:
+        """The folder `files/`, `models/` and `jobs/` live in: the store itself when it is local,
+        this process's scratch cache of it when it is remote."""
+        if self.remote_storage:
+            return self.resolved_scratch_dir
+        if self.storage_url:
+            return Path(self.storage_url.removeprefix("file://")).expanduser().resolve()
+        return self.resolved_data_dir
+
+    @property
     def files_dir(self) -> Path:
-        return self.resolved_data_dir / "files"
+        return self.local_root / "files"
 
     @property
     def models_dir(self) -> Path:
-        return self.resolved_data_dir / "models"
+        return self.local_root / "models"
 
     @property
     def jobs_dir(self) -> Path:
-        return self.resolved_data_dir / "jobs"
+        return self.local_root / "jobs"
 
 
 @lru_cache

@@ -31,14 +31,14 @@ from app.jobs.lifecycle import Lease
 from app.jobs.queue import send_wakeup
 from app.jobs.status import JobStatus
 from app.jobs.tables import JobRow
-from app.kit import storage
 from app.kit.db import session_scope
 from app.kit.logs import job_context
+from app.kit.store_dirs import unpublish_model_dir
 from app.models.service import register_distilled_model
 from app.settings import Settings
 from distillation.config import Cancelled, JobResult
 from distillation.engine import run_job
-from worker import attempts, metrics, shutdown
+from worker import attempts, metrics, shutdown, store_sync
 from worker.db_retry import write_with_retry
 from worker.reporter import CANCELLED, LEASE_LOST, SHUTDOWN, DbReporter, eval_view
 
@@ -118,14 +118,17 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
 
 def _run(job: JobRow, lease: Lease, reporter: DbReporter, *, settings: Settings) -> str | None:
     try:
-        attempts.prepare(settings, lease)  # this attempt's folder, from what earlier ones saved
+        if settings.remote_storage:  # what earlier attempts published, on any machine
+            store_sync.pull(settings, lease.job_id, before=lease.attempt)
+        work = attempts.prepare(settings, lease)  # this attempt's folder, from earlier ones'
         config = write_with_retry(
             settings.sqlalchemy_url,
             lambda session: to_job_config(job, session=session, settings=settings),
             within_s=settings.db_write_retry_s)
         hp = config.hyperparameters
-        result = run_job(config, metrics.MeteredReporter(
-            reporter, samples_per_step=hp.batch_size * max(1, hp.gradient_accumulation_steps)))
+        with store_sync.pushing(settings, work):
+            result = run_job(config, metrics.MeteredReporter(
+                reporter, samples_per_step=hp.batch_size * max(1, hp.gradient_accumulation_steps)))
         status = _record_success(job, lease, result, settings=settings, reporter=reporter)
         if status == JobStatus.SUCCEEDED:
             metrics.observe_stage_seconds(result.report)
@@ -187,8 +190,8 @@ def _record_success(job: JobRow, lease: Lease, result: JobResult, *, settings: S
         # The job's row stays locked from here to the commit: no one can take it meanwhile.
         if not lifecycle.hold(session, lease, statuses=(JobStatus.RUNNING,)):
             return False
-        # Moved into the model store as they are registered: (store path, export path) each.
-        moved: list[tuple[Path, Path]] = []
+        # Published in the model store as they are registered: (location, export path) each.
+        moved: list[tuple[str, Path]] = []
         try:
             model = register_distilled_model(
                 session=session, tenant_id=job.tenant_id, job_id=job.id,
@@ -196,7 +199,7 @@ def _record_success(job: JobRow, lease: Lease, result: JobResult, *, settings: S
                 size_bytes=result.size_bytes, labels=result.labels, report=result.report,
                 settings=settings,
             )
-            moved.append((Path(model.path), result.model_dir))
+            moved.append((model.path, result.model_dir))
             teacher_id = None
             if result.teacher is not None:
                 teacher = register_distilled_model(
@@ -206,7 +209,7 @@ def _record_success(job: JobRow, lease: Lease, result: JobResult, *, settings: S
                     labels=result.labels, report=result.teacher.report, settings=settings,
                     source="finetuned",
                 )
-                moved.append((Path(teacher.path), result.teacher.model_dir))
+                moved.append((teacher.path, result.teacher.model_dir))
                 teacher_id = teacher.id
             done = lifecycle.finish(
                 session, lease, status=JobStatus.SUCCEEDED, result_model=model.id,
@@ -226,8 +229,7 @@ def _record_success(job: JobRow, lease: Lease, result: JobResult, *, settings: S
             # Not recorded: put the exports back where a retry (or the next attempt) finds them.
             session.rollback()
             for registered, export in moved:
-                if registered.exists():
-                    storage.move_dir(registered, export)
+                unpublish_model_dir(settings, registered, back_to=export)
             raise
         return True
 

@@ -226,12 +226,14 @@ def list_checkpoints(
     """The checkpoints in the job's working directory, newest first (none once it has finished:
     the directory goes when the job does)."""
     job = get_job(session=session, tenant=tenant, job_id=job_id)
-    work_dir = workspace.checkpoint_work_dir(settings, job.id)
-    if work_dir is None:
-        return []
+    if settings.remote_storage:
+        metas = workspace.stored_checkpoints(settings, job.id)
+    else:
+        work_dir = workspace.checkpoint_work_dir(settings, job.id)
+        metas = [meta for _, meta in list_checkpoints_on_disk(work_dir)] if work_dir else []
     return [
         CheckpointOut(id=checkpoint_id(meta["step"]), step=meta["step"],
                       epoch=meta.get("epoch", 0), created_at=int(meta.get("created_at", 0)),
                       train_loss=meta.get("train_loss"), size_bytes=meta.get("size_bytes"))
-        for _, meta in list_checkpoints_on_disk(work_dir)
+        for meta in metas
     ]

@@ -35,7 +35,8 @@ HTTP_REQUESTS = Counter(
     "http_requests_total", "HTTP requests by method, route template and status class.",
     ["method", "handler", "status"])
 HTTP_SECONDS = Histogram(
-    "http_request_duration_seconds", "HTTP request latency by method and route template.",
+    "http_request_duration_seconds",
+    "Seconds until the response starts, by method and route template.",
     ["method", "handler"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
@@ -75,12 +76,16 @@ def set_loaded_models(n: int) -> None:
 
 def _record_request(info: Info) -> None:
     HTTP_REQUESTS.labels(info.method, info.modified_handler, info.modified_status).inc()
-    HTTP_SECONDS.labels(info.method, info.modified_handler).observe(info.modified_duration)
+    # Until the response starts: a live event stream or a download would otherwise count its
+    # whole lifetime as latency.
+    HTTP_SECONDS.labels(info.method, info.modified_handler).observe(
+        info.modified_duration_without_streaming)
 
 
 def instrument_http(app: ASGIApp) -> None:
     """Count and time every request of `app` by route template (`/metrics` itself excluded)."""
-    instrumentator = Instrumentator(excluded_handlers=[METRICS_PATH], should_group_untemplated=True)
+    instrumentator = Instrumentator(excluded_handlers=[METRICS_PATH], should_group_untemplated=True,
+                                    should_exclude_streaming_duration=True)
     instrumentator.add(_record_request)
     instrumentator.instrument(app)  # type: ignore[arg-type]
 
