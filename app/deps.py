@@ -18,6 +18,7 @@ from app.auth.service import authenticate, bearer_digest
 from app.auth.tables import TenantRow
 from app.kit.db import session_factory
 from app.kit.errors import InvalidRequest
+from app.kit.logs import set_tenant
 from app.kit.ttl_memo import TTLMemo
 from app.settings import Settings, get_settings
 
@@ -49,6 +50,7 @@ def get_tenant(
 ) -> TenantRow:
     """The key's tenant (401 without a valid key; 429 past the key's requests per minute)."""
     tenant = authenticate(session=session, authorization=authorization)
+    set_tenant(tenant.id)  # on every log line of the request from here on
     check_rate(authorization=authorization or "", settings=settings)
     return tenant
 
@@ -103,6 +105,7 @@ async def get_tenant_cached(
         tenant = await anyio.to_thread.run_sync(partial(_authenticate_now, settings, authorization))
         if digest is not None:
             memo.put(digest, tenant)
+    set_tenant(tenant.id)
     check_rate(authorization=authorization or "", settings=settings)
     return tenant
 

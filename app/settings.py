@@ -163,6 +163,24 @@ class Settings(BaseSettings):
         """The configured queues, smallest first."""
         return parse_queues(self.worker_queues)
 
+    # Operating it: logs and metrics.
+    log_format: Literal["json", "console"] | None = Field(
+        default=None, description="Log lines as `json` (one object a line) or `console` (for a "
+        "person); default: json for `distill api` and `distill worker`, console for `distill "
+        "serve` and the other commands."
+    )
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of a worker's Prometheus metrics (its job "
+        "processes' included); 0: not served."
+    )
+    metrics_cache_s: float = Field(
+        default=1.5, ge=0, description="How long `/metrics` reuses its reading of the jobs table, "
+        "so that frequent scrapes cannot load the database."
+    )
+    metrics_db_timeout_s: float = Field(
+        default=2.0, gt=0, description="Statement timeout of the `/metrics` jobs query."
+    )
+
     @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -31,12 +32,13 @@ from app.jobs.queue import send_wakeup
 from app.jobs.status import JobStatus
 from app.jobs.tables import JobRow
 from app.kit.db import session_scope
+from app.kit.logs import job_context
 from app.kit.store_dirs import unpublish_model_dir
 from app.models.service import register_distilled_model
 from app.settings import Settings
 from distillation.config import Cancelled, JobResult
 from distillation.engine import run_job
-from worker import attempts, shutdown, store_sync
+from worker import attempts, metrics, shutdown, store_sync
 from worker.db_retry import write_with_retry
 from worker.reporter import CANCELLED, LEASE_LOST, SHUTDOWN, DbReporter, eval_view
 
@@ -96,12 +98,17 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
         lease = Lease(job_id=job_id, worker_id=worker_id, attempt=job.attempts)
         repository.add_event(session, job_id=job_id,
                              message=f"Worker {worker_id} started attempt {job.attempts}.")
-    with DbReporter(settings=settings, lease=lease, metrics=dict(job.metrics)) as reporter, \
+    started = time.monotonic()
+    with job_context(job_id=job_id, attempt=lease.attempt, tenant_id=job.tenant_id), \
+            DbReporter(settings=settings, lease=lease, metrics=dict(job.metrics)) as reporter, \
             shutdown.pause_on_sigterm(
                 reporter.pause, grace_s=settings.shutdown_grace_s,
                 on_deadline=lambda: _hand_back(settings, lease, "The worker shut down before "
                                                "the job reached a checkpoint.")):
+        log.info("job %s: attempt %d started", job_id, lease.attempt)
         status = _run(job, lease, reporter, settings=settings)
+        log.info("job %s: attempt %d ended: %s", job_id, lease.attempt, status or "interrupted")
+    metrics.job_ended(status, time.monotonic() - started)
     if status is not None:
         # Finished for good, by this attempt: nobody needs the job's files any more. A run cut
         # short (a lost lease, the database, a shutdown, the worker's death) keeps them for the
@@ -119,9 +126,14 @@ def _run(job: JobRow, lease: Lease, reporter: DbReporter, *, settings: Settings)
             settings.sqlalchemy_url,
             lambda session: to_job_config(job, session=session, settings=settings),
             within_s=settings.db_write_retry_s)
+        hp = config.hyperparameters
         with store_sync.pushing(settings, work):
-            result = run_job(config, reporter)
-        return _record_success(job, lease, result, settings=settings, reporter=reporter)
+            result = run_job(config, metrics.MeteredReporter(
+                reporter, samples_per_step=hp.batch_size * max(1, hp.gradient_accumulation_steps)))
+        status = _record_success(job, lease, result, settings=settings, reporter=reporter)
+        if status == JobStatus.SUCCEEDED:
+            metrics.observe_stage_seconds(result.report)
+        return status
     except Cancelled:
         return _stopped(lease, reporter, settings=settings)
     except SQLAlchemyError as exc:

@@ -14,7 +14,8 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from app.cli.processes import stop_process
+from app.cli.processes import stop_process, worker_metrics_env
+from app.kit.logs import LogFormat
 from app.settings import Settings, get_settings
 
 cli = typer.Typer(help="Distillation as a service: teacher in, small fast student out.",
@@ -43,14 +44,26 @@ def _prepare(settings: Settings) -> None:
     upgrade(settings.sqlalchemy_url)
 
 
-def _worker_argv(concurrency: int, queues: tuple[str, ...] | None = None) -> list[str]:
+def _worker_argv(concurrency: int, queues: tuple[str, ...] | None = None, *,
+                 log_format: LogFormat) -> list[str]:
     """The Celery worker's command line. The CLI starts the worker as a program, never imports
-    it: the API side (this package) stays below the Celery process in the layers."""
+    it: the API side (this package) stays below the Celery process in the layers. Logging JSON,
+    it prints no banner: every line of its output is a JSON object."""
     from app.jobs.queue import TRAINING_QUEUE
 
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+    quiet = ["--quiet"] if log_format == "json" else []
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", *quiet, "worker",
             "-Q", ",".join(queues or (TRAINING_QUEUE,)), "-c", str(concurrency),
             "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+
+
+def _worker_env(settings: Settings, log_format: LogFormat) -> dict[str, str]:
+    """Environment a worker needs before it starts: its log format, its metrics folder, and (for
+    JSON) no progress bars from transformers, which would write half-lines between the JSON."""
+    env = {"DISTILL_LOG_FORMAT": log_format, **worker_metrics_env(settings)}
+    if log_format == "json":
+        env["HF_HUB_DISABLE_PROGRESS_BARS"] = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    return env
 
 
 @cli.command()
@@ -66,7 +79,8 @@ def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     """Run the API server alone (workers run as `distill worker`)."""
     import uvicorn
 
-    uvicorn.run("app.main:app", host=host, port=port, log_level="info")
+    _configure_logs(default="json")
+    uvicorn.run("app.main:app", host=host, port=port, log_level="info", log_config=None)
 
 
 @cli.command()
@@ -103,8 +117,12 @@ def worker(
                        "DISTILL_WORKER_DEVICES": str(caps.device_count),
                        "DISTILL_WORKER_DEVICE": caps.device})
     typer.echo(f"distill worker: {caps.device_count} {caps.device} device(s) of "
-               f"{caps.memory_bytes / 1024**3:.1f} GiB; queues {', '.join(caps.queues)}")
-    argv = _worker_argv(concurrency, caps.queues)
+               f"{caps.memory_bytes / 1024**3:.1f} GiB; queues {', '.join(caps.queues)}",
+               err=True)
+    log_format = settings.log_format or "json"
+    argv = _worker_argv(concurrency, caps.queues, log_format=log_format)
+    # Before the worker imports prometheus-client and transformers, which read them once.
+    os.environ.update(_worker_env(settings, log_format))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(argv[0], argv)  # the worker takes this process over (same pid, same signals)
@@ -118,17 +136,21 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
 
     settings = get_settings()
     _prepare(settings)
-    env = {**os.environ, "DISTILL_DATA_DIR": str(settings.resolved_data_dir)}
+    # One format for both processes of this command (console unless asked otherwise).
+    log_format = settings.log_format or "console"
+    env = {**os.environ, "DISTILL_DATA_DIR": str(settings.resolved_data_dir),
+           **_worker_env(settings, log_format)}
     # The only worker of this machine consumes every configured queue.
     queues = tuple(q.name for q in settings.queue_classes)
-    worker_proc = subprocess.Popen(_worker_argv(1, queues), env=env, preexec_fn=_die_with_parent)
+    worker_proc = subprocess.Popen(_worker_argv(1, queues, log_format=log_format), env=env,
+                                   preexec_fn=_die_with_parent)
     # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it runs the `finally`
     # below, which stops the worker too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     typer.echo(f"distill: data in {settings.resolved_data_dir}; API on http://{host}:{port} "
                f"(docs at /docs); worker pid {worker_proc.pid}")
     try:
-        uvicorn.run("app.main:app", host=host, port=port, log_level="info")
+        uvicorn.run("app.main:app", host=host, port=port, log_level="info", log_config=None)
     finally:
         # The worker checkpoints its job and hands it back within its grace period.
         stop_process(worker_proc, timeout=settings.shutdown_grace_s + 10)
@@ -256,14 +278,20 @@ def _redact(url: str) -> str:
     return url
 
 
+def _configure_logs(*, default: LogFormat) -> None:
+    """Log lines in `DISTILL_LOG_FORMAT`, else `default`; API keys redacted from every one."""
+    from app.auth.logs import redact, redact_key_logs
+    from app.kit.logs import configure_logging
+
+    configure_logging(get_settings().log_format or default, scrub=redact)
+    redact_key_logs()
+
+
 def main() -> None:
     os.environ.update(OFFLINE_ENV)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _configure_logs(default="console")  # `distill api` and `distill worker` switch to json
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the demo
     logging.getLogger("alembic").setLevel(logging.WARNING)  # `keys create` should print the key
-    from app.auth.logs import redact_key_logs
-
-    redact_key_logs()
     cli()
 
 
