@@ -151,3 +151,29 @@ def test_predict_metrics_reach_the_scrape(client: Any) -> None:
     assert grew("distill_predict_requests_total", runtime="onnx", outcome="ok") == 1
     assert grew("distill_predict_requests_total", runtime="torch", outcome="other") == 1
     assert after[("distill_loaded_models", ())] == 3
+
+
+def test_served_predictions_are_counted_by_the_route(client: Any, auth: dict[str, str],
+                                                     tiny_teacher_dir: Path) -> None:
+    """Real predict calls (not the functions called by hand): batches, requests by outcome and
+    the loaded models reach `/metrics` through the batcher's hook and the route."""
+    model = upload_model_dir(client, auth, tiny_teacher_dir)["id"]
+    before = parse(client.get("/metrics").text)
+
+    # When two calls are served and one is refused for an empty `inputs`
+    for text in ("good film", "bad film"):
+        ok = client.post(f"/v1/models/{model}/predict", json={"inputs": [text]}, headers=auth)
+        assert ok.status_code == 200, ok.text
+    bad = client.post(f"/v1/models/{model}/predict", json={"inputs": []}, headers=auth)
+    assert bad.status_code == 400
+    after = parse(client.get("/metrics").text)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("distill_predict_requests_total", runtime="torch", outcome="ok") == 2
+    assert grew("distill_predict_requests_total", runtime="other", outcome="invalid") == 1
+    assert grew("distill_predict_batch_size_count", runtime="torch") == 2
+    assert grew("distill_predict_batch_size_sum", runtime="torch") == 2
+    assert after[("distill_loaded_models", ())] >= 1
