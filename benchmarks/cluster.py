@@ -5,7 +5,7 @@ its job process) once the job it trains has published a checkpoint, and is not s
 Then the same batch against one worker alone, on a fresh database and bucket. Prints jobs
 finished, lost, run twice and resumed, and the time each deployment took to drain the batch.
 
-    .venv/bin/python benchmarks/cluster.py               # 6 jobs; ~8 min on 2 loaded cores
+    .venv/bin/python benchmarks/cluster.py               # 6 jobs; ~4.5 min on 2 loaded cores
     .venv/bin/python benchmarks/cluster.py --jobs 3 --no-save   # a quick look
 
 Bounded: it talks only to 127.0.0.1, waits at most `--drain-minutes` per deployment, stops
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -70,10 +71,11 @@ def job_rows(database_url: str) -> list[dict[str, Any]]:
         engine.dispose()
 
 
-def watch(services: Services, api: httpx.Client, database_url: str, *, kill: bool,
+def watch(services: Services, api: httpx.Client, database_url: str, *, kill_at_step: int | None,
           minutes: float) -> tuple[dict[str, dict[int, str]], dict[str, Any]]:
     """Poll until every job is final (or `minutes` pass): which worker ran each attempt, and,
-    with `kill`, SIGKILL the worker of the first running job that has a checkpoint in the store."""
+    with `kill_at_step`, SIGKILL the worker of the first running job whose newest checkpoint in
+    the store is at least that step."""
     ran_on: dict[str, dict[int, str]] = {}
     killed: dict[str, Any] = {}
     started = time.monotonic()
@@ -85,11 +87,12 @@ def watch(services: Services, api: httpx.Client, database_url: str, *, kill: boo
                 ran_on.setdefault(row["id"], {})[row["attempts"]] = worker
         if all(r["status"] in ("succeeded", "failed", "cancelled") for r in rows):
             break
-        if kill and not killed:
-            for job_id, attempts in ran_on.items():
-                worker = attempts[max(attempts)]
+        if kill_at_step is not None and not killed:
+            for job_id in (r["id"] for r in rows if r["status"] == "running" and r["id"] in ran_on):
+                worker = ran_on[job_id][max(ran_on[job_id])]
                 listed = api.get(f"/v1/distillation/jobs/{job_id}/checkpoints").json()["data"]
-                if listed and services.workers[worker].poll() is None:
+                if (listed and listed[0]["step"] >= kill_at_step
+                        and services.workers[worker].poll() is None):
                     services.kill_worker(worker)
                     killed = {"worker": worker, "job": job_id, "checkpoint_step": listed[0]["step"],
                               "at_s": round(time.monotonic() - started, 1)}
@@ -126,24 +129,26 @@ def deployment(label: str, *, workers: int, kill: bool, s3: S3Server, work: Path
             print(f"{label}: {workers} worker(s) ready, submitting {args.jobs} jobs", flush=True)
             jobs = [api.post("/v1/distillation/jobs", json={**body, "metadata": {"n": str(i)}})
                     .raise_for_status().json()["id"] for i in range(args.jobs)]
-            ran_on, killed = watch(services, api, database_url, kill=kill,
-                                   minutes=args.drain_minutes)
+            steps = args.train_rows // 4 * args.epochs
+            ran_on, killed = watch(services, api, database_url, minutes=args.drain_minutes,
+                                   kill_at_step=steps // 2 if kill else None)
             final = {j: api.get(f"/v1/distillation/jobs/{j}").json() for j in jobs}
             row = outcome(api, final)
             rows = job_rows(database_url)
-            from_checkpoint = [j for j in jobs if any(
-                e["data"] and "resumed_from_step" in e["data"] for e in
-                api.get(f"/v1/distillation/jobs/{j}/events?limit=1000").json()["data"])]
+            resumed_at = {j: [e["data"]["resumed_from_step"] for e in api.get(
+                f"/v1/distillation/jobs/{j}/events?limit=1000").json()["data"]
+                if e["data"] and "resumed_from_step" in e["data"]] for j in jobs}
         finally:
             services.stop()
     finished = [r["finished_at"] for r in rows if r["finished_at"] is not None]
     return {
         "deployment": label, "workers": workers, **row,
-        "resumed_from_checkpoint": len(from_checkpoint),
+        "resumed_from_checkpoint": sum(bool(steps) for steps in resumed_at.values()),
         "resumed_on_another_worker": sum(len(set(a.values())) > 1 for a in ran_on.values()),
         "drain_s": (round(max(finished) - min(r["created_at"] for r in rows), 1)
                     if len(finished) == len(rows) else None),
         "killed": killed or None, "attempts_ran_on": ran_on,
+        "resumed_from_steps": {j: steps for j, steps in resumed_at.items() if steps},
     }
 
 
@@ -163,10 +168,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=6, help="jobs in the batch")
-    parser.add_argument("--train-rows", type=int, default=1600,
+    parser.add_argument("--train-rows", type=int, default=4800,
                         help="training rows per job (batch 4: a step each 4 rows)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per job")
-    parser.add_argument("--checkpoint-every", type=int, default=40, help="steps per checkpoint")
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="steps per checkpoint")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--drain-minutes", type=float, default=15.0,
                         help="max wait for each deployment to drain the batch")
@@ -193,10 +198,20 @@ def main() -> None:
             print(f"\ndrain time, one worker / {row['deployment']}: {one / row['drain_s']:.2f}x "
                   f"({os.cpu_count()} cpus, {args.threads} thread(s) per worker)")
     for row in rows:
+        if row["killed"]:
+            kill = row["killed"]
+            print(f"\n{row['deployment']}: {kill['worker']} SIGKILLed {kill['at_s']} s in, "
+                  f"training {kill['job']} (checkpoint at step {kill['checkpoint_step']} in the "
+                  f"store); attempts ran on {row['attempts_ran_on'].get(kill['job'])}, resumed "
+                  f"from step(s) {row['resumed_from_steps'].get(kill['job'])}")
         for job_id, error in row["failures"].items():
             print(f"failed {job_id}: {error}")
         for job_id, status in row["unfinished"].items():
             print(f"not finished {job_id}: {status}")
+    if all(not r["failures"] and not r["unfinished"] for r in rows):
+        shutil.rmtree(work)
+    else:
+        print(f"\nlogs and folders kept in {work}")
     if not args.no_save:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps({
