@@ -2,9 +2,9 @@
 127.0.0.1), `distill api` and three `distill worker`s, each process with a data and scratch
 directory of its own. A batch of small jobs is submitted at once; one worker is SIGKILLed (with
 its job process) once the job it trains has a checkpoint half-way through in the store, and is
-not started again.
-Then the same batch against one worker alone, on a fresh database and bucket. Prints jobs
-finished, lost, run twice and resumed, and the time each deployment took to drain the batch.
+not started again. Then the same batch against one worker alone, on a fresh database and bucket.
+Prints jobs finished, lost, run twice and resumed, and the time each deployment took to drain
+the batch.
 
     .venv/bin/python benchmarks/cluster.py               # 6 jobs; ~4.5 min on 2 loaded cores
     .venv/bin/python benchmarks/cluster.py --jobs 3 --no-save   # a quick look
