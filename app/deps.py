@@ -4,17 +4,22 @@ every `/v1` route runs (`reject_nul_in_url`)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.auth.limits import check_rate
-from app.auth.service import authenticate
+from app.auth.service import authenticate, bearer_digest
 from app.auth.tables import TenantRow
 from app.kit.db import session_factory
 from app.kit.errors import InvalidRequest
+from app.kit.logs import set_tenant
+from app.kit.ttl_memo import TTLMemo
 from app.settings import Settings, get_settings
 
 
@@ -45,6 +50,7 @@ def get_tenant(
 ) -> TenantRow:
     """The key's tenant (401 without a valid key; 429 past the key's requests per minute)."""
     tenant = authenticate(session=session, authorization=authorization)
+    set_tenant(tenant.id)  # on every log line of the request from here on
     check_rate(authorization=authorization or "", settings=settings)
     return tenant
 
@@ -52,9 +58,66 @@ def get_tenant(
 TenantDep = Annotated[TenantRow, Depends(get_tenant)]
 
 
-def reject_nul_in_url(request: Request) -> None:
+async def current_settings() -> Settings:
+    """`get_settings` as an async dependency: no trip to the thread pool on a hot path."""
+    return get_settings()
+
+
+@dataclass(frozen=True)
+class TenantRef:
+    """A tenant as the predict hot path keeps it in memory (no ORM row)."""
+
+    id: str
+    name: str
+
+
+def _key_memo(request: Request, settings: Settings) -> TTLMemo[str, TenantRef]:
+    memo: TTLMemo[str, TenantRef] | None = getattr(request.app.state, "key_memo", None)
+    if memo is None:
+        memo = request.app.state.key_memo = TTLMemo(settings.lookup_cache_s)
+    return memo
+
+
+def _authenticate_now(settings: Settings, authorization: str | None) -> TenantRef:
+    session = session_factory(settings.sqlalchemy_url)()
+    try:
+        tenant = authenticate(session=session, authorization=authorization)
+        return TenantRef(id=tenant.id, name=tenant.name)
+    finally:
+        session.rollback()
+        session.close()
+
+
+async def get_tenant_cached(
+    request: Request,
+    settings: Annotated[Settings, Depends(current_settings)],
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> TenantRef:
+    """`get_tenant` for the predict hot path: a key seen in the last `DISTILL_LOOKUP_CACHE_S`
+    seconds is answered from memory on the event loop (no database, no thread); any other goes
+    through `authenticate` as every route does (same errors). Only successes are kept, so a new
+    key works at once and a revoked one stops within the TTL; the rate limit counts every call."""
+    memo = _key_memo(request, settings)
+    digest = bearer_digest(authorization)
+    tenant = memo.get(digest) if digest is not None else None
+    if tenant is None:
+        tenant = await anyio.to_thread.run_sync(partial(_authenticate_now, settings, authorization))
+        if digest is not None:
+            memo.put(digest, tenant)
+    set_tenant(tenant.id)
+    check_rate(authorization=authorization or "", settings=settings)
+    return tenant
+
+
+CachedTenantDep = Annotated[TenantRef, Depends(get_tenant_cached)]
+CurrentSettingsDep = Annotated[Settings, Depends(current_settings)]
+
+
+async def reject_nul_in_url(request: Request) -> None:
     """400 for a path or query value holding a NUL character (`%00`): no id or value can, and
-    Postgres refuses to compare text that does (a 500 if it got that far)."""
+    Postgres refuses to compare text that does (a 500 if it got that far). Async: it runs on
+    every `/v1` call and needs no thread."""
     for params in (request.path_params, request.query_params):
         for name, value in params.items():
             if "\x00" in str(value):

@@ -1,6 +1,7 @@
-"""The FastAPI application: the contract's `/v1` routes, health checks and OpenAPI at `/docs`
+"""The FastAPI application: the contract's `/v1` routes, health checks, Prometheus metrics at
+`/metrics`, OpenAPI at `/docs`
 (Swagger UI and ReDoc served from the `fastapi-offline` package, so the docs load with no
-internet access)."""
+internet access) and the dashboard at `/ui` (`app.ui`, every asset served from the package)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from app.files.endpoints import router as files_router
 from app.health.endpoints import router as health_router
 from app.inference.endpoints import router as inference_router
 from app.jobs.endpoints import router as jobs_router
+from app.jobs.metrics import install_jobs_collector
 from app.kit.http_errors import ERROR_RESPONSES, install_error_handlers
+from app.kit.metrics import instrument_http
+from app.kit.request_id import RequestIdMiddleware
 from app.models.endpoints import router as models_router
+from app.ui.endpoints import install_ui
 
 
 def create_app() -> FastAPI:
@@ -25,11 +30,15 @@ def create_app() -> FastAPI:
         docs_url="/docs",
     )
     install_error_handlers(app)
-    redact_key_logs()  # uvicorn has set up its log handlers by the time it loads the app
+    redact_key_logs()  # logging is configured by the time uvicorn loads the app
+    instrument_http(app)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every line of the request carries it
+    install_jobs_collector()
     app.include_router(health_router)
     for router in (files_router, jobs_router, models_router, inference_router):
         app.include_router(router, prefix="/v1", responses=ERROR_RESPONSES,
                            dependencies=[Depends(reject_nul_in_url)])
+    install_ui(app)
     return app
 
 

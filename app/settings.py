@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.kit.queues import QueueClass, parse_queues
 
 
 def default_data_dir() -> Path:
@@ -16,6 +20,14 @@ def default_data_dir() -> Path:
     if (project / "pyproject.toml").exists():
         return project / ".distill"
     return Path.home() / ".distill"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or `taskset`'s share),
+    not the machine's count that torch would otherwise size its thread pool by."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -30,6 +42,24 @@ class Settings(BaseSettings):
     )
     broker_url: str | None = Field(
         default=None, description="Celery broker; default: a SQLite-file broker in the data dir."
+    )
+    storage_url: str | None = Field(
+        default=None, description="Where uploads, models and job state are kept: unset (the data "
+        "directory) or a local folder (a path or file://...), or s3://bucket/prefix for an "
+        "S3-compatible store that the API and workers share instead of a folder."
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Endpoint of the S3-compatible store (MinIO: http://minio:9000); "
+        "unset: AWS, or the standard AWS_ENDPOINT_URL. Credentials: the standard AWS_* variables."
+    )
+    scratch_dir: Path | None = Field(
+        default=None, description="With a remote store: this process's own cache of what it "
+        "pulls from the store (a worker's job folders, the models predict loads); default: "
+        "`scratch/` in the data directory."
+    )
+    store_sync_interval_s: float = Field(
+        default=2.0, gt=0, description="With a remote store: how often a worker pushes its "
+        "running job's new checkpoints and teacher cache to the store."
     )
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, description="Upload size limit.")
     max_model_upload_bytes: int = Field(default=2 * 1024**3, description="Model archive limit.")
@@ -53,6 +83,14 @@ class Settings(BaseSettings):
         "job and hand it back before it hands it back without the checkpoint and exits."
     )
     reconcile_interval_s: float = Field(default=15.0, description="Reconciler period.")
+    events_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often a live event stream (`/events?stream=true`) "
+        "reads the job and its new events from the database."
+    )
+    events_ping_interval_s: float = Field(
+        default=15.0, gt=0, description="Seconds between keep-alive comments on a live event "
+        "stream, so that proxies keep an idle stream open."
+    )
     predict_max_inputs: int = Field(default=64, description="Inputs per predict call.")
     predict_max_chars: int = Field(default=10_000, description="Characters per predict input.")
     predict_cache_models: int = Field(default=4, ge=1, description="Models kept loaded for predict.")
@@ -60,6 +98,23 @@ class Settings(BaseSettings):
         default=2 * 1024**3, ge=0,
         description="Weights (bytes on disk) kept loaded for predict; the least recently used "
         "models are unloaded past it (a single larger model is still served)."
+    )
+    predict_max_batch: int = Field(
+        default=32, ge=1, description="Inputs one forward pass of a served model takes: "
+        "concurrent predict calls to one model are batched up to this many inputs."
+    )
+    predict_max_wait_ms: float = Field(
+        default=2.0, ge=0, description="How long a predict call waits for others to share its "
+        "forward pass (while a batch runs, the next fills anyway)."
+    )
+    predict_threads: int = Field(
+        default_factory=usable_cpus, ge=1,
+        description="torch threads per served model (default: the CPUs this process may use)."
+    )
+    lookup_cache_s: float = Field(
+        default=5.0, ge=0, description="Seconds an API key's tenant and a model's record are "
+        "remembered for predict (a revoked key or deleted model stops answering within it; "
+        "0: look up every request)."
     )
     idempotency_ttl_s: float = Field(default=24 * 3600.0, description="Idempotency-Key lifetime.")
     # Limits on what one tenant's requests may hold or ask for (each refused with its own error).
@@ -72,6 +127,58 @@ class Settings(BaseSettings):
     )
     rate_limit_per_minute: int = Field(
         default=600, ge=0, description="Requests per API key per minute (0: no limit)."
+    )
+
+    # Routing by size (`app/jobs/routing.py`): the classes of workers, and this worker's own.
+    worker_queues: str = Field(
+        default="", description="The classes of workers, as `name=MEMORY[xDEVICES]` entries "
+        "separated by commas (`small=8GiB,large=80GiBx4`: memory per device, devices per "
+        "worker): a job goes to the smallest queue whose workers can hold it, and is refused "
+        "(400) when none can. Empty: one queue, `training`, of unbounded memory and one device "
+        "per worker (a single-machine setup: nothing is refused for its size)."
+    )
+    worker_memory: ByteSize | None = Field(
+        default=None, description="This worker's memory per device (e.g. `80GiB`), advertised "
+        "when it registers and deciding which queues it consumes; default: read from its device "
+        "(CUDA's total memory, or the machine's RAM on a CPU worker)."
+    )
+    worker_devices: int | None = Field(
+        default=None, ge=1, description="This worker's devices, for `hyperparameters.devices` "
+        "jobs (DDP); default: the CUDA devices it sees, or 1 on a CPU worker."
+    )
+
+    worker_device: Literal["cpu", "cuda"] | None = Field(
+        default=None, description="This worker's device kind, advertised when it registers; "
+        "default: `cuda` when it sees a CUDA device, else `cpu`."
+    )
+
+    @field_validator("worker_queues")
+    @classmethod
+    def _queues_parse(cls, value: str) -> str:
+        parse_queues(value)  # a typo stops the process at start, naming the entry
+        return value
+
+    @property
+    def queue_classes(self) -> list[QueueClass]:
+        """The configured queues, smallest first."""
+        return parse_queues(self.worker_queues)
+
+    # Operating it: logs and metrics.
+    log_format: Literal["json", "console"] | None = Field(
+        default=None, description="Log lines as `json` (one object a line) or `console` (for a "
+        "person); default: json for `distill api` and `distill worker`, console for `distill "
+        "serve` and the other commands."
+    )
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of a worker's Prometheus metrics (its job "
+        "processes' included); 0: not served."
+    )
+    metrics_cache_s: float = Field(
+        default=1.5, ge=0, description="How long `/metrics` reuses its reading of the jobs table, "
+        "so that frequent scrapes cannot load the database."
+    )
+    metrics_db_timeout_s: float = Field(
+        default=2.0, gt=0, description="Statement timeout of the `/metrics` jobs query."
     )
 
     @property
@@ -91,16 +198,36 @@ class Settings(BaseSettings):
         return f"sqla+sqlite:///{self.resolved_data_dir / 'broker.db'}"
 
     @property
+    def remote_storage(self) -> bool:
+        """Whether the store is an object store (`s3://…`) rather than a local folder."""
+        url = self.storage_url or ""
+        return "://" in url and not url.startswith("file://")
+
+    @property
+    def resolved_scratch_dir(self) -> Path:
+        return (self.scratch_dir or self.resolved_data_dir / "scratch").expanduser().resolve()
+
+    @property
+    def local_root(self) -> Path:
+        """The folder `files/`, `models/` and `jobs/` live in: the store itself when it is local,
+        this process's scratch cache of it when it is remote."""
+        if self.remote_storage:
+            return self.resolved_scratch_dir
+        if self.storage_url:
+            return Path(self.storage_url.removeprefix("file://")).expanduser().resolve()
+        return self.resolved_data_dir
+
+    @property
     def files_dir(self) -> Path:
-        return self.resolved_data_dir / "files"
+        return self.local_root / "files"
 
     @property
     def models_dir(self) -> Path:
-        return self.resolved_data_dir / "models"
+        return self.local_root / "models"
 
     @property
     def jobs_dir(self) -> Path:
-        return self.resolved_data_dir / "jobs"
+        return self.local_root / "jobs"
 
 
 @lru_cache

@@ -44,3 +44,34 @@ def retention_of(metric: str) -> str:
     name = metric_name(metric)
     name = name.lower() if name[1:].islower() else name
     return f"{name} (teacher ÷ student)" if metric in LOWER_IS_BETTER else name
+
+
+def runtimes_section(report: dict[str, Any]) -> str:
+    """The card's "Runtimes" section: each runtime's quality and CPU speed, and which one the
+    service runs by default and why ("" for a report from before runtimes were measured)."""
+    info = report.get("runtimes")
+    if not info:
+        return ""
+    entries: dict[str, dict[str, Any]] = info["runtimes"]
+    if list(entries) == ["torch"]:
+        return f"\n## Runtimes\n\ntorch only: {info.get('reason', '')}.\n"
+    metric = report["metric"]
+    split = report.get("eval_split", "validation")
+    rows = "\n".join(
+        f"| {name}{' (default)' if name == info['default'] else ''} | {e[metric]:.4f} | "
+        f"{e['latency_ms_p50']:.2f} ms | {e['throughput_per_s']:.0f}/s | "
+        f"{e['size_bytes'] / 1e6:.1f} MB |"
+        for name, e in entries.items())
+    header = (f"| Runtime | {metric_name(metric)} ({split}) | CPU latency, batch 1 (p50) "
+              "| CPU throughput, batch 32 | Weights |")
+    return f"""
+## Runtimes
+
+{header}
+|---|---|---|---|---|
+{rows}
+
+Served by default in **{info['default']}**: {info.get('reason', '')}. The ONNX directories
+(`onnx/`, `onnx-int8/`) hold their own tokenizer and a usage note; download one with
+`GET /v1/models/{{id}}/download?format=onnx` (or `onnx-int8`).
+"""

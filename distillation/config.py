@@ -126,6 +126,9 @@ class Hyperparameters:
     # The exported student: the epoch that scored best on the validation file ("best"; ties go
     # to the later epoch), or the last one ("last").
     select: Literal["best", "last"] = "best"
+    # Devices the distill stage trains on (DDP, `distillation.parallel`): each rank takes its
+    # share of every batch of `batch_size`, so the run sees the same global batches.
+    devices: int = 1
 
 
 @dataclass

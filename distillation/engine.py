@@ -4,7 +4,8 @@ One pipeline, read top to bottom; where the tasks differ it asks the job's `Task
 (`tasks.registry`). Stages, each reported through the `Reporter`: `finetune_teacher` (when
 asked), `cache_teacher` (when the teacher's outputs are worth caching), `distill` (evaluating the
 student after every epoch), `evaluate` (both models: the task's metrics, then CPU speed),
-`export`. The engine knows nothing of where the config came from or where the reports go;
+`export` (the Hugging Face directory, then the ONNX runtimes of a classifier, each measured:
+`runtime_report`). The engine knows nothing of where the config came from or where the reports go;
 `reporter.should_stop()` is asked before every batch and a stop raises `Cancelled`.
 
 Resume: checkpoints every `checkpoint_every_steps`, a fine-tuned teacher kept for the next
@@ -17,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, set_seed
 
+from distillation import parallel
 from distillation.checkpoint import Checkpointer, teacher_finetuned
 from distillation.config import JobConfig, JobResult, Reporter
 from distillation.export import save_model, write_report
@@ -39,6 +42,7 @@ from distillation.report import (
     model_entry,
     weights_size,
 )
+from distillation.runtime_report import measure_runtimes
 from distillation.selection import EpochSelector
 from distillation.students import build_student
 from distillation.tasks import Task, TaskData, get_task
@@ -112,6 +116,37 @@ def cache_teacher(
                          batch_size=hp.eval_batch_size, device=device, reporter=reporter)
 
 
+@dataclass
+class DistillLoss:
+    """The distillation loss of one batch: the student's outputs against the teacher's, from
+    the cache when there is one (then `teacher` is None), else from a live forward pass. A
+    picklable object, not a closure: the other ranks of a multi-device run get it by file."""
+
+    task: str
+    student: PreTrainedModel
+    losses: CompositeLoss
+    cache: Any | None
+    teacher: PreTrainedModel | None
+    teacher_prefix: str
+    hidden: bool
+    attentions: bool
+
+    def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        task = get_task(self.task)
+        flags = {"output_hidden_states": self.hidden, "output_attentions": self.attentions}
+        # With a cache no hidden states or attentions are wanted: what it keeps will do.
+        cached = task.cached_teacher(self.cache, batch) if self.cache is not None else None
+        t_out = None
+        if cached is None:
+            assert self.teacher is not None
+            with torch.no_grad():
+                t_out = self.teacher(**task.forward_inputs(self.teacher, batch,
+                                                           self.teacher_prefix), **flags)
+        s_out = self.student(**task.forward_inputs(self.student, batch), **flags)
+        return self.losses(task.loss_inputs(batch, s_out, t_out, cached, hidden=self.hidden,
+                                            attentions=self.attentions))
+
+
 def distill(
     config: JobConfig, data: TaskData, teacher: PreTrainedModel, student: PreTrainedModel,
     losses: CompositeLoss, device: torch.device, reporter: Reporter,
@@ -126,19 +161,10 @@ def distill(
     with (clock or StageClock())("cache_teacher"):
         cache = cache_teacher(config, task, data, teacher, losses, device, reporter)
     features = with_example_index(data.student.train) if cache is not None else data.student.train
-
-    def compute_loss(batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        flags = {"output_hidden_states": hidden, "output_attentions": attentions}
-        # With a cache no hidden states or attentions are wanted: what it keeps will do.
-        cached = task.cached_teacher(cache, batch) if cache is not None else None
-        t_out = None
-        if cached is None:
-            with torch.no_grad():
-                t_out = teacher(**task.forward_inputs(teacher, batch, data.teacher_prefix),
-                                **flags)
-        s_out = student(**task.forward_inputs(student, batch), **flags)
-        return losses(task.loss_inputs(batch, s_out, t_out, cached, hidden=hidden,
-                                       attentions=attentions))
+    compute_loss = DistillLoss(task=config.task, student=student, losses=losses, cache=cache,
+                               teacher=teacher if cache is None else None,
+                               teacher_prefix=data.teacher_prefix, hidden=hidden,
+                               attentions=attentions)
 
     def on_epoch_end(step: int, epoch: int) -> dict[str, Any]:
         metrics = {"step": step, "epoch": epoch, **task.epoch_metrics(
@@ -153,14 +179,22 @@ def distill(
     reporter.message(f"Distilling into a {count_parameters(student):,}-parameter student on "
                      f"{len(data.student.train):,} examples{f' ({sources})' if sources else ''} "
                      f"on {device.type}.")
-    return fit(
-        modules=[student, losses], features=features, collator=data.student.collator,
-        compute_loss=compute_loss, hp=hp, epochs=hp.epochs, batch_size=hp.batch_size,
-        learning_rate=hp.learning_rate, device=device, reporter=reporter, stage="distill",
-        on_epoch_end=on_epoch_end, on_progress=losses.set_progress,
-        checkpoints=Checkpointer(config.work_dir, hp=hp, reporter=reporter,
-                                 modules={"student": student, "losses": losses}),
-    )
+    loop: dict[str, Any] = {
+        "modules": [student, losses], "features": features, "collator": data.student.collator,
+        "compute_loss": compute_loss, "hp": hp, "epochs": hp.epochs,
+        "batch_size": hp.batch_size, "learning_rate": hp.learning_rate, "stage": "distill",
+        "on_progress": losses.set_progress}
+    trained = {"student": student, "losses": losses}
+    checkpoints = Checkpointer(config.work_dir, hp=hp, reporter=reporter, modules=trained)
+    if hp.devices <= 1:
+        return fit(**loop, device=device, reporter=reporter, on_epoch_end=on_epoch_end,
+                   checkpoints=checkpoints)
+    reporter.message(f"Training on {hp.devices} {device.type} devices (DDP): "
+                     f"{hp.batch_size / hp.devices:g} examples per device per batch.")
+    with parallel.launch(hp.devices, device=device, work_dir=config.work_dir, fit_kwargs=loop,
+                         checkpoint_modules=trained) as ranks:
+        return fit(**loop, device=ranks.device, reporter=reporter, on_epoch_end=on_epoch_end,
+                   checkpoints=checkpoints, ranks=ranks)
 
 
 def evaluate(
@@ -246,6 +280,10 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     tracker = Tracker(reporter, "export", 2)
     size_bytes = save_model(student, data.student.tokenizer, config.output_dir, data.labels)
     tracker.report(1, fit_result.epochs, force=True)
+    runtimes, runtime_warnings = measure_runtimes(
+        config, task, data, model_dir=config.output_dir, student=student,
+        torch_metrics=results["student"]["metrics"], torch_speed=results["student"]["speed"],
+        size_bytes=size_bytes, device=device, reporter=reporter)
     parameters = count_parameters(student)
     teacher_entry = model_entry(results["teacher"]["metrics"],
                                 parameters=count_parameters(teacher),
@@ -265,7 +303,8 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     if selection is not None:
         report["student_selection"] = selection
     report["optimizer_steps"] = fit_result.steps
-    report["warnings"] = warnings
+    report["runtimes"] = runtimes
+    report["warnings"] = warnings + runtime_warnings
     report["epoch_selection"] = epoch_choice
     write_report(config.output_dir, report, config,
                  {"epochs": fit_result.epochs, "steps": fit_result.steps, "labels": data.labels,

@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distillation.cards import card_for, quality_rows, retention_of
+from distillation.cards import card_for, quality_rows, retention_of, runtimes_section
 from distillation.config import JobConfig
 from distillation.curve import CURVE_FILE, write_training_curve
 from distillation.report import weights_size
@@ -120,7 +120,7 @@ A {_human_count(s["parameters"])}-parameter {card.noun} distilled from
 
 **Retention** {f"{retention:.1%}" if retention is not None else "n/a"} of the teacher's {name} ·
 **speed-up** {_times(report.get("speedup"))} · **compression** {_times(report.get("compression"))}
-{note}
+{note}{runtimes_section(report)}
 ## Training setup
 
 - Student: {student}

@@ -18,6 +18,9 @@ RUNTIMES_FILE = "runtimes.json"
 ONNX_FILE = "model.onnx"
 # The sub-directories that are not part of the Hugging Face (torch) download.
 RUNTIME_SUBDIRS: dict[Runtime, str] = {"onnx": "onnx", "onnx-int8": "onnx-int8"}
+# A runtime is offered as the default only when its accuracy is within this much (0.5 points) of
+# torch fp32; int8 also only within this much of ONNX fp32.
+ACCURACY_TOLERANCE = 0.005
 
 
 class RuntimeUnavailable(ValueError):
@@ -59,8 +62,48 @@ def default_runtime(model_dir: Path) -> Runtime:
     return name if name in available_runtimes(model_dir) else "torch"
 
 
-def load_predictor(model_dir: Path, runtime: Runtime) -> ServingPredictor:
-    """Load the model in `runtime`; RuntimeUnavailable when its files are absent."""
+def write_runtimes(model_dir: Path, info: dict[str, Any]) -> None:
+    """Record `runtimes.json` (what `runtimes_info` and `default_runtime` read)."""
+    (model_dir / RUNTIMES_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def choose_default(entries: dict[str, dict[str, Any]], metric: str = "accuracy") -> tuple[Runtime, str]:
+    """The default runtime and why: the fastest at batch 1 (`latency_ms_p50`) of torch and the
+    runtimes whose `metric` is within `ACCURACY_TOLERANCE` of torch's, int8 only when it is also
+    within it of ONNX fp32 (so quantisation never costs more than half a point on its own)."""
+    torch_score = entries["torch"][metric]
+    offered: list[Runtime] = ["torch"]
+    refused: list[str] = []
+    for name in RUNTIMES[1:]:
+        entry = entries.get(name)
+        if entry is None:
+            continue
+        references = [("torch fp32", torch_score)]
+        if name == "onnx-int8":
+            references.append(("onnx fp32", entries.get("onnx", {}).get(metric, float("-inf"))))
+        behind = [(ref, score - entry[metric]) for ref, score in references
+                  if entry[metric] < score - ACCURACY_TOLERANCE - 1e-9]
+        if behind:
+            ref, gap = behind[0]
+            refused.append(f"{name} is {gap * 100:.2f} points of {metric} below {ref}")
+        else:
+            offered.append(name)
+    best = min(offered, key=lambda name: entries[name]["latency_ms_p50"])
+    rivals = [f"{name} {entries[name]['latency_ms_p50']:.2f} ms" for name in offered if name != best]
+    within = {"torch": "", "onnx": " of torch fp32", "onnx-int8": " of torch fp32 and onnx fp32"}
+    reason = (f"the fastest at batch 1 ({entries[best]['latency_ms_p50']:.2f} ms p50"
+              + (f"; {', '.join(rivals)}" if rivals else "") + ")"
+              + (f" within {ACCURACY_TOLERANCE * 100:.1f} points{within[best]} {metric}"
+                 if best != "torch" else ""))
+    if refused:
+        reason += f"; not offered: {'; '.join(refused)}"
+    return best, reason
+
+
+def load_predictor(model_dir: Path, runtime: Runtime, *, threads: int | None = None) -> ServingPredictor:
+    """Load the model in `runtime`; RuntimeUnavailable when its files are absent. `threads`:
+    ONNX Runtime's intra-op threads (default: the process's CPUs); torch's thread count is
+    process-wide, set by the caller (`torch.set_num_threads`)."""
     if runtime not in available_runtimes(model_dir):
         have = ", ".join(available_runtimes(model_dir))
         raise RuntimeUnavailable(f"this model has no {runtime} export (it can run in: {have})")
@@ -68,7 +111,8 @@ def load_predictor(model_dir: Path, runtime: Runtime) -> ServingPredictor:
         from distillation.predict import Predictor
 
         return Predictor.load(model_dir)
-    from distillation.onnx_runtime import OnnxPredictor  # type: ignore[import-not-found]
+    from distillation.onnx_runtime import OnnxPredictor
 
-    predictor: ServingPredictor = OnnxPredictor.load(runtime_dir(model_dir, runtime))
+    predictor: ServingPredictor = OnnxPredictor.load(runtime_dir(model_dir, runtime),
+                                                     threads=threads)
     return predictor

@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,9 @@ from transformers import get_scheduler
 
 from distillation.config import Cancelled, Hyperparameters, Progress, Reporter
 from distillation.schedules import step_progress
+
+if TYPE_CHECKING:
+    from distillation.parallel import Ranks
 
 PROGRESS_EVERY_S = 2.0
 Features = dict[str, Any]  # one encoded example: token ids, labels, ...
@@ -205,6 +208,7 @@ def fit(
     on_epoch_end: Callable[[int, int], dict[str, Any] | None] | None = None,
     checkpoints: Checkpoints | None = None,
     on_progress: Callable[[float], None] | None = None,
+    ranks: Ranks | None = None,
 ) -> FitResult:
     """Train `modules` on `compute_loss` over length-grouped batches of `features`.
 
@@ -214,6 +218,8 @@ def fit(
     `FitResult.evals`). `checkpoints` restores an earlier attempt's state before the first batch
     and saves the loop after every optimizer step it chooses. `on_progress(fraction)` gets,
     before every batch, the optimizer step's place in the run (0 first, 1 last: loss schedules).
+    `ranks`: one rank of a DDP group (`parallel`): it trains on its share of every batch, and
+    the logged losses are the whole batch's.
     """
     lengths = [len(f["input_ids"]) for f in features]
     per_epoch = math.ceil(len(features) / batch_size)
@@ -226,6 +232,14 @@ def fit(
     state = LoopState(optimizer, scheduler, result, total_steps=total)
     if checkpoints is not None:
         checkpoints.restore(state)  # a run started again goes on from its last checkpoint
+    step_loss: LossFn = compute_loss if ranks is None else ranks.wrap(modules, compute_loss)
+
+    def load(indices: list[int]) -> tuple[dict[str, Tensor], float, int]:
+        """A batch (this rank's share of it), its loss weight and its examples."""
+        if ranks is None:
+            return collator([features[i] for i in indices]), 1.0, len(indices)
+        mine, weight = ranks.shard(indices)
+        return collator([features[i] for i in mine]), weight, len(mine) if weight else 0
     tracker = Tracker(reporter, stage, total, start=result.steps, epoch=result.epochs)
     window = state.window
     for module in modules:
@@ -236,16 +250,18 @@ def fit(
         batches = length_grouped_batches(lengths, batch_size, seed=state.batch_seed)
         start = skip if epoch == first_epoch else 0
         todo = batches[start:] if result.steps < total else []
-        loader = (collator([features[i] for i in indices]) for indices in todo)
-        for done, (batch, step_now) in enumerate(accumulate(loader, accum), start=start + 1):
+        loader = (load(indices) for indices in todo)
+        for done, ((batch, weight, count), step_now) in enumerate(accumulate(loader, accum),
+                                                                  start=start + 1):
             check_stop(reporter)
             if on_progress is not None:
                 on_progress(step_progress(result.steps, total))
             batch = to_device(batch, device)
             with autocast(device):
-                loss, terms = compute_loss(batch)
-            (loss / accum).backward()
-            window.append({loss_key: float(loss.detach()), **{f"loss_{k}": v for k, v in terms.items()}})
+                loss, terms = step_loss(batch)
+            (loss * weight / accum).backward()
+            logs = {loss_key: float(loss.detach()), **{f"loss_{k}": v for k, v in terms.items()}}
+            window.append(logs if ranks is None else ranks.mean_logs(logs, count))
             if not step_now:
                 continue
             if hp.max_grad_norm and hp.max_grad_norm > 0:

@@ -10,6 +10,7 @@ import threading
 from app.jobs import lifecycle
 from app.kit.db import session_scope
 from app.settings import Settings
+from app.workers import presence
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
@@ -23,6 +24,7 @@ def _loop(settings: Settings) -> None:
                 lifecycle.reconcile(session, settings=settings)
         except Exception:  # keep the timer alive through a database or broker outage
             log.exception("reconciler pass failed")
+        presence.beat(settings)  # the registry's heartbeat of this worker
 
 
 def start(settings: Settings) -> None:

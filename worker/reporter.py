@@ -18,6 +18,7 @@ at once.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -69,8 +70,9 @@ class DbReporter:
         self._last_stage: str | None = None
         self.train_progress: dict[str, Any] = {}  # the distill stage's last step counters
         self.lost_writes = 0  # writes given up on during an outage, not yet reported
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.job_id}",
-                                        daemon=True)
+        # In the job's context: its log lines name the job and the attempt.
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._beat,),
+                                        name=f"heartbeat-{self.job_id}", daemon=True)
 
     def __enter__(self) -> DbReporter:
         self._thread.start()

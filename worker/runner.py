@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -30,13 +31,14 @@ from app.jobs.lifecycle import Lease
 from app.jobs.queue import send_wakeup
 from app.jobs.status import JobStatus
 from app.jobs.tables import JobRow
-from app.kit import storage
 from app.kit.db import session_scope
+from app.kit.logs import job_context
+from app.kit.store_dirs import unpublish_model_dir
 from app.models.service import register_distilled_model
 from app.settings import Settings
 from distillation.config import Cancelled, JobResult
 from distillation.engine import run_job
-from worker import attempts, shutdown
+from worker import attempts, metrics, shutdown, store_sync
 from worker.db_retry import write_with_retry
 from worker.reporter import CANCELLED, LEASE_LOST, SHUTDOWN, DbReporter, eval_view
 
@@ -68,8 +70,9 @@ def _hand_back(settings: Settings, lease: Lease, message: str) -> None:
     try:
         with session_scope(settings.sqlalchemy_url) as session:
             new_status = lifecycle.release(session, lease, message=message)
+            queue = lifecycle.wakeup_queue(session, job_id=lease.job_id, settings=settings)
         if new_status == JobStatus.QUEUED:
-            send_wakeup(lease.job_id, settings=settings)
+            send_wakeup(lease.job_id, settings=settings, queue=queue)
     except SQLAlchemyError:
         log.warning("job %s: could not hand it back; the reconciler will re-queue it",
                     lease.job_id)
@@ -95,12 +98,17 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
         lease = Lease(job_id=job_id, worker_id=worker_id, attempt=job.attempts)
         repository.add_event(session, job_id=job_id,
                              message=f"Worker {worker_id} started attempt {job.attempts}.")
-    with DbReporter(settings=settings, lease=lease, metrics=dict(job.metrics)) as reporter, \
+    started = time.monotonic()
+    with job_context(job_id=job_id, attempt=lease.attempt, tenant_id=job.tenant_id), \
+            DbReporter(settings=settings, lease=lease, metrics=dict(job.metrics)) as reporter, \
             shutdown.pause_on_sigterm(
                 reporter.pause, grace_s=settings.shutdown_grace_s,
                 on_deadline=lambda: _hand_back(settings, lease, "The worker shut down before "
                                                "the job reached a checkpoint.")):
+        log.info("job %s: attempt %d started", job_id, lease.attempt)
         status = _run(job, lease, reporter, settings=settings)
+        log.info("job %s: attempt %d ended: %s", job_id, lease.attempt, status or "interrupted")
+    metrics.job_ended(status, time.monotonic() - started)
     if status is not None:
         # Finished for good, by this attempt: nobody needs the job's files any more. A run cut
         # short (a lost lease, the database, a shutdown, the worker's death) keeps them for the
@@ -111,13 +119,21 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
 
 def _run(job: JobRow, lease: Lease, reporter: DbReporter, *, settings: Settings) -> str | None:
     try:
-        attempts.prepare(settings, lease)  # this attempt's folder, from what earlier ones saved
+        if settings.remote_storage:  # what earlier attempts published, on any machine
+            store_sync.pull(settings, lease.job_id, before=lease.attempt)
+        work = attempts.prepare(settings, lease)  # this attempt's folder, from earlier ones'
         config = write_with_retry(
             settings.sqlalchemy_url,
             lambda session: to_job_config(job, session=session, settings=settings),
             within_s=settings.db_write_retry_s)
-        result = run_job(config, reporter)
-        return _record_success(job, lease, result, settings=settings, reporter=reporter)
+        hp = config.hyperparameters
+        with store_sync.pushing(settings, work):
+            result = run_job(config, metrics.MeteredReporter(
+                reporter, samples_per_step=hp.batch_size * max(1, hp.gradient_accumulation_steps)))
+        status = _record_success(job, lease, result, settings=settings, reporter=reporter)
+        if status == JobStatus.SUCCEEDED:
+            metrics.observe_stage_seconds(result.report)
+        return status
     except Cancelled:
         return _stopped(lease, reporter, settings=settings)
     except SQLAlchemyError as exc:
@@ -175,8 +191,8 @@ def _record_success(job: JobRow, lease: Lease, result: JobResult, *, settings: S
         # The job's row stays locked from here to the commit: no one can take it meanwhile.
         if not lifecycle.hold(session, lease, statuses=(JobStatus.RUNNING,)):
             return False
-        # Moved into the model store as they are registered: (store path, export path) each.
-        moved: list[tuple[Path, Path]] = []
+        # Published in the model store as they are registered: (location, export path) each.
+        moved: list[tuple[str, Path]] = []
         try:
             model = register_distilled_model(
                 session=session, tenant_id=job.tenant_id, job_id=job.id,
@@ -184,7 +200,7 @@ def _record_success(job: JobRow, lease: Lease, result: JobResult, *, settings: S
                 size_bytes=result.size_bytes, labels=result.labels, report=result.report,
                 settings=settings,
             )
-            moved.append((Path(model.path), result.model_dir))
+            moved.append((model.path, result.model_dir))
             teacher_id = None
             if result.teacher is not None:
                 teacher = register_distilled_model(
@@ -194,7 +210,7 @@ def _record_success(job: JobRow, lease: Lease, result: JobResult, *, settings: S
                     labels=result.labels, report=result.teacher.report, settings=settings,
                     source="finetuned",
                 )
-                moved.append((Path(teacher.path), result.teacher.model_dir))
+                moved.append((teacher.path, result.teacher.model_dir))
                 teacher_id = teacher.id
             done = lifecycle.finish(
                 session, lease, status=JobStatus.SUCCEEDED, result_model=model.id,
@@ -214,8 +230,7 @@ def _record_success(job: JobRow, lease: Lease, result: JobResult, *, settings: S
             # Not recorded: put the exports back where a retry (or the next attempt) finds them.
             session.rollback()
             for registered, export in moved:
-                if registered.exists():
-                    storage.move_dir(registered, export)
+                unpublish_model_dir(settings, registered, back_to=export)
             raise
         return True
 

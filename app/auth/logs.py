@@ -3,6 +3,8 @@
 The service itself never logs a key, but a client can put one where a log line echoes it: in a
 URL (`?api_key=…` ends up in the access log) or an id. A filter on every handler rewrites any
 `dsk_…` token to its public prefix (the one `distill keys list` shows) before it is written.
+The JSON lines (`app.kit.logs`) are also scrubbed as a whole once rendered, tracebacks and
+fields included.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class RedactKeys(logging.Filter):
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
+        if isinstance(record.msg, dict):  # a structlog event: rewrite its values, keep its shape
+            record.msg = _redact_arg(record.msg)
+            return True
         if KEY_PREFIX not in record.getMessage():
             return True
         # Argument by argument first: uvicorn's access formatter reads `record.args` itself.
@@ -50,7 +55,13 @@ class RedactKeys(logging.Filter):
 
 
 def _redact_arg(arg: Any) -> Any:
-    return redact(arg) if isinstance(arg, str) else arg
+    if isinstance(arg, str):
+        return redact(arg)
+    if isinstance(arg, dict):
+        return {name: _redact_arg(value) for name, value in arg.items()}
+    if isinstance(arg, list | tuple):
+        return type(arg)(_redact_arg(value) for value in arg)
+    return arg
 
 
 def redact_key_logs() -> None:

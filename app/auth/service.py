@@ -87,6 +87,17 @@ def revoke_key(*, session: Session, key_id: str) -> tuple[ApiKeyRow, bool]:
     return row, bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def bearer_digest(authorization: str | None) -> str | None:
+    """The stored form (SHA-256) of the key in a well-formed `Authorization: Bearer <key>`
+    header; None for a header that `authenticate` refuses before any look-up."""
+    if not authorization:
+        return None
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return None
+    return hash_key(key.strip())
+
+
 def authenticate(*, session: Session, authorization: str | None) -> TenantRow:
     """The tenant owning the bearer key in an `Authorization` header, or 401."""
     if not authorization:

@@ -18,7 +18,8 @@ import typer
 from app.cli.files_cmd import files_cli
 from app.cli.jobs_cmd import jobs_cli
 from app.cli.models_cmd import models_cli
-from app.cli.processes import stop_process
+from app.cli.processes import stop_process, worker_metrics_env
+from app.kit.logs import LogFormat
 from app.settings import Settings, get_settings
 
 cli = typer.Typer(help="Distillation as a service: teacher in, small fast student out.",
@@ -50,14 +51,26 @@ def _prepare(settings: Settings) -> None:
     upgrade(settings.sqlalchemy_url)
 
 
-def _worker_argv(concurrency: int) -> list[str]:
+def _worker_argv(concurrency: int, queues: tuple[str, ...] | None = None, *,
+                 log_format: LogFormat) -> list[str]:
     """The Celery worker's command line. The CLI starts the worker as a program, never imports
-    it: the API side (this package) stays below the Celery process in the layers."""
+    it: the API side (this package) stays below the Celery process in the layers. Logging JSON,
+    it prints no banner: every line of its output is a JSON object."""
     from app.jobs.queue import TRAINING_QUEUE
 
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "-Q", TRAINING_QUEUE, "-c", str(concurrency), "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle"]
+    quiet = ["--quiet"] if log_format == "json" else []
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", *quiet, "worker",
+            "-Q", ",".join(queues or (TRAINING_QUEUE,)), "-c", str(concurrency),
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+
+
+def _worker_env(settings: Settings, log_format: LogFormat) -> dict[str, str]:
+    """Environment a worker needs before it starts: its log format, its metrics folder, and (for
+    JSON) no progress bars from transformers, which would write half-lines between the JSON."""
+    env = {"DISTILL_LOG_FORMAT": log_format, **worker_metrics_env(settings)}
+    if log_format == "json":
+        env["HF_HUB_DISABLE_PROGRESS_BARS"] = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    return env
 
 
 @cli.command()
@@ -73,18 +86,50 @@ def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     """Run the API server alone (workers run as `distill worker`)."""
     import uvicorn
 
-    uvicorn.run("app.main:app", host=host, port=port, log_level="info")
+    _configure_logs(default="json")
+    uvicorn.run("app.main:app", host=host, port=port, log_level="info", log_config=None)
 
 
 @cli.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="Jobs run at once (one per process).")] = 1,
+    queues: Annotated[str | None, typer.Option(
+        help="Queues to consume, comma-separated; default: every DISTILL_WORKER_QUEUES class "
+        "this worker's memory and devices can hold.")] = None,
+    memory: Annotated[str | None, typer.Option(
+        help="Memory per device, e.g. 80GiB; default: read from the device.")] = None,
+    devices: Annotated[int | None, typer.Option(
+        min=1, help="Devices this worker trains on; default: the CUDA devices it sees, or 1.")]
+    = None,
 ) -> None:
-    """Run a Celery training worker (and its reconciler timer)."""
+    """Run a Celery training worker (and its reconciler timer), registered with what it can
+    hold and consuming the queues of the jobs that fit it."""
+    from app.workers.capabilities import NoQueue, resolve
+
+    if memory is not None:
+        os.environ["DISTILL_WORKER_MEMORY"] = memory
+    if devices is not None:
+        os.environ["DISTILL_WORKER_DEVICES"] = str(devices)
+    get_settings.cache_clear()
     settings = get_settings()
     if not settings.database_url:  # embedded SQLite: nobody else runs the migrations
         _prepare(settings)
-    argv = _worker_argv(concurrency)
+    wanted = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    try:
+        caps = resolve(settings, queues=wanted)
+    except NoQueue as exc:
+        raise typer.BadParameter(str(exc), param_hint="--memory/--devices/--queues") from None
+    # The Celery process registers these, without reading the device again.
+    os.environ.update({"DISTILL_WORKER_MEMORY": str(caps.memory_bytes),
+                       "DISTILL_WORKER_DEVICES": str(caps.device_count),
+                       "DISTILL_WORKER_DEVICE": caps.device})
+    typer.echo(f"distill worker: {caps.device_count} {caps.device} device(s) of "
+               f"{caps.memory_bytes / 1024**3:.1f} GiB; queues {', '.join(caps.queues)}",
+               err=True)
+    log_format = settings.log_format or "json"
+    argv = _worker_argv(concurrency, caps.queues, log_format=log_format)
+    # Before the worker imports prometheus-client and transformers, which read them once.
+    os.environ.update(_worker_env(settings, log_format))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(argv[0], argv)  # the worker takes this process over (same pid, same signals)
@@ -98,15 +143,21 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
 
     settings = get_settings()
     _prepare(settings)
-    env = {**os.environ, "DISTILL_DATA_DIR": str(settings.resolved_data_dir)}
-    worker_proc = subprocess.Popen(_worker_argv(1), env=env, preexec_fn=_die_with_parent)
+    # One format for both processes of this command (console unless asked otherwise).
+    log_format = settings.log_format or "console"
+    env = {**os.environ, "DISTILL_DATA_DIR": str(settings.resolved_data_dir),
+           **_worker_env(settings, log_format)}
+    # The only worker of this machine consumes every configured queue.
+    queues = tuple(q.name for q in settings.queue_classes)
+    worker_proc = subprocess.Popen(_worker_argv(1, queues, log_format=log_format), env=env,
+                                   preexec_fn=_die_with_parent)
     # uvicorn re-raises SIGTERM after its graceful shutdown; as SystemExit it runs the `finally`
     # below, which stops the worker too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     typer.echo(f"distill: data in {settings.resolved_data_dir}; API on http://{host}:{port} "
                f"(docs at /docs); worker pid {worker_proc.pid}")
     try:
-        uvicorn.run("app.main:app", host=host, port=port, log_level="info")
+        uvicorn.run("app.main:app", host=host, port=port, log_level="info", log_config=None)
     finally:
         # The worker checkpoints its job and hands it back within its grace period.
         stop_process(worker_proc, timeout=settings.shutdown_grace_s + 10)
@@ -120,6 +171,25 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+@cli.command()
+def workers() -> None:
+    """List the registered training workers: device, memory, queues, alive or not."""
+    from app.kit.db import session_scope
+    from app.workers.registry import list_workers
+
+    settings = get_settings()
+    _prepare(settings)
+    with session_scope(settings.sqlalchemy_url) as session:
+        rows = [(row.id, f"{row.device_count}x {row.device}",
+                 f"{row.memory_bytes / 1024**3:.1f} GiB", ",".join(row.queues),
+                 "alive" if alive else "silent")
+                for row, alive in list_workers(
+                    session, alive_within_s=settings.stale_heartbeat_after_s)]
+    typer.echo(f"{'id':<48}  {'devices':<9}  {'memory':<10}  {'queues':<24}  state")
+    for worker_id, devs, mem, names, state in rows:
+        typer.echo(f"{worker_id:<48}  {devs:<9}  {mem:<10}  {names:<24}  {state}")
 
 
 @keys_cli.command("create")
@@ -215,14 +285,20 @@ def _redact(url: str) -> str:
     return url
 
 
+def _configure_logs(*, default: LogFormat) -> None:
+    """Log lines in `DISTILL_LOG_FORMAT`, else `default`; API keys redacted from every one."""
+    from app.auth.logs import redact, redact_key_logs
+    from app.kit.logs import configure_logging
+
+    configure_logging(get_settings().log_format or default, scrub=redact)
+    redact_key_logs()
+
+
 def main() -> None:
     os.environ.update(OFFLINE_ENV)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _configure_logs(default="console")  # `distill api` and `distill worker` switch to json
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the demo
     logging.getLogger("alembic").setLevel(logging.WARNING)  # `keys create` should print the key
-    from app.auth.logs import redact_key_logs
-
-    redact_key_logs()
     cli()
 
 

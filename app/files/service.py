@@ -14,7 +14,9 @@ from app.kit import storage
 from app.kit.clock import now
 from app.kit.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from app.kit.ids import new_id
-from app.settings import Settings
+from app.kit.store import is_remote, open_store, remove_location
+from app.kit.store_dirs import local_file
+from app.settings import Settings, get_settings
 from distillation.records import Limits, RecordError, Summary, TooManyRecords, scan
 
 MAX_FILENAME = 255
@@ -65,9 +67,15 @@ def create_file(
     name = _clean_filename(filename)
     summary = _check(stream, name=name, settings=settings)
     file_id = new_id("file")
-    path = storage.file_path(settings, file_id, PurePath(name).suffix.lower())
+    path = str(storage.file_path(settings, file_id, PurePath(name).suffix.lower()))
     stream.seek(0)
-    storage.atomic_write_stream(path, stream)
+    if settings.remote_storage:
+        # Its key is new and the row publishes it: nobody reads it before the commit.
+        store = open_store(settings)
+        store.put_stream(f"files/{PurePath(path).name}", stream)
+        path = store.url(f"files/{PurePath(path).name}")
+    else:
+        storage.atomic_write_stream(Path(path), stream)
     try:
         row = FileRow(
             id=file_id,
@@ -78,14 +86,14 @@ def create_file(
             format=summary.format,
             num_records=summary.num_records,
             columns=summary.columns,
-            path=str(path),
+            path=path,
             created_at=now(),
         )
         session.add(row)
         session.commit()
     except BaseException:
         session.rollback()
-        storage.remove(path)
+        remove_location(settings, path)
         raise
     return row
 
@@ -104,10 +112,13 @@ def require_file(*, session: Session, tenant_id: str, file_id: str) -> FileRow:
 
 
 def file_path(row: FileRow, *, settings: Settings | None = None) -> Path:
-    """Where the file's bytes are (its name keeps the extension that `records.read_file` reads).
+    """Where the file's bytes are on this machine (its name keeps the extension that
+    `records.read_file` reads): with a remote store, a copy pulled into the scratch cache.
 
     Stored paths are absolute; `settings` places a relative one under the data directory.
     """
+    if is_remote(row.path):
+        return local_file(settings or get_settings(), row.path)
     path = Path(row.path)
     if not path.is_absolute() and settings is not None:
         return settings.resolved_data_dir / path
@@ -140,8 +151,8 @@ def delete_file(*, session: Session, tenant_id: str, file_id: str) -> None:
             param="file_id",
             code="file_in_use",
         )
-    path = file_path(row)
+    location = row.path if is_remote(row.path) else str(file_path(row))
     session.delete(row)
     session.commit()
     # After the commit: a failed commit must not leave a row whose file is gone.
-    storage.remove(path)
+    remove_location(get_settings(), location)

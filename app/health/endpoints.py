@@ -1,15 +1,18 @@
-"""`/healthz` (the process is up) and `/readyz` (database and broker reachable); no key needed."""
+"""`/healthz` (the process is up), `/readyz` (database and broker reachable) and `/metrics`
+(Prometheus); no key needed."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from app.deps import SettingsDep
 from app.kit.db import engine_for
+from app.kit.metrics import METRICS_PATH, render_metrics
 
 router = APIRouter(tags=["health"])
 
@@ -54,3 +57,9 @@ def readyz(settings: SettingsDep) -> dict[str, Any] | JSONResponse:
             status_code=503,
         )
     return {"status": "ok", "checks": body}
+
+
+@router.get(METRICS_PATH, include_in_schema=False)
+def metrics() -> Response:
+    """Prometheus text format: HTTP, predict and queue metrics (README: "Operating it")."""
+    return Response(render_metrics(), media_type=CONTENT_TYPE_LATEST)

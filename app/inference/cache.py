@@ -1,8 +1,7 @@
 """Loaded predictors kept between requests, bounded by count and by bytes.
 
-Each cached model has a slot: one thread of its own that loads the model, then runs its predict
-calls one at a time (fast tokenizers are not safe to share across threads, "Already borrowed",
-and one call per model keeps CPU threads from thrashing). So a cold load of model A delays only
+Each cached (model, runtime) has a slot: a `Batcher` (see `app.inference.batcher`), whose thread
+loads the model, then serves its predict calls in batches. So a cold load of model A delays only
 A's requests, never B's; and a request waiting for its model waits in that model's queue, not on
 a thread of the server's pool, which stays free for authentication, `/healthz` and the rest.
 
@@ -16,42 +15,28 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
+from app.inference.batcher import Batcher, PredictInput, Rows
+from app.inference.stats import BatchHook
 from app.kit.storage import dir_mtime_ns
-from distillation.predict import Predictor
+from distillation.runtimes import Runtime, ServingPredictor, load_predictor
 
-T = TypeVar("T")
 DEFAULT_MAX_MODELS = 4
 DEFAULT_MAX_BYTES = 2 * 1024**3
+SlotKey = tuple[str, str]  # (model id, runtime)
+Loader = Callable[[Path, Runtime], ServingPredictor]
 
 
+@dataclass
 class _Slot:
-    """One model's loader and call queue (a single-thread executor)."""
-
-    def __init__(self, *, model_id: str, model_dir: Path, stamp: int, size_bytes: int,
-                 loader: Callable[[Path], Predictor]) -> None:
-        self.model_dir, self.stamp, self.size_bytes = model_dir, stamp, size_bytes
-        self._loader = loader
-        self._predictor: Predictor | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{model_id}")
-
-    def submit(self, call: Callable[[Predictor], T]) -> Future[T]:
-        return self._executor.submit(self._run, call)
-
-    def _run(self, call: Callable[[Predictor], T]) -> T:
-        # Only this slot's thread touches `_predictor`: no lock. A failed load is not kept, so
-        # the next call tries again.
-        if self._predictor is None:
-            self._predictor = self._loader(self.model_dir)
-        return call(self._predictor)
-
-    def close(self) -> None:
-        """Let the queued calls finish, then end the thread (and free the model)."""
-        self._executor.shutdown(wait=False)
+    batcher: Batcher
+    stamp: int
+    size_bytes: int
 
 
 class PredictorCache:
@@ -60,30 +45,51 @@ class PredictorCache:
         *,
         max_models: int = DEFAULT_MAX_MODELS,
         max_bytes: int = DEFAULT_MAX_BYTES,
-        loader: Callable[[Path], Predictor] = Predictor.load,
+        loader: Loader | None = None,
+        max_batch: int = 32,
+        max_wait_s: float = 0.002,
+        threads: int | None = None,
+        on_batch: BatchHook | None = None,
     ) -> None:
         self.max_models = max_models
         self.max_bytes = max_bytes
-        self._loader = loader
-        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self.max_batch, self.max_wait_s, self.threads = max_batch, max_wait_s, threads
+        self.on_batch = on_batch
+        # The default loader gives ONNX Runtime sessions the same thread count as torch.
+        self._loader = loader or partial(load_predictor, threads=threads)
+        self._slots: OrderedDict[SlotKey, _Slot] = OrderedDict()
         self._lock = threading.Lock()  # guards `_slots` only; never held while a model loads
 
-    def submit(self, model_id: str, model_dir: Path, size_bytes: int,
-               call: Callable[[Predictor], T]) -> Future[T]:
-        """Run `call(predictor)` on the model's own thread, after its load if it is cold; a
-        changed directory (new mtime) is loaded afresh. `size_bytes`: the weights' size."""
+    def submit(self, model_id: str, runtime: Runtime, model_dir: Path, size_bytes: int,
+               inputs: Sequence[PredictInput], *, generate: bool = False,
+               max_new_tokens: int = 0) -> Future[Rows]:
+        """Queue a predict call on the model's batcher in `runtime` (the model loads on its first
+        call; a changed directory, new mtime, is loaded afresh). `size_bytes`: the weights' size.
+        FileNotFoundError when the directory is gone."""
         stamp = dir_mtime_ns(model_dir)
-        with self._lock:
-            slot = self._slots.get(model_id)
+        key = (model_id, runtime)
+        with self._lock:  # held while queuing too, so no call lands on a batcher closed meanwhile
+            slot = self._slots.get(key)
             if slot is None or slot.stamp != stamp:
                 if slot is not None:
-                    slot.close()
-                slot = _Slot(model_id=model_id, model_dir=model_dir, stamp=stamp,
-                             size_bytes=size_bytes, loader=self._loader)
-                self._slots[model_id] = slot
-            self._slots.move_to_end(model_id)
+                    slot.batcher.close()
+                batcher = Batcher(
+                    model_id=model_id, runtime=runtime,
+                    load=lambda: self._loader(model_dir, runtime),
+                    max_rows=self.max_batch, max_wait_s=self.max_wait_s, threads=self.threads,
+                    on_batch=self.on_batch,
+                )
+                slot = self._slots[key] = _Slot(batcher=batcher, stamp=stamp,
+                                                size_bytes=size_bytes)
+            self._slots.move_to_end(key)
             self._evict()
-            return slot.submit(call)
+            return slot.batcher.submit(inputs, generate=generate, max_new_tokens=max_new_tokens)
+
+    def queued(self, model_id: str, runtime: Runtime) -> int:
+        """Calls waiting for the model's thread to pick them up (0 when it is not cached)."""
+        with self._lock:
+            slot = self._slots.get((model_id, runtime))
+            return slot.batcher.queued() if slot is not None else 0
 
     def _evict(self) -> None:
         """Drop the least recently used slots until both bounds hold (or one slot is left)."""
@@ -91,7 +97,7 @@ class PredictorCache:
             len(self._slots) > self.max_models or self._bytes() > self.max_bytes
         ):
             _, slot = self._slots.popitem(last=False)
-            slot.close()
+            slot.batcher.close()
 
     def _bytes(self) -> int:
         return sum(slot.size_bytes for slot in self._slots.values())
@@ -101,15 +107,19 @@ class PredictorCache:
         with self._lock:
             return self._bytes()
 
-    def model_ids(self) -> list[str]:
-        """The cached models, least recently used first."""
+    def keys(self) -> list[SlotKey]:
+        """The cached (model id, runtime) slots, least recently used first."""
         with self._lock:
             return list(self._slots)
+
+    def model_ids(self) -> list[str]:
+        """The cached models, least recently used first."""
+        return [model_id for model_id, _ in self.keys()]
 
     def clear(self) -> None:
         with self._lock:
             for slot in self._slots.values():
-                slot.close()
+                slot.batcher.close()
             self._slots.clear()
 
     def __len__(self) -> int:

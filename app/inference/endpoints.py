@@ -2,48 +2,84 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from app.deps import SessionDep, SettingsDep, TenantDep
+from app.deps import CachedTenantDep, CurrentSettingsDep
 from app.inference import service
 from app.inference.cache import PredictorCache
 from app.inference.schemas import PredictRequest, PredictResponse
+from app.inference.stats import BatchLog, BatchStats
+from app.kit.errors import ServiceError, TooManyRequests
+from app.kit.metrics import count_predict_request, observe_predict_batch, set_loaded_models
+from app.kit.ttl_memo import TTLMemo
+from app.settings import Settings
 
 router = APIRouter(prefix="/models", tags=["inference"])
 
 
-async def get_predictors(request: Request, settings: SettingsDep) -> PredictorCache:
-    """The app's predictor cache, made on first use with the configured bounds (an async
-    dependency: it runs on the event loop, so two first requests cannot both make one)."""
+def _export_batch(stats: BatchStats) -> None:
+    observe_predict_batch(stats.runtime, stats.rows, stats.seconds)
+
+
+def predictor_cache(settings: Settings) -> PredictorCache:
+    """A predictor cache with the configured bounds, batching and threads; its batches are
+    logged to a `BatchLog` (`cache.on_batch`) and exported to `/metrics`."""
+    return PredictorCache(
+        max_models=settings.predict_cache_models, max_bytes=settings.predict_cache_bytes,
+        max_batch=settings.predict_max_batch, max_wait_s=settings.predict_max_wait_ms / 1000,
+        threads=settings.predict_threads, on_batch=BatchLog(hooks=[_export_batch]),
+    )
+
+
+async def get_predictors(request: Request, settings: CurrentSettingsDep) -> PredictorCache:
+    """The app's predictor cache, made on first use (an async dependency: it runs on the event
+    loop, so two first requests cannot both make one)."""
     cache: PredictorCache | None = getattr(request.app.state, "predictors", None)
     if cache is None:
-        cache = request.app.state.predictors = PredictorCache(
-            max_models=settings.predict_cache_models, max_bytes=settings.predict_cache_bytes)
+        cache = request.app.state.predictors = predictor_cache(settings)
     return cache
+
+
+async def get_model_memo(request: Request, settings: CurrentSettingsDep) -> service.ModelMemo:
+    """(tenant, model id) → the model's record, remembered `DISTILL_LOOKUP_CACHE_S` seconds."""
+    memo: service.ModelMemo | None = getattr(request.app.state, "model_memo", None)
+    if memo is None:
+        memo = request.app.state.model_memo = TTLMemo(settings.lookup_cache_s)
+    return memo
 
 
 @router.post("/{model_id}/predict", response_model=PredictResponse)
 async def predict(
     model_id: str,
     body: PredictRequest,
-    session: SessionDep,
-    settings: SettingsDep,
-    tenant: TenantDep,
+    settings: CurrentSettingsDep,
+    tenant: CachedTenantDep,
     cache: Annotated[PredictorCache, Depends(get_predictors)],
-) -> PredictResponse:
+    memo: Annotated[service.ModelMemo, Depends(get_model_memo)],
+) -> dict[str, Any]:
     """Labels and scores (classifiers) or generated text (causal-lm, seq2seq).
 
-    An async route: requests that wait for a model (loading, or busy with another request) wait
-    on the event loop, holding none of the threads that serve the other routes.
+    An async route: concurrent calls to one model share a forward pass (see
+    `app.inference.batcher`), and a call waiting for its model holds no thread.
     """
-    return await service.predict(
-        session=session,
-        settings=settings,
-        tenant_id=tenant.id,
-        model_id=model_id,
-        inputs=body.inputs,
-        max_new_tokens=body.max_new_tokens,
-        cache=cache,
-    )
+    try:
+        model, runtime, rows = await service.predict(
+            settings=settings, tenant_id=tenant.id, model_id=model_id, inputs=body.inputs,
+            max_new_tokens=body.max_new_tokens, runtime=body.runtime, cache=cache, memo=memo,
+        )
+    except TooManyRequests:
+        count_predict_request(body.runtime or "other", "rejected")
+        raise
+    except ServiceError:
+        count_predict_request(body.runtime or "other", "invalid")
+        raise
+    except Exception:
+        count_predict_request(body.runtime or "other", "error")
+        raise
+    count_predict_request(runtime, "ok")
+    set_loaded_models(len(cache))
+    # Plain dicts, validated and serialised by the response model: a hand-serialised response
+    # saved 6 µs a call (60 µs at 32 inputs) of about 2 ms, not worth skipping the check.
+    return {"object": "list", "model": model.id, "runtime": runtime, "data": rows}

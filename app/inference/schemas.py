@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from distillation.runtimes import Runtime
+
 
 class PredictRequest(BaseModel):
     inputs: list[str | list[str]] = Field(
@@ -13,6 +15,11 @@ class PredictRequest(BaseModel):
     )
     max_new_tokens: int = Field(
         default=32, ge=1, le=512, description="Generated tokens per input (causal-lm, seq2seq)."
+    )
+    runtime: Runtime | None = Field(
+        default=None,
+        description="torch, onnx or onnx-int8 (the ONNX ones for models exported to them); "
+        "default: the model's default runtime.",
     )
 
 
@@ -29,4 +36,5 @@ class Generation(BaseModel):
 class PredictResponse(BaseModel):
     object: Literal["list"] = "list"
     model: str
+    runtime: Runtime = Field(description="The runtime that served the call.")
     data: list[Classification] | list[Generation]

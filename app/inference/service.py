@@ -1,25 +1,54 @@
-"""Predictions from a registered or built-in model: labels for classifiers, text for LMs."""
+"""Predictions from a registered or built-in model: labels for classifiers, text for LMs.
+
+The hot path (a known key, a model looked up in the last few seconds, the model loaded) runs on
+the event loop without the database or a thread of the server's pool: the look-ups come from
+short-lived memos (`DISTILL_LOOKUP_CACHE_S`), the inputs are checked in place, and the call joins
+its model's batcher, whose thread runs the forward pass (`app.inference.batcher`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Future
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import anyio.to_thread
-from sqlalchemy.orm import Session
 
+from app.inference.batcher import PredictInput, Rows
 from app.inference.cache import PredictorCache
-from app.inference.schemas import Classification, Generation, PredictResponse
-from app.kit.errors import InvalidRequest, Unprocessable
+from app.kit.db import session_factory
+from app.kit.errors import InvalidRequest, NotFound, Unprocessable
+from app.kit.ttl_memo import TTLMemo
 from app.models import service as models
-from app.models.views import ModelView
 from app.settings import Settings
 from distillation.model_info import BASE_TASK
-from distillation.predict import Predictor
+from distillation.runtimes import (
+    Runtime,
+    RuntimeUnavailable,
+    available_runtimes,
+    default_runtime,
+)
 from distillation.tasks import TASKS
 
-PredictInput = str | list[str]
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What predict needs of a model, kept in the model memo for a few seconds."""
+
+    id: str
+    task: str
+    path: Path
+    size_bytes: int
+    runtimes: tuple[Runtime, ...]
+    default_runtime: Runtime
+
+    @property
+    def classifies(self) -> bool:
+        return TASKS[self.task].head == "classify"
+
+
+ModelMemo = TTLMemo[tuple[str, str], ServedModel]
 
 
 def _not_servable(model_id: str, reason: str) -> InvalidRequest:
@@ -28,6 +57,11 @@ def _not_servable(model_id: str, reason: str) -> InvalidRequest:
         param="model_id",
         code="model_not_servable",
     )
+
+
+def _files_missing(model_id: str) -> NotFound:
+    return NotFound(f"The files of model {model_id} are missing on the server.",
+                    param="model_id", code="model_files_missing")
 
 
 def check_inputs(inputs: list[PredictInput], *, task: str, settings: Settings) -> None:
@@ -41,8 +75,8 @@ def check_inputs(inputs: list[PredictInput], *, task: str, settings: Settings) -
             "per request (DISTILL_PREDICT_MAX_INPUTS): split them across calls.",
             param="inputs", code="too_many_inputs",
         )
+    takes_pairs = task in TASKS and TASKS[task].head == "classify"
     for index, item in enumerate(inputs):
-        takes_pairs = task in TASKS and TASKS[task].head == "classify"
         if isinstance(item, list) and (not takes_pairs or len(item) != 2):
             shape = "[text, text_pair] pairs" if takes_pairs else "no pairs"
             raise InvalidRequest(
@@ -60,12 +94,15 @@ def check_inputs(inputs: list[PredictInput], *, task: str, settings: Settings) -
                 )
 
 
-def servable_model(
-    *, session: Session, settings: Settings, tenant_id: str, model_id: str,
-    inputs: list[PredictInput],
-) -> ModelView:
-    """The model to run (404 for another tenant's, 400 for a base model), inputs checked."""
-    view = models.get_model(session=session, tenant_id=tenant_id, model_id=model_id)
+def find_servable_model(*, settings: Settings, tenant_id: str, model_id: str) -> ServedModel:
+    """Blocking (database, files): the model to run, 404 for another tenant's, 400 for a base
+    model or a task with no predict head."""
+    session = session_factory(settings.sqlalchemy_url)()
+    try:
+        view = models.get_model(session=session, tenant_id=tenant_id, model_id=model_id)
+    finally:
+        session.rollback()
+        session.close()
     if view.task == BASE_TASK:
         raise _not_servable(
             model_id,
@@ -74,43 +111,59 @@ def servable_model(
         )
     if view.task not in TASKS:
         raise _not_servable(model_id, f"its task {view.task!r} has no predict endpoint")
-    check_inputs(inputs, task=view.task, settings=settings)
-    return view
+    # With a remote store, the model's copy in this process's scratch cache (pulled once).
+    path = models.local_model_path(settings, view)
+    if not path.is_dir():
+        raise _files_missing(model_id)
+    return ServedModel(id=view.id, task=view.task, path=path, size_bytes=view.size_bytes,
+                       runtimes=tuple(available_runtimes(path)),
+                       default_runtime=default_runtime(path))
+
+
+def choose_runtime(model: ServedModel, asked: Runtime | None) -> Runtime:
+    """The runtime asked for (400 naming `runtime` when the model has no files for it), or the
+    model's default."""
+    if asked is None:
+        return model.default_runtime
+    if asked not in model.runtimes:
+        raise InvalidRequest(
+            f"Model {model.id} has no {asked} export; it can run in: {', '.join(model.runtimes)}.",
+            param="runtime", code="runtime_unavailable",
+        )
+    return asked
 
 
 async def predict(
     *,
-    session: Session,
     settings: Settings,
     tenant_id: str,
     model_id: str,
     inputs: list[PredictInput],
     max_new_tokens: int,
+    runtime: Runtime | None,
     cache: PredictorCache,
-) -> PredictResponse:
-    """Run the model on `inputs`. The look-up takes a thread of the server's pool for a moment;
-    the model runs on its own thread (see `app.inference.cache`); waiting for it holds none."""
-
-    def start() -> tuple[str, Future[list[Classification] | list[Generation]]]:
-        view = servable_model(session=session, settings=settings, tenant_id=tenant_id,
-                              model_id=model_id, inputs=inputs)
-        # Not needed past this point: give the connection back before the model runs.
-        session.close()
-        call = partial(_run, task=view.task, inputs=inputs, max_new_tokens=max_new_tokens)
-        return view.id, cache.submit(view.id, view.path, view.size_bytes, call)
-
-    served_id, future = await anyio.to_thread.run_sync(start)
+    memo: ModelMemo,
+) -> tuple[ServedModel, Runtime, Rows]:
+    """Run the model on `inputs`: (the model, the runtime used, one row per input)."""
+    model = memo.get((tenant_id, model_id))
+    if model is None:
+        model = await anyio.to_thread.run_sync(partial(
+            find_servable_model, settings=settings, tenant_id=tenant_id, model_id=model_id))
+        memo.put((tenant_id, model_id), model)
+    check_inputs(inputs, task=model.task, settings=settings)
+    used = choose_runtime(model, runtime)
     try:
-        data = await asyncio.wrap_future(future)
+        future = cache.submit(model.id, used, model.path, model.size_bytes, inputs,
+                              generate=not model.classifies, max_new_tokens=max_new_tokens)
+    except FileNotFoundError as exc:  # deleted since it was looked up
+        memo.discard((tenant_id, model_id))
+        raise _files_missing(model_id) from exc
+    try:
+        rows = await asyncio.wrap_future(future)
+    except RuntimeUnavailable as exc:  # its files went between the look-up and the load
+        memo.discard((tenant_id, model_id))
+        raise InvalidRequest(f"Model {model_id} cannot run in {used}: {exc}.", param="runtime",
+                             code="runtime_unavailable") from exc
     except ValueError as exc:  # a directory whose head the predictor cannot serve
         raise _not_servable(model_id, str(exc)) from exc
-    return PredictResponse(model=served_id, data=data)
-
-
-def _run(predictor: Predictor, *, task: str, inputs: list[PredictInput], max_new_tokens: int
-         ) -> list[Classification] | list[Generation]:
-    """Blocking: tokenise and run the model (on the model's own thread)."""
-    if TASKS[task].head == "classify":
-        return [Classification(**r) for r in predictor.classify(inputs)]
-    texts = [item for item in inputs if isinstance(item, str)]
-    return [Generation(**r) for r in predictor.generate(texts, max_new_tokens)]
+    return model, used, rows

@@ -44,12 +44,12 @@ def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobCo
     attempt (`job.attempts`, as its claim set it)."""
     request = stored_request(job)
     teacher = resolve_model_ref(session=session, tenant_id=job.tenant_id, settings=settings,
-                                ref=request.teacher.model, param="teacher.model")
+                                ref=request.teacher.model, param="teacher.model", weights=True)
     student_path = None
     if request.student.model is not None:
         student_path = resolve_model_ref(session=session, tenant_id=job.tenant_id,
                                          settings=settings, ref=request.student.model,
-                                         param="student.model").path
+                                         param="student.model", weights=True).path
     train_path = _file(session, job, request.training_file, field="training_file",
                        settings=settings)
     assert train_path is not None

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
+from sse_starlette import EventSourceResponse
 
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.jobs import service
 from app.jobs.schemas import CheckpointOut, JobCreate, JobEventOut, JobOut
+from app.jobs.stream import event_stream_response
 from app.kit.pagination import ListResponse, page
 
 router = APIRouter(prefix="/distillation/jobs", tags=["distillation jobs"])
@@ -58,19 +60,42 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
     return service.to_out(service.cancel_job(session=session, tenant=tenant, job_id=job_id))
 
 
-@router.get("/{job_id}/events", response_model=ListResponse[JobEventOut])
+@router.get("/{job_id}/events", response_model=ListResponse[JobEventOut],
+            responses={200: {"content": {"text/event-stream": {}}}})
 def list_events(
     job_id: str,
     session: SessionDep,
+    settings: SettingsDep,
     tenant: TenantDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> ListResponse[JobEventOut]:
-    """The job's events, oldest first; poll with `after=<last event id>` for new ones."""
-    rows = service.list_events(session=session, tenant=tenant, job_id=job_id, after=after,
-                               limit=limit + 1)
-    return page([service.event_to_out(r) for r in rows], limit=limit,
-                ids=[f"event-{r.seq}" for r in rows])
+    # Out of the schema: a fuzzer that set it would wait on a stream that ends only with the job.
+    stream: Annotated[bool, Query(include_in_schema=False)] = False,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID",
+                                                include_in_schema=False)] = None,
+) -> ListResponse[JobEventOut] | EventSourceResponse:
+    """The job's events, oldest first; poll with `after=<last event id>` for new ones.
+
+    `stream=true` answers `text/event-stream` instead: `job.update` (the job object) on connect
+    and whenever it changes, each event as `job.event` (its id as the SSE id), and `end` once
+    the job has finished; a `Last-Event-ID` header (or `after`) resumes after that event."""
+    if not stream:
+        rows = service.list_events(session=session, tenant=tenant, job_id=job_id, after=after,
+                                   limit=limit + 1)
+        return page([service.event_to_out(r) for r in rows], limit=limit,
+                    ids=[f"event-{r.seq}" for r in rows])
+    resume = last_event_id or after
+    # Checks the job is the tenant's (404) and the id is well-formed (400) before streaming.
+    service.list_events(session=session, tenant=tenant, job_id=job_id, after=resume, limit=1)
+    # The request's session would otherwise keep its connection until the stream ends (FastAPI
+    # closes dependencies after the response); each poll opens its own instead.
+    session.close()
+    return event_stream_response(
+        url=settings.sqlalchemy_url, tenant_id=tenant.id, job_id=job_id,
+        after=resume,
+        poll_interval_s=settings.events_poll_interval_s,
+        ping_interval_s=settings.events_ping_interval_s,
+    )
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListResponse[CheckpointOut])

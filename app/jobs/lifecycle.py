@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
-from app.jobs import repository, workspace
+from app.jobs import repository, routing, workspace
 from app.jobs.queue import send_wakeup, waiting_wakeups
 from app.jobs.status import IN_PROGRESS, JobStatus
 from app.jobs.tables import JobRow
@@ -175,6 +175,12 @@ def mark_enqueued(session: Session, *, job_id: str) -> None:
     )
 
 
+def wakeup_queue(session: Session, *, job_id: str, settings: Settings) -> str:
+    """The queue the job's wake-ups go to (`routing.queue_for`: its own, while configured)."""
+    job = session.get(JobRow, job_id)
+    return routing.queue_for(job, settings=settings) if job is not None else routing.DEFAULT_QUEUE
+
+
 def stale_running(session: Session, *, older_than_s: float) -> list[JobRow]:
     """Running (or cancelling) jobs whose worker has not beaten for `older_than_s` seconds."""
     return list(session.scalars(
@@ -229,7 +235,8 @@ def reconcile(session: Session, *, settings: Settings) -> dict[str, list[str]]:
     for job_id in done["failed"] + done["cancelled"]:
         workspace.remove(settings, job_id)  # finished for good: no attempt needs its files
     for job_id in done["queued"]:
-        send_wakeup(job_id, settings=settings)
+        send_wakeup(job_id, settings=settings, queue=wakeup_queue(session, job_id=job_id,
+                                                                   settings=settings))
     stale = stale_queued(session, older_than_s=settings.queued_resend_after_s)
     # A message still waiting in the queue is not lost, only behind busy workers: one
     # outstanding wake-up per job (a broker that cannot be read gets one per interval).
@@ -237,7 +244,8 @@ def reconcile(session: Session, *, settings: Settings) -> dict[str, list[str]]:
     for job_id in stale:
         if waiting is not None and job_id in waiting:
             continue
-        if send_wakeup(job_id, settings=settings):
+        queue = wakeup_queue(session, job_id=job_id, settings=settings)
+        if send_wakeup(job_id, settings=settings, queue=queue):
             mark_enqueued(session, job_id=job_id)
             done["resent"].append(job_id)
     session.commit()

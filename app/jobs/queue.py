@@ -6,7 +6,10 @@ message that is lost is re-sent by the reconciler and a duplicated one is harmle
 claim is atomic), so a failed send is logged, not raised. The worker's Celery app
 (`worker/celery_app.py`) is built from `celery_settings`; the API never imports it.
 
-`waiting_wakeups` reads which jobs' messages still wait in the queue, so that the reconciler
+A job's wake-up goes to the queue it was routed to at creation (`routing.py`: one queue per
+class of workers, `DISTILL_WORKER_QUEUES`); the default is `training`.
+
+`waiting_wakeups` reads which jobs' messages still wait in the queues, so that the reconciler
 re-sends only a wake-up that is really gone (a flushed or restarted broker): while every worker
 is busy, a queued job keeps exactly one message, not one more per reconciler pass.
 """
@@ -20,15 +23,16 @@ import threading
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import create_engine, text
+from sqlalchemy import bindparam, create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
+from app.kit.queues import DEFAULT_QUEUE
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TRAINING_QUEUE = "training"
+TRAINING_QUEUE = DEFAULT_QUEUE
 RUN_JOB_TASK = "worker.tasks.run_job"
 
 
@@ -65,15 +69,16 @@ def _sender(broker_url: str) -> Celery:
         return _senders[broker_url]
 
 
-def send_wakeup(job_id: str, *, settings: Settings) -> bool:
-    """Send the wake-up message for `job_id`; False (and a log line) when the broker is down."""
+def send_wakeup(job_id: str, *, settings: Settings, queue: str = TRAINING_QUEUE) -> bool:
+    """Send the wake-up message for `job_id` to `queue`; False (and a log line) when the broker
+    is down."""
     sender = _sender(settings.celery_broker_url)
     try:
         with sender.connection_for_write() as connection:
             sender.send_task(
                 RUN_JOB_TASK,
                 args=[job_id],
-                queue=TRAINING_QUEUE,
+                queue=queue,
                 connection=connection,
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
@@ -93,15 +98,17 @@ _broker_engines: dict[str, Engine] = {}
 
 
 def waiting_wakeups(settings: Settings) -> set[str] | None:
-    """The ids of the jobs whose wake-up waits in the training queue, not yet taken by a worker;
-    None when the broker cannot tell (a kind this does not read, or one that does not answer)."""
+    """The ids of the jobs whose wake-up waits in a configured queue (or the default one), not
+    yet taken by a worker; None when the broker cannot tell (a kind this does not read, or one
+    that does not answer)."""
     url = settings.celery_broker_url
+    queues = sorted({TRAINING_QUEUE, *(q.name for q in settings.queue_classes)})
     payloads: list[str] | list[bytes]
     try:
         if url.startswith(("redis://", "rediss://")):
-            payloads = _redis_waiting(url)
+            payloads = _redis_waiting(url, queues)
         elif url.startswith("sqla+"):
-            payloads = _sqla_waiting(url.removeprefix("sqla+"))
+            payloads = _sqla_waiting(url.removeprefix("sqla+"), queues)
         else:
             return None
     except Exception:
@@ -111,13 +118,14 @@ def waiting_wakeups(settings: Settings) -> set[str] | None:
     return {job_id for payload in payloads if (job_id := _job_id(payload)) is not None}
 
 
-def _redis_waiting(url: str) -> list[bytes]:
+def _redis_waiting(url: str, queues: list[str]) -> list[bytes]:
     import redis
 
     client = redis.Redis.from_url(url)
     try:
-        names = [TRAINING_QUEUE, *(f"{TRAINING_QUEUE}{_REDIS_PRIORITY_SEP}{step}"
-                                   for step in _REDIS_PRIORITY_STEPS)]
+        names = [name for queue in queues
+                 for name in (queue, *(f"{queue}{_REDIS_PRIORITY_SEP}{step}"
+                                       for step in _REDIS_PRIORITY_STEPS))]
         with client.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.lrange(name, 0, -1)
@@ -126,7 +134,7 @@ def _redis_waiting(url: str) -> list[bytes]:
         client.close()
 
 
-def _sqla_waiting(url: str) -> list[str]:
+def _sqla_waiting(url: str, queues: list[str]) -> list[str]:
     """kombu's SQLAlchemy transport: a message stays `visible` until a worker takes it."""
     engine = _broker_engines.get(url)
     if engine is None:  # no pool: nothing to carry across a fork
@@ -134,7 +142,8 @@ def _sqla_waiting(url: str) -> list[str]:
     with engine.connect() as conn:
         return list(conn.scalars(text(
             "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id "
-            "WHERE q.name = :queue AND m.visible"), {"queue": TRAINING_QUEUE}))
+            "WHERE q.name IN :queues AND m.visible").bindparams(
+                bindparam("queues", expanding=True)), {"queues": queues}))
 
 
 def _job_id(payload: str | bytes) -> str | None:

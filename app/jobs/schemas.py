@@ -124,6 +124,9 @@ class HyperparametersIn(Strict):
     teacher_cache_top_k: int = Field(32, ge=1, le=1024)
     # The exported student: the best epoch on the validation file, or the last one.
     select: Literal["best", "last"] = "best"
+    # Devices the distill stage trains on at once (DDP, one process each; the global batch
+    # stays `batch_size`); a worker class with that many must be configured.
+    devices: int = Field(1, ge=1, le=64)
 
 
 class JobCreate(Strict):
@@ -154,6 +157,13 @@ class JobErrorOut(BaseModel):
     message: str
 
 
+class ResourcesOut(BaseModel):
+    # Accelerator memory per device the service estimated at creation (null for jobs created
+    # before it did), and the queue of workers the job was sent to.
+    estimated_memory_bytes: int | None = None
+    queue: str
+
+
 class JobOut(BaseModel):
     id: str
     object: Literal["distillation.job"] = "distillation.job"
@@ -176,6 +186,7 @@ class JobOut(BaseModel):
     teacher_model: str | None = None
     error: JobErrorOut | None
     attempts: int
+    resources: ResourcesOut | None = None
     created_at: int
     started_at: int | None
     finished_at: int | None

@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.tables import TenantRow
-from app.jobs import lifecycle, repository, workspace
+from app.jobs import lifecycle, repository, resources, routing, workspace
 from app.jobs.core_config import stored_request
 from app.jobs.queue import send_wakeup
 from app.jobs.quota import check_queued_jobs
@@ -20,6 +20,7 @@ from app.jobs.schemas import (
     JobEventOut,
     JobOut,
     ProgressOut,
+    ResourcesOut,
 )
 from app.jobs.status import JobStatus
 from app.jobs.tables import IdempotencyKeyRow, JobEventRow, JobRow
@@ -55,6 +56,7 @@ def to_out(row: JobRow) -> JobOut:
         teacher_model=row.finetuned_teacher_id,
         error=JobErrorOut(**row.error) if row.error else None,
         attempts=row.attempts,
+        resources=ResourcesOut(**routing.resources_view(row)),
         created_at=int(row.created_at),
         started_at=int(row.started_at) if row.started_at else None,
         finished_at=int(row.finished_at) if row.finished_at else None,
@@ -130,7 +132,9 @@ def create_job(
     # Cheap first (a tenant at its limit is refused before the file checks), then again under
     # the tenant's lock once the slow checks are done, so that racing creates keep the limit.
     check_queued_jobs(session, tenant_id=tenant.id, settings=settings)
-    check_job_request(session=session, tenant_id=tenant.id, settings=settings, request=request)
+    checked = check_job_request(session=session, tenant_id=tenant.id, settings=settings,
+                                request=request)
+    planned = resources.plan_resources(request=request, checked=checked, settings=settings)
     check_queued_jobs(session, tenant_id=tenant.id, settings=settings, lock=True)
     created = now()
     job = JobRow(
@@ -149,6 +153,8 @@ def create_job(
         created_at=created,
         enqueued_at=created,
         attempts=0,
+        estimated_memory_bytes=planned.memory_bytes,
+        queue=planned.queue,
     )
     session.add(job)
     session.flush()
@@ -167,7 +173,7 @@ def create_job(
             raise
         return replayed, False
     # Only now, with the row committed, may a worker be woken.
-    send_wakeup(job.id, settings=settings)
+    send_wakeup(job.id, settings=settings, queue=planned.queue)
     return job, True
 
 
@@ -226,12 +232,14 @@ def list_checkpoints(
     """The checkpoints in the job's working directory, newest first (none once it has finished:
     the directory goes when the job does)."""
     job = get_job(session=session, tenant=tenant, job_id=job_id)
-    work_dir = workspace.checkpoint_work_dir(settings, job.id)
-    if work_dir is None:
-        return []
+    if settings.remote_storage:
+        metas = workspace.stored_checkpoints(settings, job.id)
+    else:
+        work_dir = workspace.checkpoint_work_dir(settings, job.id)
+        metas = [meta for _, meta in list_checkpoints_on_disk(work_dir)] if work_dir else []
     return [
         CheckpointOut(id=checkpoint_id(meta["step"]), step=meta["step"],
                       epoch=meta.get("epoch", 0), created_at=int(meta.get("created_at", 0)),
                       train_loss=meta.get("train_loss"), size_bytes=meta.get("size_bytes"))
-        for _, meta in list_checkpoints_on_disk(work_dir)
+        for meta in metas
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.kit.db import Base
@@ -51,6 +51,11 @@ class JobRow(Base):
     worker_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Routing by size (`routing.py`): the accelerator memory per device estimated at creation,
+    # and the queue its wake-ups go to (null for jobs created before either existed: the
+    # default queue).
+    estimated_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    queue: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class JobEventRow(Base):

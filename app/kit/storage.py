@@ -14,7 +14,7 @@ import shutil
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -110,10 +110,13 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def regular_files(directory: Path) -> list[Path]:
-    """The regular files under `directory`, sorted, symlinks skipped (they could point anywhere)."""
+def regular_files(directory: Path, *, skip_dirs: Collection[str] = ()) -> list[Path]:
+    """The regular files under `directory`, sorted, symlinks skipped (they could point anywhere),
+    and none under the top-level folders named in `skip_dirs`."""
     found: list[Path] = []
     for root, dirs, files in os.walk(directory, followlinks=False):
+        if Path(root) == directory:
+            dirs[:] = [d for d in dirs if d not in skip_dirs]
         dirs.sort()
         for name in sorted(files):
             path = Path(root) / name
@@ -151,8 +154,10 @@ class _Sink:
         return data
 
 
-def iter_tar_gz(directory: Path, *, chunk_size: int = CHUNK) -> Iterator[bytes]:
-    """Stream `directory` as a .tar.gz whose members sit at the archive root (`config.json`, ...).
+def iter_tar_gz(directory: Path, *, chunk_size: int = CHUNK,
+                skip_dirs: Collection[str] = ()) -> Iterator[bytes]:
+    """Stream `directory` as a .tar.gz whose members sit at the archive root (`config.json`, ...),
+    leaving out the top-level folders named in `skip_dirs`.
 
     Written block by block (tar headers, file data in `chunk_size` pieces, padding) so that a
     multi-gigabyte model streams in constant memory.
@@ -160,7 +165,7 @@ def iter_tar_gz(directory: Path, *, chunk_size: int = CHUNK) -> Iterator[bytes]:
     sink = _Sink()
     # Level 1: weights barely compress at any level, and the higher ones cost CPU for nothing.
     gz = gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=1, mtime=0)  # type: ignore[arg-type]
-    for path in regular_files(directory):
+    for path in regular_files(directory, skip_dirs=skip_dirs):
         stat = path.stat()
         info = tarfile.TarInfo(path.relative_to(directory).as_posix())
         info.size = stat.st_size

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -13,6 +15,13 @@ from app.models import service
 from app.models.schemas import ModelDeleted, ModelObject
 
 router = APIRouter(prefix="/models", tags=["models"])
+
+FORMAT_HELP = (
+    "`hf`: the Hugging Face directory (safetensors weights, config, tokenizer, model card) that "
+    "`AutoModelFor….from_pretrained` loads. `onnx` / `onnx-int8`: the ONNX export (fp32 / dynamic "
+    "int8) of a distilled classifier: `model.onnx`, `config.json`, the tokenizer and a README "
+    "with an onnxruntime snippet; `runtimes` in the model's report says which it has."
+)
 
 UPLOAD_BODY = multipart_openapi(
     {
@@ -68,13 +77,19 @@ def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelObj
     response_class=StreamingResponse,
     responses={200: {"content": {"application/gzip": {}}}},
 )
-def download_model(model_id: str, session: SessionDep, tenant: TenantDep) -> StreamingResponse:
-    """A .tar.gz of the model's Hugging Face directory, streamed."""
-    chunks = service.download_model(session=session, tenant_id=tenant.id, model_id=model_id)
+def download_model(
+    model_id: str, session: SessionDep, tenant: TenantDep,
+    format: Annotated[service.DownloadFormat, Query(description=FORMAT_HELP)] = "hf",
+) -> StreamingResponse:
+    """A .tar.gz of the directory the chosen runtime loads as it is, streamed (members at the
+    archive root). A model without the export asked for: 400 naming `format`."""
+    chunks = service.download_model(session=session, tenant_id=tenant.id, model_id=model_id,
+                                     fmt=format)
+    name = model_id if format == "hf" else f"{model_id}-{format}"
     return StreamingResponse(
         chunks,
         media_type="application/gzip",
-        headers={"Content-Disposition": f'attachment; filename="{model_id}.tar.gz"'},
+        headers={"Content-Disposition": f'attachment; filename="{name}.tar.gz"'},
     )
 
 

@@ -18,15 +18,34 @@ from app.kit import storage
 from app.kit.clock import now
 from app.kit.errors import Conflict, InvalidRequest, NotFound
 from app.kit.ids import new_id
+from app.kit.store import is_remote, remove_location
+from app.kit.store_dirs import (
+    iter_stored_model_tar_gz,
+    local_model_dir,
+    publish_model_dir,
+    stored_model_files,
+    unpublish_model_dir,
+)
 from app.models import repository
 from app.models.archive import invalid_archive, unpack_model_archive
 from app.models.builtin import BUILTINS, get_builtin
 from app.models.tables import ModelRow
 from app.models.views import ModelView, from_builtin, from_row, inspect_cached
 from app.models.weights import weight_stats
-from app.settings import Settings
+from app.settings import Settings, get_settings
 from distillation.model_info import ModelInfo
+from distillation.runtimes import (
+    ONNX_FILE,
+    RUNTIME_SUBDIRS,
+    RUNTIMES_FILE,
+    available_runtimes,
+)
 
+# What `GET /v1/models/{id}/download` gives: the Hugging Face directory, or an ONNX runtime's.
+DownloadFormat = Literal["hf", "onnx", "onnx-int8"]
+# The ONNX formats: the sub-folder of the model directory each one is.
+EXPORT_DIRS: dict[DownloadFormat, str] = {"onnx": RUNTIME_SUBDIRS["onnx"],
+                                          "onnx-int8": RUNTIME_SUBDIRS["onnx-int8"]}
 # Safetensors barely compress, tokenizers do: a generous bound on what an upload unpacks to.
 UNPACKED_SIZE_FACTOR = 4
 
@@ -75,16 +94,18 @@ def create_uploaded_model(
             archive, staging,
             max_total_bytes=settings.max_model_upload_bytes * UNPACKED_SIZE_FACTOR,
         )
+        # Runtime exports are the service's own (made and measured at a job's export): an
+        # upload's `onnx/` folders (Hub snapshots often carry one) are not served.
+        for name in (*RUNTIME_SUBDIRS.values(), RUNTIMES_FILE):
+            storage.remove(staging / name)
         try:
             info = inspect_cached(staging)
             stats = weight_stats(staging)
         except ValueError as exc:
             raise invalid_archive(f"The archive is not a loadable model: {exc}") from exc
-        final = storage.model_dir(settings, model_id)
-        storage.move_dir(staging, final)
-    except BaseException:
-        storage.remove(staging)
-        raise
+        final = publish_model_dir(settings, staging, model_id)
+    finally:
+        storage.remove(staging)  # gone already when it was renamed into a local store
     row = ModelRow(
         id=model_id,
         tenant_id=tenant_id,
@@ -96,7 +117,7 @@ def create_uploaded_model(
         size_bytes=stats.size_bytes,
         labels=info.labels,
         report=None,
-        path=str(final),
+        path=final,
         created_at=now(),
     )
     try:
@@ -104,7 +125,7 @@ def create_uploaded_model(
         session.commit()
     except BaseException:
         session.rollback()
-        storage.remove(final)
+        remove_location(settings, final)
         raise
     return from_row(row)
 
@@ -124,26 +145,83 @@ def delete_model(*, session: Session, tenant_id: str, model_id: str) -> None:
             param="model_id",
             code="model_in_use",
         )
-    path = Path(row.path)
+    location = row.path
     session.delete(row)
     session.commit()
     # After the commit: a failed commit must not leave a row whose directory is gone.
-    storage.remove(path)
+    remove_location(get_settings(), location)
 
 
-def download_model(*, session: Session, tenant_id: str, model_id: str) -> Iterator[bytes]:
-    """The model directory as a streamed .tar.gz (members at the archive root)."""
+def download_formats(model_dir: Path) -> list[DownloadFormat]:
+    """hf, then each ONNX runtime the model was exported to."""
+    have = available_runtimes(model_dir)
+    return ["hf", *(fmt for fmt in EXPORT_DIRS if fmt in have)]
+
+
+def _stored_formats(files: dict[str, int]) -> list[DownloadFormat]:
+    """`download_formats` of a model in the remote store, read from its manifest."""
+    return ["hf", *(fmt for fmt, folder in EXPORT_DIRS.items() if f"{folder}/{ONNX_FILE}" in files)]
+
+
+def _no_such_export(model_id: str, fmt: str, formats: list[DownloadFormat]) -> InvalidRequest:
+    return InvalidRequest(
+        f"Model {model_id} has no {fmt} export (only classifier students distilled by a job "
+        f"are exported to ONNX); it can be downloaded as: {', '.join(formats)}.",
+        param="format", code="format_unavailable")
+
+
+def download_model(
+    *, session: Session, tenant_id: str, model_id: str, fmt: DownloadFormat = "hf"
+) -> Iterator[bytes]:
+    """The directory that `fmt`'s runtime loads, as a streamed .tar.gz (members at the archive
+    root): `hf` is the Hugging Face directory without the ONNX sub-directories, `onnx` and
+    `onnx-int8` are those sub-directories (400 naming `format` when the model has no such export)."""
     view = get_model(session=session, tenant_id=tenant_id, model_id=model_id)
+    skip = tuple(f"{folder}/" for folder in RUNTIME_SUBDIRS.values())
+    if is_remote(view.location):
+        # Streamed from the store; only a model whose manifest was written (whole) is served.
+        files = stored_model_files(get_settings(), view.location)
+        if files is None or "config.json" not in files:
+            raise _files_missing(model_id)
+        if fmt == "hf":
+            return iter_stored_model_tar_gz(get_settings(), view.location, files,
+                                            include=lambda name: not name.startswith(skip))
+        if fmt not in (formats := _stored_formats(files)):
+            raise _no_such_export(model_id, fmt, formats)
+        return iter_stored_model_tar_gz(get_settings(), view.location, files,
+                                        prefix=f"{EXPORT_DIRS[fmt]}/")
     if not (view.path / "config.json").is_file():
-        raise NotFound(f"The files of model {model_id} are missing on the server.",
-                       param="model_id", code="model_files_missing")
-    return storage.iter_tar_gz(view.path)
+        raise _files_missing(model_id)
+    if fmt == "hf":
+        return storage.iter_tar_gz(view.path, skip_dirs=RUNTIME_SUBDIRS.values())
+    if fmt not in (formats := download_formats(view.path)):
+        raise _no_such_export(model_id, fmt, formats)
+    return storage.iter_tar_gz(view.path / EXPORT_DIRS[fmt])
+
+
+def _files_missing(model_id: str) -> NotFound:
+    return NotFound(f"The files of model {model_id} are missing on the server.",
+                    param="model_id", code="model_files_missing")
+
+
+def local_model_path(settings: Settings, view: ModelView) -> Path:
+    """A local directory of the model to load (predict): the model's own directory, or with a
+    remote store its copy in this process's scratch cache, pulled on first use and re-pulled
+    when the stored model changes (the path changes with it). Blocking."""
+    try:
+        return local_model_dir(settings, view.location)
+    except FileNotFoundError as exc:
+        raise _files_missing(view.id) from exc
 
 
 def resolve_model_ref(
-    *, session: Session, tenant_id: str, settings: Settings, ref: str, param: str
+    *, session: Session, tenant_id: str, settings: Settings, ref: str, param: str,
+    weights: bool = False,
 ) -> ResolvedModel:
     """A model ref (built-in name, the tenant's `model-…` id, or an allowed local directory).
+
+    `path` is a local directory: with a remote store, a copy pulled from it, with its weights
+    only when `weights` is true (the worker's; validating a job needs config and tokenizer).
 
     Unknown refs, other tenants' ids included, raise InvalidRequest(code="model_not_found").
     """
@@ -153,7 +231,12 @@ def resolve_model_ref(
     if builtin is not None:
         path, model_id = builtin.path, builtin.id
     elif row is not None:
-        path, model_id = Path(row.path), row.id
+        model_id = row.id
+        try:
+            path = local_model_dir(settings, row.path, weights=weights)
+        except FileNotFoundError as exc:
+            raise InvalidRequest(f"Model {ref!r} cannot be loaded: its files are missing.",
+                                 param=param, code="invalid_model") from exc
     elif settings.allow_local_model_paths and _is_model_dir(Path(ref).expanduser()):
         path, model_id = Path(ref).expanduser().resolve(), None
     else:
@@ -190,11 +273,11 @@ def register_distilled_model(
     settings: Settings,
     source: Literal["distilled", "finetuned"] = "distilled",
 ) -> ModelRow:
-    """Move a job's exported directory (its student, or with `source="finetuned"` the teacher it
-    fine-tuned) into the registry and add its row (the caller commits)."""
+    """Publish a job's exported directory (its student, or with `source="finetuned"` the teacher
+    it fine-tuned) in the store and add its row (the caller commits; on failure it calls
+    `unpublish_model_dir` with the row's `path`)."""
     model_id = new_id("model")
-    final = storage.model_dir(settings, model_id)
-    storage.move_dir(model_dir, final)
+    final = publish_model_dir(settings, model_dir, model_id)
     row = ModelRow(
         id=model_id,
         tenant_id=tenant_id,
@@ -206,13 +289,13 @@ def register_distilled_model(
         size_bytes=size_bytes,
         labels=labels,
         report=report,
-        path=str(final),
+        path=final,
         created_at=now(),
     )
     try:
         session.add(row)
         session.flush()
     except BaseException:
-        storage.move_dir(final, model_dir)  # leave the export where the caller had it
+        unpublish_model_dir(settings, final, back_to=model_dir)  # the export stays the caller's
         raise
     return row

@@ -23,7 +23,7 @@ class ModelView:
     task: str
     source: str  # "builtin" | "uploaded" | "distilled" | "finetuned"
     owned_by: str
-    path: Path
+    path: Path  # the local directory; with a remote store, use `service.local_model_path`
     parameters: int
     size_bytes: int
     labels: list[str] | None
@@ -31,6 +31,10 @@ class ModelView:
     source_job: str | None
     filename: str | None
     created_at: int
+    location: str = ""  # where the files are stored: `path`, or an object-store URL
+
+    def __post_init__(self) -> None:
+        self.location = self.location or str(self.path)
 
     @property
     def is_builtin(self) -> bool:
@@ -89,6 +93,7 @@ def from_row(row: ModelRow) -> ModelView:
         source=row.source,
         owned_by=row.tenant_id,
         path=Path(row.path),
+        location=row.path,
         parameters=row.parameters,
         size_bytes=row.size_bytes,
         labels=[str(label) for label in row.labels] if row.labels is not None else None,

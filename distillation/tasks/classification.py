@@ -254,29 +254,42 @@ classifier("a moving, funny film")""",
                  labels: list[str], inputs: Sequence[Any], *, max_length: int,
                  device: torch.device) -> list[dict[str, Any]]:
         """[{"label", "score", "scores": {label: probability}}] for each text or text pair."""
-        pairs = [_as_pair(item) for item in inputs]
-        results: list[dict[str, Any]] = [{} for _ in pairs]
-        # Singles and pairs are tokenised apart: a tokenizer call takes one kind at a time.
-        groups = [
-            [i for i, (_, b) in enumerate(pairs) if b is None],
-            [i for i, (_, b) in enumerate(pairs) if b is not None],
-        ]
-        for indices in groups:
-            for start in range(0, len(indices), PREDICT_BATCH):
-                chunk = indices[start : start + PREDICT_BATCH]
-                texts = [pairs[i][0] for i in chunk]
-                seconds = [pairs[i][1] for i in chunk]
-                encoded = tokenizer(
-                    texts,
-                    seconds if seconds[0] is not None else None,  # type: ignore[arg-type]
-                    truncation=True,
-                    max_length=max_length,
-                    padding=True,
-                    return_tensors="pt",
-                ).to(device)
-                probs = torch.softmax(model(**encoded).logits.float(), dim=-1).cpu()
-                for i, row in zip(chunk, probs.tolist(), strict=True):
-                    best = max(range(len(row)), key=row.__getitem__)
-                    scores = dict(zip(labels, map(float, row), strict=True))
-                    results[i] = {"label": labels[best], "score": row[best], "scores": scores}
-        return results
+        return classify_with(lambda encoded: model(**encoded.to(device)).logits, tokenizer,
+                             labels, inputs, max_length=max_length)
+
+
+LogitsOf = Callable[[Any], Tensor]  # a tokenised batch (a BatchEncoding of tensors) → logits
+
+
+@torch.inference_mode()
+def classify_with(logits_of: LogitsOf, tokenizer: PreTrainedTokenizerBase, labels: list[str],
+                  inputs: Sequence[Any], *, max_length: int) -> list[dict[str, Any]]:
+    """[{"label", "score", "scores": {label: probability}}] for each text or text pair, the logits
+    given by `logits_of`: every runtime (torch, ONNX Runtime) shares the tokenising, truncation,
+    batching and label order here, so they answer alike."""
+    pairs = [_as_pair(item) for item in inputs]
+    results: list[dict[str, Any]] = [{} for _ in pairs]
+    # Singles and pairs are tokenised apart: a tokenizer call takes one kind at a time.
+    groups = [
+        [i for i, (_, b) in enumerate(pairs) if b is None],
+        [i for i, (_, b) in enumerate(pairs) if b is not None],
+    ]
+    for indices in groups:
+        for start in range(0, len(indices), PREDICT_BATCH):
+            chunk = indices[start : start + PREDICT_BATCH]
+            texts = [pairs[i][0] for i in chunk]
+            seconds = [pairs[i][1] for i in chunk]
+            encoded = tokenizer(
+                texts,
+                seconds if seconds[0] is not None else None,  # type: ignore[arg-type]
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            probs = torch.softmax(logits_of(encoded).float(), dim=-1).cpu()
+            for i, row in zip(chunk, probs.tolist(), strict=True):
+                best = max(range(len(row)), key=row.__getitem__)
+                scores = dict(zip(labels, map(float, row), strict=True))
+                results[i] = {"label": labels[best], "score": row[best], "scores": scores}
+    return results

@@ -271,6 +271,7 @@ class TokenTask(Task):
                 attention_mask=encoded["attention_mask"],
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
+                use_cache=True,  # the KV cache: each new token attends to cached keys, not a re-run
                 pad_token_id=tokenizer.pad_token_id,
             )
             if causal:

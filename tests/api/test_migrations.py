@@ -108,3 +108,34 @@ def test_0004_adds_the_jobs_finetuned_teacher_key(empty_db: str) -> None:
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'"))}
     assert "finetuned_teacher_id" not in columns and "transfer_file_id" in columns
     engine.dispose()
+
+
+def test_0006_adds_job_resources_and_the_workers_table(empty_db: str) -> None:
+    # Given a job queued before routing existed
+    upgrade(empty_db, "0005")
+    engine = create_engine(empty_db)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants VALUES ('tn-1', 'acme', 0)"))
+        conn.execute(text(
+            "INSERT INTO jobs (id, tenant_id, status, task, request, progress, metrics, "
+            "created_at, attempts) VALUES ('job-1', 'tn-1', 'queued', "
+            "'sequence-classification', '{}', '{}', '{}', 0, 0)"))
+
+    # When the migrations run to the head, it has no estimate and no queue (the default one)
+    upgrade(empty_db)
+    with engine.begin() as conn:
+        row = conn.execute(text("SELECT estimated_memory_bytes, queue FROM jobs")).one()
+        assert tuple(row) == (None, None)
+        # and estimates past 2 GiB fit, as do worker rows
+        conn.execute(text("UPDATE jobs SET estimated_memory_bytes = 85899345920, queue = 'l'"))
+        conn.execute(text(
+            "INSERT INTO workers VALUES ('w-1', 'host', 'cuda', 4, 85899345920, '[\"l\"]', 0, 0)"))
+
+    downgrade(empty_db, "0005")
+    with engine.connect() as conn:
+        columns = {row[0] for row in conn.execute(text(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'"))}
+        tables = {row[0] for row in conn.execute(text(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"))}
+    assert "queue" not in columns and "workers" not in tables
+    engine.dispose()

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.inference.cache import PredictorCache
-from distillation.predict import Predictor
+from distillation.runtimes import Runtime, ServingPredictor, load_predictor
 from tests.factories.api import dir_members, tar_gz
 from tests.factories.api import upload_archive as upload
 
@@ -32,12 +32,12 @@ class GatedLoader:
         self.loading = threading.Event()
         self.loads: list[Path] = []
 
-    def __call__(self, model_dir: Path) -> Predictor:
+    def __call__(self, model_dir: Path, runtime: Runtime) -> ServingPredictor:
         self.loads.append(model_dir)
         if model_dir in self.gated:
             self.loading.set()
             self.open.wait(STUCK_S * 2)
-        return Predictor.load(model_dir)
+        return load_predictor(model_dir, runtime)
 
 
 def _model(client: Any, auth: dict[str, str], model_dir: Path) -> dict[str, Any]:
@@ -89,9 +89,26 @@ def test_health_auth_and_other_models_answer_while_predicts_wait_for_a_load(
                                                                          fast["id"])])
 
 
-def _fake_cache(tmp_path: Path, **bounds: int) -> tuple[PredictorCache, list[str], list[Path]]:
+class _Echo:
+    """A stand-in model for the cache's bookkeeping: each input's row names the loaded object."""
+
+    task = "sequence-classification"
+
+    def classify(self, inputs: Any) -> list[dict[str, Any]]:
+        return [{"by": self} for _ in inputs]
+
+    def generate(self, inputs: Any, max_new_tokens: int) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+
+def _fake_cache(tmp_path: Path, **bounds: Any) -> tuple[PredictorCache, list[str], list[Path]]:
     loads: list[str] = []
-    cache = PredictorCache(loader=lambda path: loads.append(path.name) or object(), **bounds)
+
+    def loader(path: Path, runtime: Runtime) -> Any:
+        loads.append(path.name)
+        return _Echo()
+
+    cache = PredictorCache(loader=loader, **bounds)
     dirs = []
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
@@ -100,7 +117,8 @@ def _fake_cache(tmp_path: Path, **bounds: int) -> tuple[PredictorCache, list[str
 
 
 def _use(cache: PredictorCache, model_dir: Path, size: int) -> Any:
-    return cache.submit(model_dir.name, model_dir, size, lambda predictor: predictor).result()
+    future = cache.submit(model_dir.name, "torch", model_dir, size, ["x"])
+    return future.result(timeout=STUCK_S)[0]["by"]
 
 
 def test_cache_loads_once_and_evicts_by_count(tmp_path: Path) -> None:
@@ -139,14 +157,14 @@ def test_cache_evicts_by_bytes(tmp_path: Path) -> None:
 def test_failed_load_is_retried(tmp_path: Path) -> None:
     attempts: list[Path] = []
 
-    def flaky(path: Path) -> Any:
+    def flaky(path: Path, runtime: Runtime) -> Any:
         attempts.append(path)
         if len(attempts) == 1:
             raise OSError("disk hiccup")
-        return object()
+        return _Echo()
 
     cache = PredictorCache(loader=flaky)
     with pytest.raises(OSError):
-        cache.submit("m", tmp_path, 1, lambda p: p).result()
-    assert cache.submit("m", tmp_path, 1, lambda p: p).result() is not None
+        cache.submit("m", "torch", tmp_path, 1, ["x"]).result(timeout=STUCK_S)
+    assert cache.submit("m", "torch", tmp_path, 1, ["x"]).result(timeout=STUCK_S)
     assert len(attempts) == 2

@@ -22,6 +22,7 @@ from distillation.config import (
 from distillation.engine import run_job
 from distillation.losses import KLLoss, LossInputs
 from distillation.predict import Predictor
+from distillation.runtimes import available_runtimes, choose_default, default_runtime, load_predictor
 from distillation.students import build_student
 from tests.factories.jobs import toy_job
 from tests.factories.records import sentiment_records, write_jsonl
@@ -231,3 +232,57 @@ def test_layer_losses_run_in_a_job(tiny_teacher_dir: Path, tmp_path: Path) -> No
     assert steps[-1]["loss_hidden_mse"] < steps[0]["loss_hidden_mse"]
     assert AutoModelForSequenceClassification.from_pretrained(result.model_dir).config.hidden_size \
         == 16
+
+
+def test_runtimes_measured_and_default_recorded(
+    finished: tuple[JobConfig, JobResult, RecordingReporter],
+) -> None:
+    config, result, _ = finished
+    out = config.output_dir
+    runtimes = result.report["runtimes"]
+    assert json.loads((out / "runtimes.json").read_text()) == runtimes
+    entries = runtimes["runtimes"]
+    assert list(entries) == ["torch", "onnx", "onnx-int8"]
+    for entry in entries.values():
+        assert {"accuracy", "macro_f1", "latency_ms_p50", "throughput_per_s", "size_bytes"} \
+            <= set(entry)
+        assert entry["latency_ms_p50"] > 0 and entry["throughput_per_s"] > 0
+    student = result.report["student"]
+    assert entries["torch"]["accuracy"] == student["accuracy"]
+    # fp32 ONNX computes what torch does: the same predictions on the validation file
+    assert entries["onnx"]["accuracy"] == student["accuracy"]
+    assert entries["onnx"]["macro_f1"] == student["macro_f1"]
+    assert entries["onnx-int8"]["size_bytes"] < entries["onnx"]["size_bytes"]
+    # the default follows the rule from the measured figures
+    assert (runtimes["default"], runtimes["reason"]) == choose_default(entries)
+    assert default_runtime(out) == runtimes["default"]
+    assert Predictor.load(out).classify(["a dull plot"])[0]["scores"] == pytest.approx(
+        load_predictor(out, "onnx").classify(["a dull plot"])[0]["scores"], abs=1e-4)
+
+    card = (out / "README.md").read_text()
+    assert "## Runtimes" in card and f"| {runtimes['default']} (default) |" in card
+    assert f"Served by default in **{runtimes['default']}**" in card
+    assert (out / "onnx-int8" / "README.md").is_file()
+
+
+def test_a_failed_onnx_export_leaves_a_torch_only_job(
+    tiny_teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a student neither ONNX exporter can trace (stood for by both refusing)
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("unsupported operator aten::mystery")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    config = make_config(tiny_teacher_dir, tmp_path, hyperparameters=Hyperparameters(
+        epochs=1, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0, max_steps=2))
+    recorder = RecordingReporter()
+
+    result = run_job(config, recorder)
+
+    runtimes = result.report["runtimes"]
+    assert runtimes["default"] == "torch" and list(runtimes["runtimes"]) == ["torch"]
+    assert "aten::mystery" in runtimes["reason"]
+    assert any("not exported to ONNX" in w and "aten::mystery" in w for w in recorder.warnings)
+    assert result.report["warnings"] == [w for w in recorder.warnings if "ONNX" in w]
+    assert available_runtimes(config.output_dir) == ["torch"]
+    assert "torch only: the ONNX export failed" in (config.output_dir / "README.md").read_text()

@@ -198,6 +198,12 @@ def test_causal_lm_job_learns_and_reports_perplexity(
     assert selection["value"] == min(per_epoch) == per_epoch[selection["epoch"] - 1]
     assert report["warnings"] == []  # no majority class to compare a language model with
     assert result.teacher is not None and result.teacher.report["teacher"] == teacher
+    # language models serve in torch only, and the report says so
+    assert report["runtimes"]["default"] == "torch" and list(report["runtimes"]["runtimes"]) == [
+        "torch"]
+    assert "causal-lm students run in torch only" in report["runtimes"]["reason"]
+    assert report["runtimes"]["runtimes"]["torch"]["perplexity"] == student["perplexity"]
+    assert not (config.output_dir / "onnx").exists()
 
     card = (config.output_dir / "README.md").read_text()
     assert "pipeline_tag: text-generation" in card and "| Perplexity (validation) |" in card

@@ -74,6 +74,12 @@ def test_full_job_through_a_real_worker(
     served = client.post(f"/v1/models/{model_id}/predict", headers=auth, json={"inputs": texts})
     assert served.status_code == 200, served.text
     assert [d["label"] for d in served.json()["data"]] == local
+    # the worker's student was exported to ONNX too, and the registry kept its runtimes
+    assert list(model["report"]["runtimes"]["runtimes"]) == ["torch", "onnx", "onnx-int8"]
+    onnx_archive = client.get(f"/v1/models/{model_id}/download?format=onnx-int8", headers=auth)
+    assert onnx_archive.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(onnx_archive.content), mode="r:gz") as tar:
+        assert {"model.onnx", "config.json", "README.md"} <= set(tar.getnames())
 
     # and the duplicated message was consumed without a second run
     deadline = time.monotonic() + 20
