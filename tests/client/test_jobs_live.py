@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from distill_client import Client, Job, JobEvent
 from typer.testing import CliRunner
@@ -73,7 +74,8 @@ def test_create_follow_a_job_that_fails(
 
 
 def test_the_client_follows_a_job_live_and_loads_its_student(
-    worker: subprocess.Popen[bytes], dc: Client, teacher: str, tmp_path: Path,
+    worker: subprocess.Popen[bytes], dc: Client, teacher: str, tmp_path: Path, api: Any,
+    api_key: str,
 ) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -88,6 +90,13 @@ def test_the_client_follows_a_job_live_and_loads_its_student(
     assert jobs[0].status in {"queued", "running"}  # seen live, before it finished
     assert any(e.type == "metrics" and e.data and "train_loss" in e.data for e in events)
     assert [e.id for e in events] == [e.id for e in dc.jobs.events(job.id, limit=1000).data]
+
+    # (The server streams: the client followed server-sent events, not the polling fallback.)
+    with httpx.stream("GET", f"{api.url}/v1/distillation/jobs/{job.id}/events",
+                      params={"stream": "true"}, headers={"Authorization": f"Bearer {api_key}"},
+                      timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert "event: end" in response.read().decode()
 
     final = dc.jobs.wait(job.id, timeout=60)
     model = dc.models.get(final.result_model or "")
