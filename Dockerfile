@@ -15,7 +15,8 @@ COPY app ./app
 COPY worker ./worker
 COPY distillation ./distillation
 COPY migrations ./migrations
-RUN pip install .
+COPY client ./client
+RUN pip install ./client .
 
 RUN useradd --create-home --uid 1000 distill && mkdir -p /data && chown distill /data
 USER distill

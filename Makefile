@@ -10,11 +10,11 @@ demo: setup
 test: setup
 	./scripts/services.sh
 	.venv/bin/ruff check .
-	.venv/bin/mypy app worker distillation
+	.venv/bin/mypy app worker distillation client/distill_client
 	.venv/bin/lint-imports
 	.venv/bin/pytest -q
 
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy app worker distillation
+	.venv/bin/mypy app worker distillation client/distill_client
 	.venv/bin/lint-imports

@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from app.cli.processes import stop_process
+from app.cli.report import report_table
 from app.settings import get_settings
 
 console = Console()
@@ -118,43 +118,6 @@ def _follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
             time.sleep(1.0)
 
 
-def _report_table(model: dict[str, Any]) -> Table:
-    report = model["report"]
-    table = Table(title=f"Teacher vs student on the validation file ({model['id']})")
-    table.add_column("")
-    table.add_column("teacher", justify="right")
-    table.add_column("student", justify="right")
-    rows = [("accuracy", "accuracy", "{:.2%}"), ("macro-F1", "macro_f1", "{:.4f}"),
-            ("parameters", "parameters", "{:,}"), ("size on disk (MB)", "size_bytes", "mb"),
-            ("CPU latency p50, batch 1 (ms)", "latency_ms_p50", "{:.2f}"),
-            ("CPU throughput, batch 32 (/s)", "throughput_per_s", "{:.1f}")]
-    for label, key, fmt in rows:
-        cells = []
-        for side in ("teacher", "student"):
-            value = report[side].get(key)
-            if value is None:
-                cells.append("-")
-            elif fmt == "mb":
-                cells.append(f"{value / 1e6:.1f}")
-            else:
-                cells.append(fmt.format(value))
-        table.add_row(label, *cells)
-    table.caption = (f"retention {report['retention']:.1%} · speed-up {report['speedup']:.2f}x · "
-                     f"{report.get('compression', 0):.1f}x fewer parameters")
-    chosen = report.get("student_selection", {}).get("chosen")
-    if chosen:
-        table.caption += (f"\nstudent: {chosen['num_layers']} layers × {chosen['hidden_size']}"
-                          f" ({report['student_selection']['why']})")
-    if report.get("vocabulary"):
-        vocab = report["vocabulary"]
-        table.caption += (f"\nvocabulary pruned from {vocab['pruned_from']:,} to "
-                          f"{vocab['pruned_to']:,} ids")
-    if report.get("stage_seconds"):
-        table.caption += "\nstages: " + ", ".join(
-            f"{name} {seconds:.0f}s" for name, seconds in report["stage_seconds"].items())
-    return table
-
-
 def run_demo(*, rows: int | None, transfer: int, epochs: int, sst2_dir: Path | None,
              port: int) -> None:
     settings = get_settings()
@@ -218,7 +181,7 @@ def run_demo(*, rows: int | None, transfer: int, epochs: int, sst2_dir: Path | N
             console.print("Predictions of the served student (SST-2 labels: 1 positive, 0 negative):")
             for sentence, pred in zip(SENTENCES, predictions, strict=True):
                 console.print(f"  {pred['label']:>3} ({pred['score']:.2f})  {sentence}")
-            console.print(_report_table(model))
+            console.print(report_table(model))
     finally:
         stop_process(proc, sig=signal.SIGINT, timeout=30)
 

@@ -1,4 +1,5 @@
-"""The `distill` command: serve, api, worker, migrate, keys, demo."""
+"""The `distill` command: serve, api, worker, migrate, keys, demo (the server's side) and
+files, jobs, models (a client of a server, on `distill_client`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from app.cli.files_cmd import files_cli
+from app.cli.jobs_cmd import jobs_cli
+from app.cli.models_cmd import models_cli
 from app.cli.processes import stop_process, worker_metrics_env
 from app.kit.logs import LogFormat
 from app.settings import Settings, get_settings
@@ -22,6 +26,9 @@ cli = typer.Typer(help="Distillation as a service: teacher in, small fast studen
                   no_args_is_help=True, add_completion=False)
 keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
+cli.add_typer(files_cli, name="files")
+cli.add_typer(jobs_cli, name="jobs")
+cli.add_typer(models_cli, name="models")
 
 # Every process the command starts (API, worker, serve, demo) keeps the Hugging Face Hub offline,
 # as the Docker image does: models come from uploads and the data directory, never from a download
