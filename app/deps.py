@@ -11,6 +11,7 @@ from typing import Annotated
 import anyio.to_thread
 from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app.auth.limits import check_rate
@@ -29,8 +30,14 @@ def get_session(settings: Annotated[Settings, Depends(get_settings)]) -> Iterato
     try:
         yield session
     finally:
-        session.rollback()
-        session.close()
+        try:
+            session.rollback()
+            session.close()
+        except DBAPIError:
+            # The database went away during the request: the answer (a 503, or one already
+            # sent) stands; a rollback that cannot reach the server must not turn it into a
+            # reset connection. The dead connection is discarded from the pool.
+            session.invalidate()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

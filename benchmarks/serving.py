@@ -179,6 +179,8 @@ def main() -> None:
                         help="Runtimes of the service to measure (default: all the model has).")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="Distil (or find) the student in --work, then stop.")
     parser.add_argument("--ceiling-of", nargs=2, metavar=("MODEL_DIR", "RUNTIME"),
                         help=argparse.SUPPRESS)  # the ceiling's own process
     args = parser.parse_args()
@@ -192,6 +194,9 @@ def main() -> None:
     texts_file = args.work / "dev-sentences.json"
     texts_file.write_text(json.dumps(texts))
     model = prepare_student(args.work)
+    if args.prepare_only:
+        print(f"Student {model['id']} ready in {args.work}.")
+        return
     model_dir = args.work / "data" / "models" / model["id"]
     from distillation.runtimes import available_runtimes, runtimes_info
 

@@ -98,7 +98,8 @@ def test_a_worker_whose_clock_is_two_minutes_behind_keeps_its_job(
     proc = start_worker(settings, log=tmp_path / "worker.log", DISTILL_RECONCILE_INTERVAL_S="3600",
                         **clock_behind_env(tmp_path, 120))
     try:
-        job_id, _ = create_job(client, auth, tiny_teacher_dir, train=400, validation=16,
+        # (600 steps: still running when the reconciler looks, even on a fast machine)
+        job_id, _ = create_job(client, auth, tiny_teacher_dir, train=1200, validation=16,
                                epochs=2, batch_size=4)
         wait_for_step(client, auth, job_id, 5)
         started = [e for e in job_events(lambda url: client.get(url, headers=auth), job_id)
