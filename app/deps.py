@@ -107,11 +107,11 @@ async def get_tenant_cached(
     key works at once and a revoked one stops within the TTL; the rate limit counts every call."""
     memo = _key_memo(request, settings)
     digest = bearer_digest(authorization)
-    tenant = memo.get(digest) if digest is not None else None
-    if tenant is None:
-        tenant = await anyio.to_thread.run_sync(partial(_authenticate_now, settings, authorization))
-        if digest is not None:
-            memo.put(digest, tenant)
+    authenticate_now = partial(_authenticate_now, settings, authorization)
+    if digest is None:
+        tenant = await anyio.to_thread.run_sync(authenticate_now)
+    else:
+        tenant = await memo.get_or_load(digest, authenticate_now)
     set_tenant(tenant.id)
     check_rate(authorization=authorization or "", settings=settings)
     return tenant

@@ -44,6 +44,9 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle intra-op threads sleep instead of spinning: a server shares its CPUs with the event
+    # loop that parses requests and sends answers, which spinning threads would starve.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -47,7 +47,7 @@ class PredictorCache:
         max_bytes: int = DEFAULT_MAX_BYTES,
         loader: Loader | None = None,
         max_batch: int = 32,
-        max_wait_s: float = 0.002,
+        max_wait_s: float = 0.0,
         threads: int | None = None,
         on_batch: BatchHook | None = None,
     ) -> None:
@@ -62,11 +62,16 @@ class PredictorCache:
 
     def submit(self, model_id: str, runtime: Runtime, model_dir: Path, size_bytes: int,
                inputs: Sequence[PredictInput], *, generate: bool = False,
-               max_new_tokens: int = 0) -> Future[Rows]:
+               max_new_tokens: int = 0, stamp: int | None = None) -> Future[Rows]:
         """Queue a predict call on the model's batcher in `runtime` (the model loads on its first
-        call; a changed directory, new mtime, is loaded afresh). `size_bytes`: the weights' size.
-        FileNotFoundError when the directory is gone."""
-        stamp = dir_mtime_ns(model_dir)
+        call; a changed directory, new mtime, is loaded afresh). `size_bytes`: the weights' size;
+        `stamp`: the directory's `dir_mtime_ns` when the caller looked the model up lately (the
+        look-up memo's); without it the directory is read on every call. No file-system call
+        on this path when given: a `stat` releases the GIL, and taking it back from a busy model
+        thread cost the event loop more than the call's own work.
+        FileNotFoundError when the directory is gone (without `stamp`)."""
+        if stamp is None:
+            stamp = dir_mtime_ns(model_dir)
         key = (model_id, runtime)
         with self._lock:  # held while queuing too, so no call lands on a batcher closed meanwhile
             slot = self._slots.get(key)

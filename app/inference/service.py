@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import anyio.to_thread
-
 from app.inference.batcher import PredictInput, Rows
 from app.inference.cache import PredictorCache
 from app.kit.db import session_factory
 from app.kit.errors import InvalidRequest, NotFound, Unprocessable
+from app.kit.storage import dir_mtime_ns
 from app.kit.ttl_memo import TTLMemo
 from app.models import service as models
 from app.settings import Settings
@@ -42,6 +41,7 @@ class ServedModel:
     size_bytes: int
     runtimes: tuple[Runtime, ...]
     default_runtime: Runtime
+    stamp: int  # the directory's dir_mtime_ns when it was looked up (a changed one reloads)
 
     @property
     def classifies(self) -> bool:
@@ -117,7 +117,7 @@ def find_servable_model(*, settings: Settings, tenant_id: str, model_id: str) ->
         raise _files_missing(model_id)
     return ServedModel(id=view.id, task=view.task, path=path, size_bytes=view.size_bytes,
                        runtimes=tuple(available_runtimes(path)),
-                       default_runtime=default_runtime(path))
+                       default_runtime=default_runtime(path), stamp=dir_mtime_ns(path))
 
 
 def choose_runtime(model: ServedModel, asked: Runtime | None) -> Runtime:
@@ -145,21 +145,22 @@ async def predict(
     memo: ModelMemo,
 ) -> tuple[ServedModel, Runtime, Rows]:
     """Run the model on `inputs`: (the model, the runtime used, one row per input)."""
-    model = memo.get((tenant_id, model_id))
-    if model is None:
-        model = await anyio.to_thread.run_sync(partial(
-            find_servable_model, settings=settings, tenant_id=tenant_id, model_id=model_id))
-        memo.put((tenant_id, model_id), model)
+    model = await memo.get_or_load((tenant_id, model_id), partial(
+        find_servable_model, settings=settings, tenant_id=tenant_id, model_id=model_id))
     check_inputs(inputs, task=model.task, settings=settings)
     used = choose_runtime(model, runtime)
     try:
         future = cache.submit(model.id, used, model.path, model.size_bytes, inputs,
-                              generate=not model.classifies, max_new_tokens=max_new_tokens)
+                              generate=not model.classifies, max_new_tokens=max_new_tokens,
+                              stamp=model.stamp)
     except FileNotFoundError as exc:  # deleted since it was looked up
         memo.discard((tenant_id, model_id))
         raise _files_missing(model_id) from exc
     try:
         rows = await asyncio.wrap_future(future)
+    except FileNotFoundError as exc:  # deleted since it was looked up, before it loaded
+        memo.discard((tenant_id, model_id))
+        raise _files_missing(model_id) from exc
     except RuntimeUnavailable as exc:  # its files went between the look-up and the load
         memo.discard((tenant_id, model_id))
         raise InvalidRequest(f"Model {model_id} cannot run in {used}: {exc}.", param="runtime",

@@ -3,6 +3,7 @@ few seconds (cachetools' `TTLCache`, bounded in entries, behind a lock)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -26,6 +27,45 @@ class TTLMemo(Generic[K, V]):
         self._entries: TTLCache[K, V] | None = (
             TTLCache(maxsize=max_entries, ttl=ttl_s, timer=timer) if ttl_s > 0 else None
         )
+        # Look-ups in flight, by key (touched on the event loop only, so no lock).
+        self._loading: dict[K, asyncio.Future[V]] = {}
+
+    async def get_or_load(self, key: K, load: Callable[[], V]) -> V:
+        """The value, or `load()` run in a worker thread and kept; concurrent misses of one key
+        share one `load` (single flight): when an entry expires under 32 concurrent calls, one
+        database look-up runs, not 32 queued on the thread pool. An exception reaches every
+        caller that waited for it and nothing is kept. Call from the event loop only."""
+        import anyio.to_thread
+
+        while True:
+            value = self.get(key)
+            if value is not None:
+                return value
+            pending = self._loading.get(key)
+            if pending is None:
+                break
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this caller was cancelled
+                # the caller doing the look-up was cancelled: look again (one of us loads)
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        try:
+            value = await anyio.to_thread.run_sync(load)
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody waited
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            del self._loading[key]
+        self.put(key, value)
+        future.set_result(value)
+        return value
 
     def get(self, key: K) -> V | None:
         if self._entries is None:

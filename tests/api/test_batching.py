@@ -209,9 +209,11 @@ def test_calls_that_cannot_join_wait_for_the_next_batch(tmp_path: Path) -> None:
     # When a second 4-token call arrives while the first batch waits for company
     wait_until(lambda: batcher.queued() == 0)
     late = batcher.submit(["green bird"], generate=True, max_new_tokens=4)
+    # (and a second 6-token call, so that the next batch fills instead of waiting out STUCK_S)
+    company = batcher.submit(["white owl"], generate=True, max_new_tokens=6)
 
-    # Then it joins the first call, and the 6-token call, passed over twice, runs next
-    for future in (first, other, late):
+    # Then it joins the first call, and the 6-token call, passed over, runs next with its company
+    for future in (first, other, late, company):
         assert len(future.result(timeout=STUCK_S)) == 1
-    assert [(b.requests, b.rows) for b in log.recent()] == [(2, 2), (1, 1)]
+    assert [(b.requests, b.rows) for b in log.recent()] == [(2, 2), (2, 2)]
     batcher.close()
