@@ -154,10 +154,21 @@ def test_model_page_shows_report_card_downloads_and_predicts(
         page.click("#download")
     saved = tmp_path / "model.tar.gz"
     download_info.value.save_as(saved)
-    assert download_info.value.suggested_filename == f"{model_id}.tar.gz"
+    assert download_info.value.suggested_filename == f"{model_id}-hf.tar.gz"
     with tarfile.open(saved) as tar:
         names = set(tar.getnames())
     assert {"config.json", "README.md"} <= {n.split("/")[-1] for n in names}
+    assert "model.onnx" not in {n.split("/")[-1] for n in names}
+
+    # and the int8 ONNX export, picked in the format list
+    page.select_option("#download-format", "onnx-int8")
+    with page.expect_download() as download_info:
+        page.click("#download")
+    download_info.value.save_as(saved)
+    assert download_info.value.suggested_filename == f"{model_id}-onnx-int8.tar.gz"
+    with tarfile.open(saved) as tar:
+        names = {n.split("/")[-1] for n in tar.getnames()}
+    assert {"model.onnx", "config.json", "README.md"} <= names
 
 
 def test_form_uploads_a_file_and_starts_a_job(page: Any, dash: Dash, tmp_path: Any) -> None:

@@ -74,9 +74,10 @@ document.getElementById("download").addEventListener("click", async (event) => {
   button.disabled = true;
   button.textContent = "Downloading…";
   try {
-    const blob = await (await api(`${base}/download`)).blob();
+    const format = document.getElementById("download-format").value;
+    const blob = await (await api(`${base}/download?format=${encodeURIComponent(format)}`)).blob();
     const url = URL.createObjectURL(blob);
-    const link = h("a", { href: url, download: `${modelId}.tar.gz` });
+    const link = h("a", { href: url, download: `${modelId}-${format}.tar.gz` });
     document.body.append(link);
     link.click();
     link.remove();
