@@ -174,7 +174,12 @@ def model_rows(settings: Any) -> list[str]:
         return sorted(row.id for row in session.query(ModelRow))
 
 
-@pytest.mark.parametrize("case", list(CORPUS))
+# The longest case (half a minute on 2 cores) runs with `-m slow`; the other bounded ones stay.
+SLOW_CASES = {"JSON of 10M empty values (40 MB)"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_CASES
+                                  else name for name in CORPUS])
 def test_hostile_archive_is_refused_and_nothing_is_stored(
     client: Any, auth: dict[str, str], settings: Any, tiny_teacher_dir: Path, case: str,
 ) -> None:

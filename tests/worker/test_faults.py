@@ -34,6 +34,10 @@ from tests.worker.test_reconciler import wait_for_step
 
 GRACE_S = 20
 LONG_JOB = {"train": 400, "validation": 16, "epochs": 3, "batch_size": 4}  # 300 steps
+# A job still running seconds after it reached step 5, however quiet the machine: 900 steps, each
+# writing its metrics (a fenced database write), for the faults that need a job to live through
+# them (the database away for 6 s, the API restarted).
+STEADY_JOB = {"train": 1200, "validation": 16, "epochs": 3, "batch_size": 4, "log_every_steps": 1}
 
 
 def started_worker(settings: Any, log: Path, **env: str) -> subprocess.Popen[bytes]:
@@ -232,7 +236,7 @@ def test_the_database_going_away_under_the_api_and_a_worker(
     try:
         with live_api(settings, tmp_path / "api.log", DISTILL_DATABASE_URL=via_proxy) as api, \
                 httpx.Client(base_url=api.url, timeout=30) as http:
-            job_id, _ = create_job(http, auth, tiny_teacher_dir, **LONG_JOB)
+            job_id, _ = create_job(http, auth, tiny_teacher_dir, **STEADY_JOB)
             before = wait_for_step(http, auth, job_id, 5)["progress"]["step"]
 
             # When the database goes away for a while
@@ -282,7 +286,7 @@ def test_jobs_do_not_notice_the_api_restarting(
     worker = started_worker(settings, tmp_path / "worker.log", DISTILL_RECONCILE_INTERVAL_S="2")
     try:
         with live_api(settings, log) as api, httpx.Client(base_url=api.url, timeout=30) as http:
-            job_id, _ = create_job(http, auth, tiny_teacher_dir, **LONG_JOB)
+            job_id, _ = create_job(http, auth, tiny_teacher_dir, **STEADY_JOB)
             wait_for_step(http, auth, job_id, 5)
 
         # When the API stops, and starts again a few seconds later, while the job runs
