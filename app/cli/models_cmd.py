@@ -69,14 +69,17 @@ def download(
     format: Annotated[str, typer.Option(help="hf, onnx or onnx-int8.")] = "hf",
     api_url: ApiUrlOpt = DEFAULT_API_URL, api_key: ApiKeyOpt = None, json_out: JsonOpt = False,
 ) -> None:
-    """Download a model into DIR: a folder `from_pretrained` loads."""
+    """Download a model into DIR: a folder `from_pretrained` loads (hf), or an ONNX Runtime
+    folder (onnx, onnx-int8: model.onnx, the tokenizer and a README with the code to run it)."""
     with connect(api_url, api_key) as client:
         folder = client.models.download(model_id, dir, format=format)
     if json_out:
         print_json({"id": model_id, "format": format, "path": str(folder)})
         return
-    console().print(f"Downloaded {model_id} ({format}) to {folder}\n"
-                    f"Load it with AutoModelFor….from_pretrained({str(folder)!r}).")
+    how = (f"AutoModelFor….from_pretrained({str(folder)!r})" if format == "hf" else
+           f"onnxruntime.InferenceSession({str(folder / 'model.onnx')!r}) and "
+           f"AutoTokenizer.from_pretrained({str(folder)!r}) (its README.md shows the code)")
+    console().print(f"Downloaded {model_id} ({format}) to {folder}\nLoad it with {how}.")
 
 
 @models_cli.command("delete")
