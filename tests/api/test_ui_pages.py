@@ -88,3 +88,21 @@ def test_card_images_are_only_the_curve(client: Any, auth: dict[str, str]) -> No
     assert_error(response, 404, param="name")
     assert_error(client.get("/ui/api/models/all-minilm-l6-v2/files/training_curve.png",
                             headers=auth), 404, param="name")
+
+
+def test_a_non_editable_install_carries_every_page_and_asset(tmp_path: Path) -> None:
+    """The Docker image installs the project with `pip install .`: a template or script left out
+    of the wheel's package data would be a blank dashboard there and nowhere else."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path), str(root)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("*.whl")
+    packed = set(zipfile.ZipFile(wheel).namelist())
+    assets = {p.relative_to(root).as_posix() for p in (root / "app" / "ui").rglob("*")
+              if p.is_file() and p.suffix in {".html", ".css", ".js"}}
+    assert assets and assets <= packed, sorted(assets - packed)
