@@ -98,10 +98,18 @@ def test_a_non_editable_install_carries_every_page_and_asset(tmp_path: Path) -> 
     import zipfile
 
     root = Path(__file__).resolve().parents[2]
+    # A clean copy of what the image copies: a `build/` folder left by an earlier build would
+    # still hold files the package data no longer names.
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    for name in ("app", "worker", "distillation", "migrations"):
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp_path), str(root)],
+                    "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
                    check=True, capture_output=True)
-    (wheel,) = tmp_path.glob("*.whl")
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
     packed = set(zipfile.ZipFile(wheel).namelist())
     assets = {p.relative_to(root).as_posix() for p in (root / "app" / "ui").rglob("*")
               if p.is_file() and p.suffix in {".html", ".css", ".js"}}
