@@ -15,6 +15,7 @@ from app.cli.remote import (
     connect,
     console,
     print_json,
+    reply,
     table,
     when,
 )
@@ -34,11 +35,8 @@ def upload(
     """Upload a dataset; the server checks it whole and names the line at fault."""
     with connect(api_url, api_key) as client:
         file = client.files.create(path, purpose=purpose)
-    if json_out:
-        print_json(file)
-        return
-    console().print(f"Uploaded {file.id} ({file.filename}: {file.num_records:,} records, "
-                    f"{file.format}, columns {', '.join(file.columns)}; purpose {file.purpose})")
+    reply(file, json_out, f"Uploaded {file.id} ({file.filename}: {file.num_records:,} records, "
+                          f"{file.format}, columns {', '.join(file.columns)}; purpose {file.purpose})")
 
 
 @files_cli.command("list")
@@ -83,7 +81,4 @@ def delete(file_id: FileIdArg, api_url: ApiUrlOpt = DEFAULT_API_URL, api_key: Ap
     """Delete a file (refused while a queued or running job uses it)."""
     with connect(api_url, api_key) as client:
         deleted = client.files.delete(file_id)
-    if json_out:
-        print_json(deleted)
-        return
-    console().print(f"Deleted {deleted.id}.")
+    reply(deleted, json_out, f"Deleted {deleted.id}.")

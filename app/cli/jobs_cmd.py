@@ -19,6 +19,7 @@ from app.cli.remote import (
     console,
     fail,
     print_json,
+    reply,
     table,
     when,
 )
@@ -58,10 +59,7 @@ def create(
     request = _read_request(path)
     with connect(api_url, api_key) as client:
         job = client.jobs.create(request, idempotency_key=idempotency_key)
-        if json_out:
-            print_json(job)
-        else:
-            console().print(f"Created {job.id} ({job.status}).")
+        reply(job, json_out, f"Created {job.id} ({job.status}).")
         if follow:
             try:
                 job = follow_job(client, job.id, json_out=json_out)
@@ -139,10 +137,7 @@ def cancel(job_id: JobIdArg, api_url: ApiUrlOpt = DEFAULT_API_URL, api_key: ApiK
     """Cancel a job (refused once it has finished)."""
     with connect(api_url, api_key) as client:
         job = client.jobs.cancel(job_id)
-    if json_out:
-        print_json(job)
-        return
-    console().print(f"{job.id} is {job.status}.")
+    reply(job, json_out, f"{job.id} is {job.status}.")
 
 
 @jobs_cli.command("events")

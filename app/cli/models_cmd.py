@@ -16,6 +16,7 @@ from app.cli.remote import (
     connect,
     console,
     print_json,
+    reply,
     table,
     when,
 )
@@ -88,10 +89,7 @@ def delete(model_id: ModelIdArg, api_url: ApiUrlOpt = DEFAULT_API_URL, api_key: 
     """Delete one of your models (built-in ones cannot be)."""
     with connect(api_url, api_key) as client:
         deleted = client.models.delete(model_id)
-    if json_out:
-        print_json(deleted)
-        return
-    console().print(f"Deleted {deleted.id}.")
+    reply(deleted, json_out, f"Deleted {deleted.id}.")
 
 
 @models_cli.command("predict")

@@ -103,6 +103,14 @@ def print_json(value: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def reply(value: Any, json_out: bool, line: str) -> None:
+    """What a command that changes one object prints: the object as JSON (`--json`), else `line`."""
+    if json_out:
+        print_json(value)
+    else:
+        console().print(line)
+
+
 def when(stamp: int | float | None) -> str:
     """A Unix timestamp as `YYYY-MM-DD HH:MM:SS` UTC, or `-`."""
     if not stamp:

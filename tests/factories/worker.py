@@ -7,8 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from app.jobs.lifecycle import reconcile
 from app.kit.db import session_scope
@@ -76,3 +79,23 @@ def reconcile_now(settings: Any) -> dict[str, list[str]]:
     """One reconciler pass, as a worker's timer runs it."""
     with session_scope(settings.sqlalchemy_url) as session:
         return reconcile(session, settings=settings)
+
+
+def shared_dir_settings(pg_url: str, redis_db: int, data_dir: Path,
+                        monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Settings as conftest's, on one data directory a module shares with its live processes
+    (API, worker): the tables truncated and the Redis database flushed before each test."""
+    import redis
+
+    from app.settings import get_settings
+    from tests.conftest import _truncate_all
+    from tests.factories.api import REDIS_URL
+
+    monkeypatch.setenv("DISTILL_DATABASE_URL", pg_url)
+    monkeypatch.setenv("DISTILL_BROKER_URL", f"{REDIS_URL}/{redis_db}")
+    monkeypatch.setenv("DISTILL_DATA_DIR", str(data_dir))
+    get_settings.cache_clear()
+    _truncate_all(pg_url)
+    redis.Redis.from_url(f"{REDIS_URL}/{redis_db}").flushdb()
+    yield get_settings()
+    get_settings.cache_clear()

@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from tests.factories.api import REDIS_URL
-from tests.factories.worker import start_worker, stop_worker
+from tests.factories.worker import shared_dir_settings, start_worker, stop_worker
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +20,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def settings(pg_url: str, redis_db: int, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """As conftest's, but one data directory for the module, shared with the worker process."""
-    from app.settings import get_settings
-    from tests.conftest import _truncate_all
-
-    monkeypatch.setenv("DISTILL_DATABASE_URL", pg_url)
-    monkeypatch.setenv("DISTILL_BROKER_URL", f"{REDIS_URL}/{redis_db}")
-    monkeypatch.setenv("DISTILL_DATA_DIR", str(data_dir))
-    get_settings.cache_clear()
-    _truncate_all(pg_url)
-    redis.Redis.from_url(f"{REDIS_URL}/{redis_db}").flushdb()
-    yield get_settings()
-    get_settings.cache_clear()
+    yield from shared_dir_settings(pg_url, redis_db, data_dir, monkeypatch)
 
 
 @pytest.fixture
