@@ -204,12 +204,13 @@ def _files_missing(model_id: str) -> NotFound:
                     param="model_id", code="model_files_missing")
 
 
-def local_model_path(settings: Settings, view: ModelView) -> Path:
+def local_model_path(settings: Settings, view: ModelView, *, weights: bool = True) -> Path:
     """A local directory of the model to load (predict): the model's own directory, or with a
     remote store its copy in this process's scratch cache, pulled on first use and re-pulled
-    when the stored model changes (the path changes with it). Blocking."""
+    when the stored model changes (the path changes with it); `weights=False`: all but the
+    weights (its card and curve, for the dashboard). Blocking."""
     try:
-        return local_model_dir(settings, view.location)
+        return local_model_dir(settings, view.location, weights=weights)
     except FileNotFoundError as exc:
         raise _files_missing(view.id) from exc
 

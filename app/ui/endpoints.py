@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 
-from app.deps import SessionDep, TenantDep
+from app.deps import SessionDep, SettingsDep, TenantDep
 from app.kit.errors import NotFound
 from app.models import service as models_service
 from app.ui.schemas import ModelCard
@@ -81,21 +81,23 @@ def model_page(request: Request, model_id: str) -> HTMLResponse:
 
 
 @router.get("/api/models/{model_id}/card", response_model=ModelCard)
-def model_card(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelCard:
+def model_card(model_id: str, session: SessionDep, settings: SettingsDep,
+               tenant: TenantDep) -> ModelCard:
     """The model's README.md (the model card), as markdown and as HTML with any HTML escaped;
     needs the key like `/v1` (another tenant's model: 404)."""
     view = models_service.get_model(session=session, tenant_id=tenant.id, model_id=model_id)
-    readme = view.path / "README.md"
+    # Through the store when there is one (`view.path` is then no local folder).
+    readme = models_service.local_model_path(settings, view, weights=False) / "README.md"
     text = readme.read_text(errors="replace") if readme.is_file() else None
     return ModelCard(id=view.id, markdown=text, html=render_card(text) if text else None)
 
 
 @router.get("/api/models/{model_id}/files/{name}")
-def model_card_image(model_id: str, name: str, session: SessionDep,
+def model_card_image(model_id: str, name: str, session: SessionDep, settings: SettingsDep,
                      tenant: TenantDep) -> FileResponse:
     """An image the model card shows (the training curve); the page fetches it with the key."""
     view = models_service.get_model(session=session, tenant_id=tenant.id, model_id=model_id)
-    path = view.path / name
+    path = models_service.local_model_path(settings, view, weights=False) / name
     if name not in CARD_IMAGES or not path.is_file():
         raise NotFound(f"Model {model_id} has no card image {name!r}.", param="name")
     return FileResponse(path, media_type="image/png")
