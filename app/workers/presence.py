@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 
 from app.kit.db import session_scope
 from app.settings import Settings
@@ -30,17 +31,18 @@ def join(settings: Settings, *, queues: list[str]) -> None:
         log.warning("could not register this worker", exc_info=True)
 
 
-def beat(settings: Settings) -> None:
+def _write(settings: Settings, change: Callable[..., object], failed: str) -> None:
+    """`change(session, worker_id=…)` in a transaction; a failure is logged as `failed`."""
     try:
         with session_scope(settings.sqlalchemy_url) as session:
-            registry.beat(session, worker_id=WORKER_ID)
+            change(session, worker_id=WORKER_ID)
     except Exception:
-        log.warning("could not refresh this worker's heartbeat", exc_info=True)
+        log.warning(failed, exc_info=True)
+
+
+def beat(settings: Settings) -> None:
+    _write(settings, registry.beat, "could not refresh this worker's heartbeat")
 
 
 def leave(settings: Settings) -> None:
-    try:
-        with session_scope(settings.sqlalchemy_url) as session:
-            registry.leave(session, worker_id=WORKER_ID)
-    except Exception:
-        log.warning("could not deregister this worker", exc_info=True)
+    _write(settings, registry.leave, "could not deregister this worker")
