@@ -5,6 +5,7 @@ finished (no manifest) is never served."""
 from __future__ import annotations
 
 import io
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,19 @@ def test_a_model_directory_without_its_manifest_is_never_served(
                  code="model_files_missing")
     assert_error(client.post(f"/v1/models/{model['id']}/predict", headers=auth,
                              json={"inputs": ["a fine film"]}), 404, code="model_files_missing")
+
+
+def test_the_dashboard_reads_a_stored_models_card(
+    client: Any, auth: dict[str, str], tiny_teacher_dir: Path, tmp_path: Path,
+) -> None:
+    # Given a model with a card, uploaded to an API on an S3 store
+    model_dir = tmp_path / "with-card"
+    shutil.copytree(tiny_teacher_dir, model_dir)
+    (model_dir / "README.md").write_text("# A stored card\n")
+    model = upload_model_dir(client, auth, model_dir)
+
+    # When the dashboard asks for it, it is read through the store (no local folder has it)
+    card = client.get(f"/ui/api/models/{model['id']}/card", headers=auth)
+
+    assert card.status_code == 200, card.text
+    assert card.json()["markdown"] == "# A stored card\n"
