@@ -36,7 +36,7 @@ GRACE_S = 20
 LONG_JOB = {"train": 400, "validation": 16, "epochs": 3, "batch_size": 4}  # 300 steps
 # A job still running seconds after it reached step 5, however quiet the machine: 900 steps, each
 # writing its metrics (a fenced database write), for the faults that need a job to live through
-# them (the database away for 6 s, the API restarted).
+# them (the database away for 6 s, the API restarted, the broker flushed, a frozen process).
 STEADY_JOB = {"train": 1200, "validation": 16, "epochs": 3, "batch_size": 4, "log_every_steps": 1}
 
 
@@ -112,7 +112,7 @@ def test_jobs_queued_and_running_all_finish_once_after_the_broker_is_flushed(
     proc = started_worker(settings, tmp_path / "worker.log", DISTILL_RECONCILE_INTERVAL_S="1",
                           DISTILL_QUEUED_RESEND_AFTER_S="2")
     try:
-        running, _ = create_job(client, auth, tiny_teacher_dir, **LONG_JOB)
+        running, _ = create_job(client, auth, tiny_teacher_dir, **STEADY_JOB)
         wait_for_step(client, auth, running, 5)
         queued = [create_job(client, auth, tiny_teacher_dir, max_steps=3)[0] for _ in range(2)]
         # When the broker loses every message (the queued jobs' and the running one's)
@@ -181,7 +181,7 @@ def test_a_worker_frozen_past_its_lease_finds_its_job_taken_and_writes_nothing_m
     # Given worker A training a job, and an idle worker B
     a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
     a = started_worker(settings, a_log, DISTILL_RECONCILE_INTERVAL_S="3600")
-    job_id, _ = create_job(client, auth, tiny_teacher_dir, **LONG_JOB, log_every_steps=1,
+    job_id, _ = create_job(client, auth, tiny_teacher_dir, **STEADY_JOB,
                            checkpoint_every_steps=10)
     b = started_worker(settings, b_log, DISTILL_RECONCILE_INTERVAL_S="3600")
     try:
