@@ -20,20 +20,24 @@ ensure_chromium() {
 }
 ensure_chromium || true
 PYTHON=${PYTHON:-python3}
-# torch is pinned and installed first: a bare `torch` requirement would pull a multi-GB CUDA
-# build; 2.13.0 is the CPU wheel this machine kind carries on disk.
+# torch is pinned and installed apart from the lock: a bare `torch` requirement would pull a
+# multi-GB CUDA build; 2.13.0 is the CPU wheel this machine kind carries on disk (the lock was
+# resolved against it, so its dependencies are in the lock).
 TORCH_SPEC=${DISTILL_TORCH_SPEC:-torch==2.13.0}
 stamp=.venv/.installed
-want="$(cat pyproject.toml client/pyproject.toml | sha256sum | cut -d' ' -f1) $TORCH_SPEC"
+want="$(cat requirements.lock pyproject.toml client/pyproject.toml | sha256sum | cut -d' ' -f1) $TORCH_SPEC"
 if [ -x .venv/bin/distill ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-echo "== setting up .venv (first run takes a few minutes)" >&2
+echo "== setting up .venv from requirements.lock (first run takes a few minutes)" >&2
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet "$TORCH_SPEC"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
-# The Python client (`distill_client`, used by the `distill files|jobs|models` commands) is a
-# project of its own, installable without the server: `pip install ./client`.
-.venv/bin/python -m pip install --quiet -e ./client
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# Every dependency exactly as locked, each checked against its hash (scripts/lock.sh makes the
+# lock; `scripts/lock.sh --upgrade` upgrades it on purpose).
+"${pip[@]}" --require-hashes --no-deps -r requirements.lock
+"${pip[@]}" --no-deps "$TORCH_SPEC"
+# The service and its Python client (`distill_client`, a project of its own, installable without
+# the server: `pip install ./client`), built with the locked setuptools.
+"${pip[@]}" --no-deps --no-build-isolation -e . -e ./client
+.venv/bin/python -m pip check >&2
 echo "$want" > "$stamp"
