@@ -36,7 +36,8 @@ class Files:
              purpose: str | None = None) -> Page[FileObject]:
         """The tenant's files, newest first; pass `page.last_id` as `after` for the next page."""
         params = query(limit=limit, after=after, purpose=purpose)
-        return Page[FileObject].model_validate(self._t.request("GET", "/v1/files", params=params))
+        return Page[FileObject].model_validate(self._t.request("GET", "/v1/files", params=params)).with_next(
+            lambda last: self.list(limit=limit, after=last, purpose=purpose))
 
     def get(self, file_id: str) -> FileObject:
         return FileObject.model_validate(self._t.request("GET", f"/v1/files/{file_id}"))

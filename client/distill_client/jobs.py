@@ -42,7 +42,8 @@ class Jobs:
         """The tenant's jobs, newest first."""
         params = query(limit=limit, after=after, status=status)
         return Page[Job].model_validate(
-            self._t.request("GET", "/v1/distillation/jobs", params=params))
+            self._t.request("GET", "/v1/distillation/jobs", params=params)).with_next(
+            lambda last: self.list(limit=limit, after=last, status=status))
 
     def get(self, job_id: str) -> Job:
         return Job.model_validate(self._t.request("GET", f"/v1/distillation/jobs/{job_id}"))
@@ -58,7 +59,8 @@ class Jobs:
         """The job's events, oldest first; `after=<last event id>` returns only newer ones."""
         return Page[JobEvent].model_validate(self._t.request(
             "GET", f"/v1/distillation/jobs/{job_id}/events",
-            params=query(after=after, limit=limit)))
+            params=query(after=after, limit=limit))).with_next(
+            lambda last: self.events(job_id, after=last, limit=limit))
 
     def checkpoints(self, job_id: str) -> Page[Checkpoint]:
         """The checkpoints a running or interrupted job has saved, newest first."""

@@ -8,9 +8,10 @@ that leaves one out still parses.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 T = TypeVar("T")
 
@@ -26,13 +27,43 @@ class APIObject(BaseModel):
 
 
 class Page(APIObject, Generic[T]):
-    """`{"object": "list", "data": [...], "has_more": ...}`; pass `last_id` as `after` for the next."""
+    """`{"object": "list", "data": [...], "has_more": ...}`; pass `last_id` as `after` for the next.
+
+    Iterating a page returned by a list call yields every item across pages, fetching the next
+    page when this one is used up (`for job in client.jobs.list(): ...`); `.data` is this page's
+    items and `len(page)` their number.
+    """
 
     object: str = "list"
     data: list[T] = Field(default_factory=list)
     has_more: bool = False
     first_id: str | None = None
     last_id: str | None = None
+    _next_page: Callable[[str], Page[T]] | None = PrivateAttr(default=None)
+
+    def with_next(self, fetch: Callable[[str], Page[T]]) -> Page[T]:
+        """This page, able to fetch the one after it: `fetch(after)` returns the next page."""
+        self._next_page = fetch
+        return self
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self) -> Iterator[T]:  # type: ignore[override]  # items, not pydantic's fields
+        page: Page[T] = self
+        while True:
+            yield from page.data
+            if not (page.has_more and page.last_id and page._next_page is not None):
+                return
+            page = page._next_page(page.last_id)
+
+    def iter_pages(self) -> Iterator[Page[T]]:
+        """This page and every one after it."""
+        page: Page[T] | None = self
+        while page is not None:
+            yield page
+            page = (page._next_page(page.last_id) if page.has_more and page.last_id
+                    and page._next_page is not None else None)
 
 
 class FileObject(APIObject):

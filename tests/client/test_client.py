@@ -64,6 +64,22 @@ def test_files_round_trip(dc: Client, tmp_path: Path) -> None:
     assert (missing.value.status_code, missing.value.code) == (404, "not_found")
 
 
+def test_list_calls_iterate_every_item_across_pages(dc: Client, tmp_path: Path) -> None:
+    # Given five files, listed two to a page
+    ids = [dc.files.create((f"f{i}.jsonl", b'{"text": "fine", "label": "positive"}\n'),
+                           purpose="validation").id for i in range(5)]
+    page = dc.files.list(limit=2)
+
+    # Then the page is sized by its own items, and iterating it yields all five, newest first,
+    # fetching the later pages as it goes (as `for m in client.models.list()` does in OpenAI's SDK)
+    assert len(page) == 2 and page.has_more
+    assert [f.id for f in page] == ids[::-1]
+    assert [len(p) for p in page.iter_pages()] == [2, 2, 1]
+    # And a list call that is one page iterates its items, not the page's fields
+    models = dc.models.list()
+    assert [m.id for m in models] == [m.id for m in models.data] and len(models) >= 1
+
+
 def test_a_malformed_upload_names_the_line_and_the_field(dc: Client) -> None:
     with pytest.raises(BadRequestError) as refused:
         dc.files.create(("bad.jsonl", b'{"text": "a", "label": "x"}\n{"text": \n'))
