@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -29,8 +31,22 @@ def save_model(
         model.config.id2label = dict(enumerate(labels))
         model.config.label2id = {label: i for i, label in enumerate(labels)}
     model.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
+    _keep_accepted_inputs(tokenizer, model).save_pretrained(output_dir)
     return weights_size(output_dir)
+
+
+def _keep_accepted_inputs(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
+                          ) -> PreTrainedTokenizerBase:
+    """The tokenizer, naming only the inputs the model's forward takes: a BERT tokenizer on a T5
+    or GPT-2 student would hand `generate` token_type_ids, which it refuses."""
+    accepted = inspect.signature(model.forward).parameters
+    names = [name for name in tokenizer.model_input_names if name in accepted]
+    if names == list(tokenizer.model_input_names):
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.model_input_names = names
+    tokenizer.init_kwargs["model_input_names"] = names
+    return tokenizer
 
 
 def _human_bytes(n: float) -> str:

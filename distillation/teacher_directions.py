@@ -41,6 +41,8 @@ def hidden_state_directions(
     """(D, D) principal directions of the teacher's hidden states (every layer's output, real
     tokens only) on a sample of `features`; None for a model that returns no `hidden_states`
     (encoder-decoders: their two stacks live in different spaces)."""
+    if getattr(getattr(teacher, "config", None), "is_encoder_decoder", False):
+        return None  # checked first: called without decoder inputs, it would raise, not say so
     teacher.eval()
     states: list[Tensor] = []
     rows = sample(features)

@@ -90,6 +90,55 @@ def test_causal_lm_job_runs_and_its_student_generates(
     assert [type(item["text"]) for item in predicted.json()["data"]] == [str, str]
 
 
+def test_seq2seq_job_with_a_narrower_student_runs_and_its_download_generates(
+    client: Any, auth: dict[str, str], settings: Any, model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    # A student narrower than its teacher, initialised from it, is planned by projecting the
+    # teacher's hidden states: an encoder-decoder has two stacks, and planning once called it
+    # without decoder inputs (a failed job)
+    import io
+    import tarfile
+
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from worker.runner import execute_job
+
+    teacher = _upload(client, auth, model_dirs, "t5")
+    train = upload_records(client, auth, reverse_records(32, seed=1))
+    validation = upload_records(client, auth, reverse_records(8, seed=2), purpose="validation",
+                                name="dev.jsonl")
+    body = _lm_body("seq2seq", teacher, train, validation,
+                    student={"architecture": {"num_layers": 1, "hidden_size": 16}, "init": "teacher"},
+                    hyperparameters={"epochs": 1, "batch_size": 8})
+
+    created = client.post(JOBS, headers=auth, json=body)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    assert execute_job(job_id, settings=settings) == "succeeded", client.get(
+        f"{JOBS}/{job_id}/events", headers=auth).text
+
+    job = client.get(f"{JOBS}/{job_id}", headers=auth).json()
+    model = client.get(f"/v1/models/{job['result_model']}", headers=auth).json()
+    assert model["task"] == "seq2seq" and model["report"]["metric"] in {"rougeL", "bleu", "perplexity"}
+    predicted = client.post(f"/v1/models/{model['id']}/predict", headers=auth,
+                            json={"inputs": ["red cat sun"], "max_new_tokens": 4})
+    assert predicted.status_code == 200, predicted.text
+    served = predicted.json()["data"][0]["text"]
+
+    # And the download loads with from_pretrained, 16 wide, and generates what predict served
+    with client.stream("GET", f"/v1/models/{model['id']}/download", headers=auth) as response:
+        assert response.status_code == 200
+        data = b"".join(response.iter_bytes())
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(tmp_path / "student", filter="data")
+    student = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "student")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "student")
+    assert student.config.d_model == 16 and student.config.num_layers == 1
+    ids = student.generate(**tokenizer(["red cat sun"], return_tensors="pt"), max_new_tokens=4,
+                           do_sample=False)
+    assert tokenizer.decode(ids[0], skip_special_tokens=True).strip() == served.strip()
+
+
 def test_seq2seq_job_with_remapped_columns_is_accepted(
     client: Any, auth: dict[str, str], model_dirs: dict[str, Path]
 ) -> None:
