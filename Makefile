@@ -9,6 +9,7 @@ demo: setup
 
 test: setup
 	./scripts/services.sh
+	./scripts/browser.sh
 	.venv/bin/ruff check .
 	.venv/bin/mypy app worker distillation client/distill_client
 	.venv/bin/lint-imports
