@@ -118,6 +118,10 @@ class Settings(BaseSettings):
         "remembered for predict (a revoked key or deleted model stops answering within it; "
         "0: look up every request)."
     )
+    card_max_bytes: int = Field(
+        default=256 * 1024, ge=1, description="Bytes of a model's README.md the dashboard reads "
+        "and renders as its card; a longer one is shown truncated, saying so."
+    )
     idempotency_ttl_s: float = Field(default=24 * 3600.0, description="Idempotency-Key lifetime.")
     # Limits on what one tenant's requests may hold or ask for (each refused with its own error).
     max_records_per_file: int = Field(default=5_000_000, ge=1, description="Records per upload.")
