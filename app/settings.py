@@ -93,11 +93,15 @@ class Settings(BaseSettings):
     )
     predict_max_inputs: int = Field(default=64, description="Inputs per predict call.")
     predict_max_chars: int = Field(default=10_000, description="Characters per predict input.")
-    predict_cache_models: int = Field(default=4, ge=1, description="Models kept loaded for predict.")
+    predict_cache_models: int = Field(
+        default=4, ge=1, description="Models loaded for predict at any moment (an unloaded model "
+        "still answering its last calls counts until it is freed)."
+    )
     predict_cache_bytes: int = Field(
         default=2 * 1024**3, ge=0,
-        description="Weights (bytes on disk) kept loaded for predict; the least recently used "
-        "models are unloaded past it (a single larger model is still served)."
+        description="Weights (bytes on disk) loaded for predict at any moment; the least recently "
+        "used models are unloaded to make room (a new one loads once they are freed), and a "
+        "model larger than this alone is refused (503 model_too_large)."
     )
     predict_max_batch: int = Field(
         default=32, ge=1, description="Inputs one forward pass of a served model takes: "
