@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         "pulls from the store (a worker's job folders, the models predict loads); default: "
         "`scratch/` in the data directory."
     )
+    scratch_max_bytes: int = Field(
+        default=20 * 1024**3, ge=0, description="With a remote store: bytes of copies (uploads, "
+        "model versions) the scratch cache keeps; past it the least recently used copies are "
+        "deleted (never the one being handed out). Job folders are not counted."
+    )
     store_sync_interval_s: float = Field(
         default=2.0, gt=0, description="With a remote store: how often a worker pushes its "
         "running job's new checkpoints and teacher cache to the store."
