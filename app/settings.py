@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         "pulls from the store (a worker's job folders, the models predict loads); default: "
         "`scratch/` in the data directory."
     )
+    scratch_max_bytes: int = Field(
+        default=20 * 1024**3, ge=0, description="With a remote store: bytes of copies (uploads, "
+        "model versions) the scratch cache keeps; past it the least recently used copies are "
+        "deleted (never the one being handed out). Job folders are not counted."
+    )
     store_sync_interval_s: float = Field(
         default=2.0, gt=0, description="With a remote store: how often a worker pushes its "
         "running job's new checkpoints and teacher cache to the store."
@@ -93,11 +98,15 @@ class Settings(BaseSettings):
     )
     predict_max_inputs: int = Field(default=64, description="Inputs per predict call.")
     predict_max_chars: int = Field(default=10_000, description="Characters per predict input.")
-    predict_cache_models: int = Field(default=4, ge=1, description="Models kept loaded for predict.")
+    predict_cache_models: int = Field(
+        default=4, ge=1, description="Models loaded for predict at any moment (an unloaded model "
+        "still answering its last calls counts until it is freed)."
+    )
     predict_cache_bytes: int = Field(
         default=2 * 1024**3, ge=0,
-        description="Weights (bytes on disk) kept loaded for predict; the least recently used "
-        "models are unloaded past it (a single larger model is still served)."
+        description="Weights (bytes on disk) loaded for predict at any moment; the least recently "
+        "used models are unloaded to make room (a new one loads once they are freed), and a "
+        "model larger than this alone is refused (503 model_too_large)."
     )
     predict_max_batch: int = Field(
         default=32, ge=1, description="Inputs one forward pass of a served model takes: "
@@ -117,6 +126,10 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="Seconds an API key's tenant and a model's record are "
         "remembered for predict (a revoked key or deleted model stops answering within it; "
         "0: look up every request)."
+    )
+    card_max_bytes: int = Field(
+        default=256 * 1024, ge=1, description="Bytes of a model's README.md the dashboard reads "
+        "and renders as its card; a longer one is shown truncated, saying so."
     )
     idempotency_ttl_s: float = Field(default=24 * 3600.0, description="Idempotency-Key lifetime.")
     # Limits on what one tenant's requests may hold or ask for (each refused with its own error).

@@ -12,6 +12,10 @@ Each caller gets its own rows back. A forward pass that raises is re-run call by
 the call at fault fails. A caller that went away (its future cancelled before the batch started)
 is left out of the batch.
 
+A batcher may be told when its model may load (`Residency`): the predictor cache grants a load
+only while the loaded models stay within its bounds, and learns when each call is answered and
+when the model is freed. Alone (no residency) it loads at once.
+
 One thread per model because fast tokenizers are not safe to share across threads ("Already
 borrowed"), and one forward at a time per model keeps torch's threads from thrashing. Every batch
 served is reported to `on_batch` (`BatchStats`): the one place that sees batch sizes and latency.
@@ -28,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -39,6 +43,37 @@ log = logging.getLogger(__name__)
 
 PredictInput = str | list[str]
 Rows = list[dict[str, Any]]
+
+
+class Residency(Protocol):
+    """What a batcher tells whoever bounds the loaded models (`app.inference.cache`)."""
+
+    def admit(self) -> bool:
+        """Block until the model may load; False: it never will (the calls waiting fail)."""
+        ...
+
+    def unloaded(self) -> None:
+        """The model is freed, or its load failed: its share of the bound is free again."""
+        ...
+
+    def answered(self, calls: int) -> None:
+        """`calls` handed-in calls are done (answered, failed or cancelled)."""
+        ...
+
+
+class _Unbounded:
+    def admit(self) -> bool:
+        return True
+
+    def unloaded(self) -> None:
+        pass
+
+    def answered(self, calls: int) -> None:
+        pass
+
+
+class CacheClosed(RuntimeError):
+    """The model was never loaded: the cache holding it was cleared first."""
 
 
 @dataclass(eq=False)
@@ -64,9 +99,11 @@ class Batcher:
         max_wait_s: float,
         threads: int | None = None,
         on_batch: BatchHook | None = None,
+        residency: Residency | None = None,
     ) -> None:
         self.model_id, self.runtime = model_id, runtime
         self._load = load
+        self._residency: Residency = residency or _Unbounded()
         self._max_rows, self._max_wait_s = max(1, max_rows), max(0.0, max_wait_s)
         self._threads = threads
         self._on_batch = on_batch
@@ -92,6 +129,9 @@ class Batcher:
         """Serve the calls already queued, then end the thread (and free the model)."""
         self._queue.put(None)
 
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
     # -- the model's thread ----------------------------------------------------------------------
     def _serve(self) -> None:
         if self._threads:
@@ -104,8 +144,13 @@ class Batcher:
             if not self._ensure_loaded(waiting):
                 continue
             batch = self._take(waiting)
-            self._run([c for c in batch if c.future.set_running_or_notify_cancel()])
-        self._predictor = None
+            try:
+                self._run([c for c in batch if c.future.set_running_or_notify_cancel()])
+            finally:
+                self._residency.answered(len(batch))
+        if self._predictor is not None:
+            self._predictor = None  # the last reference: the model is freed here
+            self._residency.unloaded()
 
     def _receive(self, waiting: deque[_Call], timeout: float | None) -> bool:
         """Wait for one more call (None: no limit); False on timeout or the close sentinel."""
@@ -135,6 +180,9 @@ class Batcher:
         kept, so the next call tries again."""
         if self._predictor is not None:
             return True
+        if not self._residency.admit():
+            self._fail(waiting, CacheClosed(f"model {self.model_id} was unloaded before it loaded"))
+            return False
         try:
             self._predictor = self._load()
             # The loaded model's Python objects (hundreds of thousands, with the libraries')
@@ -143,11 +191,17 @@ class Batcher:
             gc.freeze()
             return True
         except Exception as exc:
-            while waiting:
-                call = waiting.popleft()
-                if call.future.set_running_or_notify_cancel():
-                    call.future.set_exception(exc)
+            self._residency.unloaded()
+            self._fail(waiting, exc)
             return False
+
+    def _fail(self, waiting: deque[_Call], exc: BaseException) -> None:
+        failed = len(waiting)
+        while waiting:
+            call = waiting.popleft()
+            if call.future.set_running_or_notify_cancel():
+                call.future.set_exception(exc)
+        self._residency.answered(failed)
 
     def _take(self, waiting: deque[_Call]) -> list[_Call]:
         """The oldest call and the waiting calls that can join it (up to `max_rows` inputs),

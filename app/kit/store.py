@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 import fsspec
 
+from app.kit import storage
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -147,14 +148,23 @@ def open_store(settings: Settings) -> ObjectStore:
     return _open(settings.storage_url, settings.s3_endpoint_url, os.getpid())
 
 
+def scratch_copy(settings: Settings, key: str) -> Path:
+    """Where this process keeps its local copy of a stored upload (`files/<name>`) or the copies
+    of a stored model (`models/<id>/`, one folder per version) in its scratch cache."""
+    kind, _, name = key.strip("/").partition("/")
+    if kind == "files":
+        return settings.files_dir / Path(name).name
+    return settings.resolved_scratch_dir / kind / Path(name).name
+
+
 def remove_location(settings: Settings, location: str) -> None:
-    """Delete a stored file or directory wherever it is; a missing one is fine."""
+    """Delete a stored file or directory wherever it is, this process's scratch copy of it too;
+    a missing one is fine."""
     if is_remote(location):
         store = open_store(settings)
         key = store.key(location)
         store.remove(key)
         store.remove_prefix(key)
+        storage.remove(scratch_copy(settings, key))
     else:
-        from app.kit.storage import remove
-
-        remove(Path(location))
+        storage.remove(Path(location))

@@ -11,6 +11,7 @@ is never read; a model's row is written only after its manifest, so it is never 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.kit import storage
-from app.kit.store import ObjectStore, is_remote, open_store
+from app.kit.store import ObjectStore, is_remote, open_store, scratch_copy
 from app.settings import Settings
 
 MANIFEST = ".manifest.json"
@@ -139,15 +140,17 @@ def local_model_dir(settings: Settings, location: str, *, weights: bool = True) 
     validate a job). FileNotFoundError when the model was never published whole."""
     if not is_remote(location):
         return Path(location)
-    data = _manifest(settings, location)
-    if data is None:
-        raise FileNotFoundError(f"{location} has no {MANIFEST}: its upload never finished")
-    stamp = hashlib.sha256(data).hexdigest()[:16]
     store = open_store(settings)
     key = store.key(location)
-    home = settings.resolved_scratch_dir / "models" / key.rsplit("/", 1)[-1]
+    home = scratch_copy(settings, key)
+    data = _manifest(settings, location)
+    if data is None:
+        storage.remove(home)  # deleted (by another process): its copies are never read again
+        raise FileNotFoundError(f"{location} has no {MANIFEST}: its upload never finished")
+    stamp = hashlib.sha256(data).hexdigest()[:16]
     dest = home / (stamp if weights else f"{stamp}-light")
     if dest.is_dir():
+        _touch(dest)
         return dest
     names = [name for name in json.loads(data)["files"]
              if weights or not name.endswith(WEIGHT_SUFFIXES)]
@@ -155,6 +158,7 @@ def local_model_dir(settings: Settings, location: str, *, weights: bool = True) 
     for old in home.iterdir():  # earlier contents of this model: never read again
         if not old.name.startswith((stamp, ".tmp-")):
             shutil.rmtree(old, ignore_errors=True)
+    trim_scratch(settings, keep=dest)
     return dest
 
 
@@ -164,10 +168,58 @@ def local_file(settings: Settings, location: str) -> Path:
         return Path(location)
     store = open_store(settings)
     key = store.key(location)
-    dest = settings.files_dir / key.rsplit("/", 1)[-1]
-    if not dest.is_file():
-        store.get_file(key, dest)
+    dest = scratch_copy(settings, key)
+    if dest.is_file():
+        _touch(dest)
+        return dest
+    store.get_file(key, dest)
+    trim_scratch(settings, keep=dest)
     return dest
+
+
+# -- the scratch cache's bound -----------------------------------------------------------------
+
+
+def _touch(copy: Path) -> None:
+    """Mark a copy as just used (its mtime orders the least recently used first)."""
+    with contextlib.suppress(OSError):
+        os.utime(copy)
+
+
+def _copies(settings: Settings) -> list[tuple[int, int, Path]]:
+    """(last use, bytes, path) of every copy in the scratch cache: each version of a stored
+    model, each upload (job folders and downloads in progress are not copies)."""
+    found = []
+    candidates = [p for p in settings.files_dir.glob("*") if p.is_file()]
+    candidates += [p for p in (settings.resolved_scratch_dir / "models").glob("*/*") if p.is_dir()]
+    for path in candidates:
+        if path.name.startswith(".tmp-"):
+            continue
+        try:
+            used = path.stat().st_mtime_ns
+            size = path.stat().st_size if path.is_file() else sum(
+                f.stat().st_size for f in storage.regular_files(path))
+        except OSError:  # removed meanwhile
+            continue
+        found.append((used, size, path))
+    return found
+
+
+def trim_scratch(settings: Settings, *, keep: Path) -> None:
+    """Remove the least recently used copies until the scratch cache holds at most
+    `DISTILL_SCRATCH_MAX_BYTES`, never `keep` (the copy being handed out)."""
+    copies = sorted(_copies(settings))
+    total = sum(size for _, size, _ in copies)
+    for _, size, path in copies:
+        if total <= settings.scratch_max_bytes:
+            return
+        if path == keep:
+            continue
+        storage.remove(path)
+        if path.parent.parent.name == "models":
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # the model's folder, when that was its last copy
+        total -= size
 
 
 # -- tar.gz out of the store -------------------------------------------------------------------

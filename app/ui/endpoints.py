@@ -10,6 +10,7 @@ Content-Security-Policy (scripts and styles from this origin only) stands behind
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -88,8 +89,15 @@ def model_card(model_id: str, session: SessionDep, settings: SettingsDep,
     view = models_service.get_model(session=session, tenant_id=tenant.id, model_id=model_id)
     # Through the store when there is one (`view.path` is then no local folder).
     readme = models_service.local_model_path(settings, view, weights=False) / "README.md"
-    text = readme.read_text(errors="replace") if readme.is_file() else None
-    return ModelCard(id=view.id, markdown=text, html=render_card(text) if text else None)
+    if not readme.is_file():
+        return ModelCard(id=view.id, markdown=None, html=None)
+    text, size = read_card(readme, limit=settings.card_max_bytes)
+    truncated = size > settings.card_max_bytes
+    if truncated:
+        text += (f"\n\n*(The model card is truncated: the first {settings.card_max_bytes:,} of its "
+                 f"{size:,} bytes are shown; download the model for the whole README.md.)*\n")
+    return ModelCard(id=view.id, markdown=text, html=render_card(text) if text else None,
+                     truncated=truncated, size_bytes=size)
 
 
 @router.get("/api/models/{model_id}/files/{name}")
@@ -101,6 +109,16 @@ def model_card_image(model_id: str, name: str, session: SessionDep, settings: Se
     if name not in CARD_IMAGES or not path.is_file():
         raise NotFound(f"Model {model_id} has no card image {name!r}.", param="name")
     return FileResponse(path, media_type="image/png")
+
+
+def read_card(path: Path, *, limit: int) -> tuple[str, int]:
+    """The first `limit` bytes of a card as text (an archive may unpack a README of gigabytes:
+    neither read nor rendered whole), and the file's size."""
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(limit)
+    # A cut through a multi-byte character becomes one replacement character.
+    return data.decode("utf-8", errors="replace"), size
 
 
 def render_card(text: str) -> str:

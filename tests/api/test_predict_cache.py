@@ -4,7 +4,10 @@ authentication and `/healthz` need."""
 
 from __future__ import annotations
 
+import gc
 import threading
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +152,115 @@ def test_cache_evicts_by_bytes(tmp_path: Path) -> None:
     assert (cache.model_ids(), cache.size_bytes()) == (["a", "b"], 90)
     _use(cache, c, 30)  # 120 bytes: a, the least recently used, goes
     assert (cache.model_ids(), cache.size_bytes()) == (["b", "c"], 80)
-    _use(cache, a, 150)  # over the bound alone: served, and the only one kept
-    assert (cache.model_ids(), cache.size_bytes()) == (["a"], 150)
+    _use(cache, a, 60)  # 140 bytes: b goes, and is freed before a loads
+    assert (cache.model_ids(), cache.size_bytes()) == (["c", "a"], 90)
     assert loads == ["a", "b", "c", "a"]
+
+
+def test_a_model_over_the_byte_bound_is_refused_not_loaded(
+    client: Any, auth: dict[str, str], tiny_teacher_dir: Path
+) -> None:
+    # Given a server whose predict cache holds fewer bytes than the model's weights
+    model = _model(client, auth, tiny_teacher_dir)
+    loads: list[Path] = []
+    client.app.state.predictors = PredictorCache(
+        max_bytes=model["size_bytes"] - 1, loader=lambda path, runtime: loads.append(path))
+
+    response = client.post(f"/v1/models/{model['id']}/predict", headers=auth,
+                           json={"inputs": ["a lovely film"]})
+
+    # Then it is refused, naming the setting, and nothing was loaded
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "model_too_large"
+    assert "DISTILL_PREDICT_CACHE_BYTES" in response.json()["error"]["message"]
+    assert loads == []
+
+
+class _Weights:
+    """A stand-in model whose rows hold no reference to it (so it dies when the cache drops it)."""
+
+    task = "sequence-classification"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def classify(self, inputs: Any) -> list[dict[str, Any]]:
+        time.sleep(0.002)  # a forward pass: calls queue up behind it
+        return [{"by": self.name} for _ in inputs]
+
+    def generate(self, inputs: Any, max_new_tokens: int) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+
+class LiveModels:
+    """A loader that counts loads and the model objects alive (weakrefs), recording the most
+    models and bytes alive at any moment and any two live copies of one model."""
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = sizes
+        self.lock = threading.Lock()
+        self.live: dict[str, int] = {}  # model -> live copies
+        self.loads: dict[str, int] = {}
+        self.most_models = self.most_bytes = self.most_copies = 0
+
+    def __call__(self, path: Path, runtime: Runtime) -> Any:
+        time.sleep(0.01)  # loading takes a while: calls pile up meanwhile
+        model = _Weights(path.name)
+        with self.lock:
+            self.loads[path.name] = self.loads.get(path.name, 0) + 1
+            self.live[path.name] = self.live.get(path.name, 0) + 1
+            self.most_models = max(self.most_models, sum(self.live.values()))
+            self.most_bytes = max(self.most_bytes, sum(self.sizes[m] * n
+                                                       for m, n in self.live.items()))
+            self.most_copies = max(self.most_copies, self.live[path.name])
+        weakref.finalize(model, self._freed, path.name)
+        return model
+
+    def _freed(self, name: str) -> None:
+        with self.lock:
+            self.live[name] -= 1
+
+
+@pytest.mark.parametrize("bound", ["count", "bytes"])
+def test_cycling_more_models_than_slots_keeps_the_bound_at_every_moment(
+    tmp_path: Path, bound: str
+) -> None:
+    # Given 3 models and room for 2 (by count, or by bytes: 2 of them fit in 100)
+    sizes = {"a": 40, "b": 50, "c": 45}
+    loader = LiveModels(sizes)
+    if bound == "count":
+        cache = PredictorCache(loader=loader, max_models=2)
+    else:
+        cache = PredictorCache(loader=loader, max_models=10, max_bytes=100)
+    dirs = {name: tmp_path / name for name in sizes}
+    for path in dirs.values():
+        path.mkdir()
+    calls = 0
+
+    # When 6 clients cycle through the 3 models at once, 30 calls each
+    def client(offset: int) -> None:
+        nonlocal calls
+        for n in range(30):
+            name = "abc"[(n + offset) % 3]
+            future = cache.submit(name, "torch", dirs[name], sizes[name], ["x"])
+            assert future.result(timeout=STUCK_S) == [{"by": name}]
+            calls += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(STUCK_S)
+    gc.collect()
+
+    # Then at no moment were more models (or bytes) alive than the bound allows, never two
+    # copies of one model, and every load but the first two followed an eviction that freed one
+    assert calls == 180
+    print(f"{bound}: {sum(loader.loads.values())} loads for {calls} calls, most alive "
+          f"{loader.most_models} models, {loader.most_bytes} bytes, {loader.most_copies} copies")
+    assert loader.most_models <= 2 and loader.most_bytes <= 100 and loader.most_copies == 1
+    assert sum(loader.loads.values()) == cache.loads == cache.evictions + cache.loaded()
+    assert sum(loader.live.values()) == cache.loaded() <= 2
 
 
 def test_failed_load_is_retried(tmp_path: Path) -> None:

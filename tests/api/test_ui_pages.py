@@ -3,13 +3,15 @@ and the model card route (key needed, another tenant's model a 404, HTML in a ca
 
 from __future__ import annotations
 
+import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.ui.endpoints import CARD_IMAGES
+from app.ui.endpoints import CARD_IMAGES, read_card
 from tests.factories.api import assert_error, upload_model_dir
 
 PAGES = ["/ui", "/ui/login", "/ui/new", "/ui/models", "/ui/jobs/job-1", "/ui/models/model-1"]
@@ -114,3 +116,38 @@ def test_a_non_editable_install_carries_every_page_and_asset(tmp_path: Path) -> 
     assets = {p.relative_to(root).as_posix() for p in (root / "app" / "ui").rglob("*")
               if p.is_file() and p.suffix in {".html", ".css", ".js"}}
     assert assets and assets <= packed, sorted(assets - packed)
+
+
+def test_a_huge_model_card_is_read_and_rendered_only_in_part(
+    client: Any, auth: dict[str, str], settings: Any, tiny_teacher_dir: Path, tmp_path: Path
+) -> None:
+    # Given a model whose README.md is 50 MB (random text: an archive may not be a bomb)
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_teacher_dir, model_dir)
+    noise = random.Random(0).randbytes(25 * 1024**2).hex()
+    readme = "# Huge card\n\n" + "\n\n".join(noise[i:i + 78] for i in range(0, len(noise), 80))
+    (model_dir / "README.md").write_text(readme)
+    model_id = upload_model_dir(client, auth, model_dir)["id"]
+
+    started = time.perf_counter()
+    card = client.get(f"/ui/api/models/{model_id}/card", headers=auth)
+    print(f"card of a {len(readme):,}-byte README: {time.perf_counter() - started:.2f} s, "
+          f"{len(card.content):,} bytes")
+
+    # Then the card answers with its start only, saying it was truncated
+    assert card.status_code == 200, card.text
+    limit = settings.card_max_bytes
+    assert len(card.content) < 4 * limit  # the markdown and its HTML, both from `limit` bytes
+    body = card.json()
+    assert body["truncated"] is True and body["size_bytes"] == len(readme)
+    assert body["markdown"].startswith("# Huge card") and "truncated" in body["markdown"]
+    assert "truncated" in body["html"]
+
+
+def test_a_card_cut_inside_a_character_still_reads(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_bytes("é".encode() * 10)  # two bytes each: a cut at 5 bytes splits one
+
+    text, size = read_card(readme, limit=5)
+
+    assert (text, size) == ("éé\N{REPLACEMENT CHARACTER}", 20)
