@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,9 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForSequenceClassification
 
-from distillation.model_files import UnsafeModel
+from distillation.model_files import UnsafeModel, check_model_dir
 from distillation.predict import Predictor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,18 +45,24 @@ def _sharded_to(model_dir: Path, shard: str) -> None:
     (model_dir / "model.safetensors.index.json").write_text(json.dumps(index))
 
 
-def test_weight_map_out_of_the_folder_is_refused(tiny_teacher_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shard", ["../model-victim/model.safetensors", "ABSOLUTE"])
+def test_weight_map_out_of_the_folder_is_refused(tiny_teacher_dir: Path, tmp_path: Path,
+                                                 shard: str) -> None:
+    """Our own check refuses an index naming a file outside the folder, whatever the installed
+    transformers would do with it (some versions follow it, later ones refuse it themselves): the
+    refusal must be `UnsafeModel` naming the entry, raised before transformers reads anything."""
     # Given a model whose weight index points at a neighbouring model's weights.
     victim = _victim(tiny_teacher_dir, tmp_path)
     attacker = _copy(tiny_teacher_dir, tmp_path / "model-attacker")
-    _sharded_to(attacker, f"../{victim.name}/model.safetensors")
-    # (transformers itself follows it: the attacker's model holds the victim's weights.)
-    stolen = AutoModelForSequenceClassification.from_pretrained(attacker).state_dict()
-    victim_weights = load_file(victim / "model.safetensors")
-    assert torch.equal(stolen["classifier.weight"], victim_weights["classifier.weight"])
+    shard = str(victim / "model.safetensors") if shard == "ABSOLUTE" else shard
+    _sharded_to(attacker, shard)
 
-    # When it is loaded through the service's loader, then it is refused, naming the entry.
-    with pytest.raises(UnsafeModel, match=r"weight_map\[.*'\.\./model-victim/model\.safetensors'"):
+    # When the folder is checked, or loaded through the service's loader, then it is refused by
+    # our check, naming the entry.
+    needle = r"weight_map\[.*" + re.escape(repr(shard))
+    with pytest.raises(UnsafeModel, match=needle):
+        check_model_dir(attacker)
+    with pytest.raises(UnsafeModel, match=needle):
         Predictor.load(attacker)
 
 
