@@ -32,6 +32,7 @@ from tests.factories.archives import (
     long_name_bomb,
     many_members,
     pax_bomb,
+    pax_record,
     sharded,
     special,
     with_json,
@@ -95,6 +96,12 @@ CORPUS = {
         lambda m, _: long_name_bomb(m), "GNU long-name header of 104857600 bytes", bounded=True),
     "PAX header bomb (100 MB path)": Hostile(
         lambda m, _: pax_bomb(m), "a PAX extended header of 104857616 bytes", bounded=True),
+    "PAX size in a non-ASCII digit ('²')": Hostile(
+        lambda m, _: pax_record(m, "size", "\u00b2"), "a PAX header declares a size that is not a"),
+    "PAX size in Arabic-Indic digits": Hostile(
+        lambda m, _: pax_record(m, "size", "\u0661\u0662"), "that is not a number of at most"),
+    "PAX size of 5,000 digits": Hostile(
+        lambda m, _: pax_record(m, "size", "9" * 5000), "that is not a number of at most"),
     "name of 5,000 characters (PAX)": Hostile(
         lambda m, _: archive({**m, "a" * 5000: b"x"}, fmt=tarfile.PAX_FORMAT),
         "has a name longer than 1024 bytes", bounded=True),
