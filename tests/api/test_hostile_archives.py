@@ -62,6 +62,10 @@ def _json_of_many_values(members: Members, _: Path) -> bytes:
     return archive({**members, "vocab.json": data})
 
 
+def _without_vocab(members: Members) -> Members:
+    return {k: v for k, v in members.items() if k not in ("vocab.txt", "tokenizer.json")}
+
+
 def _oversized_tokenizer_config(members: Members, _: Path) -> bytes:
     # Random hex barely compresses (about 2:1), so the ratio limit leaves it to the JSON limit.
     padding = os.urandom(32 * MB + 1024).hex()
@@ -122,6 +126,25 @@ CORPUS = {
         lambda m, victim: archive(with_json(m, "tokenizer_config.json", fast_tokenizer_files=[
             f"../{victim.name}/tokenizer.99.0.json"])),
         "fast_tokenizer_files"),
+    "vocab_file absolute, no vocabulary shipped": Hostile(
+        lambda m, _: archive(with_json(_without_vocab(m), "tokenizer_config.json",
+                                       vocab_file="/etc/passwd")),
+        "tokenizer_config.json: 'vocab_file' is '/etc/passwd'"),
+    "merges_file '../' to a neighbour": Hostile(
+        lambda m, victim: archive(with_json(m, "tokenizer_config.json",
+                                            merges_file=f"../{victim.name}/merges.txt")),
+        "tokenizer_config.json: 'merges_file'"),
+    "tokenizer_file into another folder": Hostile(
+        lambda m, victim: archive(with_json(m, "tokenizer_config.json",
+                                            tokenizer_file=f"{victim.name}/tokenizer.json")),
+        "tokenizer_config.json: 'tokenizer_file'"),
+    "vocab_file nested in special_tokens_map.json": Hostile(
+        lambda m, _: archive(with_json(m, "special_tokens_map.json",
+                                       extra={"vocab_file": ["/etc/passwd"]})),
+        "special_tokens_map.json: 'extra.vocab_file[0]'"),
+    "name_or_path absolute": Hostile(
+        lambda m, victim: archive(with_json(m, "tokenizer_config.json", name_or_path=str(victim))),
+        "tokenizer_config.json: 'name_or_path'"),
     "vocab_size 10^9 over 4 MB of weights": Hostile(_config(vocab_size=10**9),
                                                     "config.json does not match the weights"),
     "num_hidden_layers 10^6": Hostile(_config(num_hidden_layers=10**6),
@@ -227,6 +250,8 @@ def test_the_corpus_is_refused_only_for_its_flaw(
         archive(with_json(members, "config.json", attn_implementation="sdpa")),
         archive(with_json(members, "tokenizer_config.json", fast_tokenizer_files=[],
                           model_max_length=10**30)),  # transformers' "no limit", past 64 bits
+        archive(with_json(members, "tokenizer_config.json", vocab_file="vocab.txt",
+                          name_or_path="nreimers/MiniLM-L6-H384-uncased")),
         archive({f"teacher/{name}": data for name, data in members.items()}),
     ]
     for body in fine:

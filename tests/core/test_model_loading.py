@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from distillation.loading import load_tokenizer
 from distillation.model_files import UnsafeModel, check_model_dir
 from distillation.predict import Predictor
 
@@ -104,6 +105,55 @@ def test_config_that_steers_the_loader_is_refused_before_loading(
 
     with pytest.raises(UnsafeModel, match=needle):
         Predictor.load(model_dir)
+
+
+# Where a settings file may send the tokenizer: an absolute path, a '../' path to a neighbouring
+# model, a path into another folder; nested under a key and in another settings file too.
+OUTSIDE_FILES = [
+    ("tokenizer_config.json", {"vocab_file": "/etc/passwd"}, "'vocab_file' is '/etc/passwd'"),
+    ("tokenizer_config.json", {"merges_file": "../model-victim/merges.txt"}, "'merges_file'"),
+    ("tokenizer_config.json", {"tokenizer_file": "model-victim/tokenizer.json"}, "'tokenizer_file'"),
+    ("tokenizer_config.json", {"files": {"spm_file": "~/x.model"}}, "'files.spm_file'"),
+    ("special_tokens_map.json", {"vocab_files": ["vocab.txt", "/etc/hosts"]}, r"'vocab_files\[1\]'"),
+    ("tokenizer_config.json", {"name_or_path": "/srv/models/victim"}, "'name_or_path'"),
+    ("config.json", {"_name_or_path": "../model-victim"}, "'_name_or_path'"),
+]
+
+
+@pytest.mark.parametrize(("settings_file", "change", "needle"), OUTSIDE_FILES)
+def test_settings_naming_files_outside_the_folder_are_refused_at_load(
+    tiny_teacher_dir: Path, tmp_path: Path, settings_file: str, change: dict[str, object],
+    needle: str,
+) -> None:
+    # Given a model planted on disk (no upload checks) that names a file outside its folder and
+    # ships no vocabulary of its own, so the named file would be read as one.
+    _victim(tiny_teacher_dir, tmp_path)
+    model_dir = _copy(tiny_teacher_dir, tmp_path / "model")
+    for own in ("vocab.txt", "tokenizer.json"):
+        (model_dir / own).unlink(missing_ok=True)
+    path = model_dir / settings_file
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**data, **change}))
+
+    # When the worker or predict loads it, then it is refused, naming the file and the key.
+    with pytest.raises(UnsafeModel, match=f"{re.escape(settings_file)}: {needle}"):
+        load_tokenizer(model_dir)
+    with pytest.raises(UnsafeModel, match=needle):
+        Predictor.load(model_dir)
+
+
+def test_settings_naming_plain_files_of_the_folder_load(tiny_teacher_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """A plain file name inside the folder (or one that is absent) and a Hub id load as before."""
+    model_dir = _copy(tiny_teacher_dir, tmp_path / "model")
+    path = model_dir / "tokenizer_config.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "vocab_file": "vocab.txt", "merges_file": "absent.txt",
+                                "name_or_path": "nreimers/MiniLM-L6-H384-uncased"}))
+
+    tokenizer = load_tokenizer(model_dir)
+
+    assert tokenizer.convert_tokens_to_ids("[CLS]") == 101
 
 
 def test_the_cli_keeps_the_hub_offline() -> None:
