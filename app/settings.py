@@ -137,6 +137,14 @@ class Settings(BaseSettings):
     max_record_bytes: int = Field(
         default=1024 * 1024, ge=1, description="Bytes per line of an uploaded dataset."
     )
+    max_vocab_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1, description="Bytes of a model's tokenizer.json (or vocab "
+        "file) read at job creation; larger ones are refused (400 invalid_tokenizer)."
+    )
+    max_vocab_entries: int = Field(
+        default=1_000_000, ge=1, description="Tokens a model's vocabulary may hold to be read at "
+        "job creation; more are refused (400 invalid_tokenizer)."
+    )
     max_queued_jobs_per_tenant: int = Field(
         default=100, ge=1, description="Jobs one tenant may have queued at once."
     )

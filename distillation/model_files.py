@@ -4,7 +4,8 @@ transformers trusts a directory's files: `config.json` can name remote code (`au
 attention implementation fetched from the Hub (`attn_implementation`), a quantizer or another
 weights file (`transformers_weights`); a sharded save's `weight_map` is joined onto the folder
 without normalising it, so `../other/model.safetensors` or an absolute path loads another model's
-weights. `check_model_dir` refuses all of that, and any link that leads out of the folder, before
+weights; a tokenizer config's `vocab_file` (or any `*_file` key) is opened wherever it points.
+`check_model_dir` refuses all of that, and any link that leads out of the folder, before
 every load (`distillation.loading`); `check_json_files` is the fuller scan an upload gets.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,22 @@ LOADER_KEYS = {
 SAFE_IMPLEMENTATIONS = {"eager", "sdpa"}
 IMPLEMENTATION_KEYS = ("attn_implementation", "_attn_implementation", "experts_implementation",
                        "_experts_implementation")
+
+
+# The JSON files transformers reads its settings from (tokenizer, processor and generation
+# configs): their values reach `from_pretrained` as keyword arguments, so a key naming a file is
+# followed wherever it points. Each is small and parsed whole.
+SETTINGS_FILES = (CONFIG, TOKENIZER_CONFIG, "special_tokens_map.json", "added_tokens.json",
+                  "generation_config.json", "preprocessor_config.json", "processor_config.json",
+                  "feature_extractor_config.json", "image_processor_config.json",
+                  "video_preprocessor_config.json", "chat_template.json")
+# Keys naming a file the loader opens (`vocab_file`, `merges_file`, `tokenizer_file`,
+# `fast_tokenizer_files`, ...): each value must be a plain file name in the folder (or absent).
+FILE_KEY_SUFFIXES = ("_file", "_files")
+# Keys naming a folder or a model (`name_or_path`, `_name_or_path`, `*_dir`, `*_path`): a Hub id
+# ("org/name") is fine, a path out of the folder (absolute, `..`, `~`, a URL) is not.
+PATH_KEY_SUFFIXES = ("name_or_path", "_dir", "_directory", "_path")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
 
 
 class UnsafeModel(ValueError):
@@ -159,16 +178,83 @@ def check_model_dir(model_dir: Path, *, need_config: bool = True) -> None:
         check_config(read_json(config))
     elif need_config:
         raise UnsafeModel(f"the model has no {CONFIG}")
-    tokenizer_config = model_dir / TOKENIZER_CONFIG
-    if tokenizer_config.is_file():
-        data = read_json(tokenizer_config)
-        if isinstance(data, dict):
-            _check_auto_map(data, TOKENIZER_CONFIG)
-            for name in data.get("fast_tokenizer_files") or []:
-                plain_file_name(model_dir, name, f"{TOKENIZER_CONFIG}: fast_tokenizer_files")
+    for name in SETTINGS_FILES:
+        if (model_dir / name).is_file():
+            data = read_json(model_dir / name)
+            if name == TOKENIZER_CONFIG and isinstance(data, dict):
+                _check_auto_map(data, TOKENIZER_CONFIG)
+            check_named_files(model_dir, data, name)
     for index in sorted(model_dir.glob("*.index.json")):
         if index.name.endswith(".safetensors.index.json"):
             check_weight_map(model_dir, index.name)
+
+
+def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """Every string in a JSON value (nested lists and objects too), with where it sits."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            yield from _strings(item, f"{where}[{n}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{where}.{key}")
+
+
+def _outside(value: str) -> bool:
+    """A path that leads out of the folder wherever it is joined: absolute, `..`, `~`, a URL or a
+    drive, or a Windows separator."""
+    return (os.path.isabs(value) or value.startswith("~") or "\\" in value or ":" in value
+            or ".." in value.split("/"))
+
+
+def _check_file_name(model_dir: Path, value: str, place: str) -> None:
+    if not value:
+        return
+    if value in (".", "..") or "/" in value or _outside(value):
+        raise UnsafeModel(f"{place} is {value[:200]!r}: a file a model names must be a plain file "
+                          "name in the model folder (no folders, '..', '~', URLs or absolute paths)")
+    path = model_dir / value
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UnsafeModel(f"{place} names {value[:200]!r}, which is not a file of the model")
+
+
+def _check_model_name(value: str, place: str) -> None:
+    if not value:
+        return
+    # A relative path that happens to exist where the process runs is refused too: the loader
+    # would read it as a folder, not as a Hub id.
+    if _outside(value) or not _HUB_ID.fullmatch(value) or os.path.lexists(value):
+        raise UnsafeModel(f"{place} is {value[:200]!r}: only a Hub model id ('org/name') is "
+                          "accepted here, never a path (absolute, '..', '~' or a URL)")
+
+
+def check_named_files(model_dir: Path, data: Any, what: str) -> None:
+    """Refuse a settings file whose keys name files or folders outside the model folder.
+
+    transformers prefers a `vocab_file` (or `merges_file`, `tokenizer_file`, ...) named in
+    `tokenizer_config.json` to the folder's own files and opens it wherever it points, so
+    `"vocab_file": "/etc/passwd"` would be read as a vocabulary and saved into a model the
+    tenant downloads. Keys are matched at any depth; every string under a matching key is checked.
+    """
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, node = stack.pop()
+        items = (node.items() if isinstance(node, dict)
+                 else ((f"[{n}]", item) for n, item in enumerate(node)) if isinstance(node, list)
+                 else ())
+        for key, value in items:
+            key = str(key)
+            place = f"{where}.{key}" if isinstance(node, dict) else f"{where}{key}"
+            name = key.lower()
+            if isinstance(node, dict) and name.endswith(FILE_KEY_SUFFIXES):
+                for at, text in _strings(value, place):
+                    _check_file_name(model_dir, text, f"{what}: '{at.lstrip('.')}'")
+            elif isinstance(node, dict) and name.endswith(PATH_KEY_SUFFIXES):
+                for at, text in _strings(value, place):
+                    _check_model_name(text, f"{what}: '{at.lstrip('.')}'")
+            elif isinstance(value, dict | list):
+                stack.append((place, value))
 
 
 def _check_auto_map(data: dict[str, Any], what: str) -> None:

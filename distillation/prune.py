@@ -41,7 +41,7 @@ from distillation.config import JobConfig, Reporter
 from distillation.loading import load_config, load_tokenizer
 from distillation.tasks.base import Problems, Task, TaskData
 from distillation.training import Features
-from distillation.vocab import tokenizer_kind, vocab_fingerprint
+from distillation.vocab import Vocabulary, tokenizer_kind
 
 PARAM = "student.prune_vocabulary"
 PRUNED_TOKENIZER_DIR = "pruned_tokenizer"  # in the job's work directory
@@ -267,24 +267,24 @@ def pruned_size_of_texts(model_dir: Path, examples: Iterable[tuple[str, str | No
     return len(kept_ids(used, tokenizer, config))
 
 
-def pruning_problems(task: Task, teacher_dir: Path, student_dir: Path | None) -> Problems:
+def pruning_problems(task: Task, teacher: Vocabulary, student: Vocabulary | None) -> Problems:
     """Why a job of `task` cannot prune its student's vocabulary, each naming `PARAM` (the
     API asks at job creation): the task's reason, a `student.model` that reads another
     vocabulary than the teacher's, a tokenizer that is not WordPiece."""
     if task.vocabulary_pruning_refusal is not None:
         return [(PARAM, f"{PARAM} is not available for {task.name}: "
                         f"{task.vocabulary_pruning_refusal}")]
-    tokenizer_dir = teacher_dir
-    if student_dir is not None and vocab_fingerprint(student_dir) is not None:
-        if vocab_fingerprint(student_dir) != vocab_fingerprint(teacher_dir):
+    read, who = teacher, "teacher"
+    if student is not None and student.fingerprint is not None:
+        if student.fingerprint != teacher.fingerprint:
             return [(PARAM, f"{PARAM} needs a student that reads the teacher's vocabulary (one "
                             "built from an architecture, or a student.model with the teacher's "
                             "tokenizer); this student.model's tokenizer has another token → id "
                             "map")]
-        tokenizer_dir = student_dir
-    kind = tokenizer_kind(tokenizer_dir)
+        read, who = student, "student"
+    kind = read.kind
     if kind != SUPPORTED_KIND:
         return [(PARAM, f"{PARAM} supports WordPiece tokenizers (BERT's) only; the "
-                        f"{'student' if tokenizer_dir == student_dir else 'teacher'}'s tokenizer "
+                        f"{who}'s tokenizer "
                         f"is {kind or 'missing or unreadable'}")]
     return []

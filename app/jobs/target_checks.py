@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from app.files.service import file_path
 from app.files.tables import FileRow
 from app.jobs.schemas import JobCreate
+from app.jobs.vocabulary import vocabulary_of
 from app.kit.errors import InvalidRequest
 from app.models.service import ResolvedModel
 from app.settings import Settings
@@ -22,14 +23,14 @@ from distillation.prune import SUPPORTED_KIND, pruned_size_of_texts
 from distillation.records import iter_file
 from distillation.sizing import TargetUnreachable, check_target
 from distillation.tasks import get_task
-from distillation.vocab import tokenizer_kind
 
 
-def _prunes(request: JobCreate, teacher: ResolvedModel) -> bool:
+def _prunes(request: JobCreate, teacher: ResolvedModel, *, settings: Settings) -> bool:
     if request.student.prune_vocabulary is not None:
         return request.student.prune_vocabulary
     return (get_task(request.task).vocabulary_pruning_refusal is None
-            and tokenizer_kind(teacher.path) == SUPPORTED_KIND)
+            and vocabulary_of(teacher, param="teacher.model", settings=settings).kind
+            == SUPPORTED_KIND)
 
 
 def _texts(request: JobCreate, files: list[FileRow | None], *,
@@ -60,7 +61,7 @@ def check_student_target(request: JobCreate, teacher: ResolvedModel,
     target = request.student.target.model_dump(exclude_none=True)
     config = load_config(teacher.path)
     vocab = int(config.vocab_size)
-    if _prunes(request, teacher):
+    if _prunes(request, teacher, settings=settings):
         examples = _texts(request, files, settings=settings)
         vocab = pruned_size_of_texts(teacher.path, examples, max_length=request.data.max_seq_length)
     try:

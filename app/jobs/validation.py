@@ -14,6 +14,7 @@ from app.files.service import file_path, get_file
 from app.files.tables import FileRow
 from app.jobs.schemas import JobCreate
 from app.jobs.target_checks import check_student_target
+from app.jobs.vocabulary import vocabulary_of
 from app.kit.errors import InvalidRequest
 from app.models.service import ResolvedModel, resolve_model_ref
 from app.settings import Settings
@@ -27,7 +28,6 @@ from distillation.records import iter_file
 from distillation.students import check_architecture
 from distillation.tasks import TASKS, get_task
 from distillation.tasks.base import MissingColumns
-from distillation.vocab import vocab_fingerprint
 
 
 @dataclass
@@ -156,10 +156,12 @@ def check_job_request(
     if problems:
         param, message = problems[0]
         raise InvalidRequest(message, param=param, code="invalid_loss")
-    _check_pair(request, teacher, student, specs)
+    _check_pair(request, teacher, student, specs, settings=settings)
     if request.student.prune_vocabulary:
-        problems = pruning_problems(get_task(request.task), teacher.path,
-                                    student.path if student is not None else None)
+        problems = pruning_problems(
+            get_task(request.task), vocabulary_of(teacher, param="teacher.model", settings=settings),
+            vocabulary_of(student, param="student.model", settings=settings)
+            if student is not None else None)
         if problems:
             param, message = problems[0]
             raise InvalidRequest(message, param=param, code="vocabulary_not_prunable")
@@ -227,13 +229,14 @@ def _check_classification_data(
 
 def _check_pair(
     request: JobCreate, teacher: ResolvedModel, student: ResolvedModel | None,
-    specs: list[LossSpec],
+    specs: list[LossSpec], *, settings: Settings,
 ) -> None:
     """The teacher and the student can be distilled together with these losses: one kind and
     one vocabulary for token-level tasks; hidden states to compare for layer losses."""
     teacher_vocab = student_vocab = None
     if student is not None:
-        teacher_vocab, student_vocab = vocab_fingerprint(teacher.path), vocab_fingerprint(student.path)
+        teacher_vocab = vocabulary_of(teacher, param="teacher.model", settings=settings).fingerprint
+        student_vocab = vocabulary_of(student, param="student.model", settings=settings).fingerprint
     student_info = student.info if student is not None else None
     task = get_task(request.task)
     problems = task.check_pair(teacher.info, student_info,

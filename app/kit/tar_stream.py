@@ -23,6 +23,8 @@ _PAX_HEADERS = (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE)
 # Extended headers in a row before a member: tar writers emit at most a PAX header and a long
 # name and link; more is a way to make the reader loop without a member to count.
 _MAX_EXTENDED_IN_A_ROW = 4
+# A size past 20 decimal digits passes every limit (and `int` refuses strings past 4,300 digits).
+_MAX_SIZE_DIGITS = 20
 
 
 class UnsafeArchive(ValueError):
@@ -146,6 +148,15 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return records
 
 
+def _pax_size(value: str) -> int:
+    """A PAX `size` record: ASCII digits only (`str.isdigit` also takes "²" and "١", which `int`
+    refuses or reads as another number), and few enough to be a size at all."""
+    if not (value.isascii() and value.isdigit()) or len(value) > _MAX_SIZE_DIGITS:
+        raise UnsafeArchive(f"a PAX header declares a size that is not a number of at most "
+                            f"{_MAX_SIZE_DIGITS} ASCII digits ({value[:40]!r})")
+    return int(value)
+
+
 @dataclass
 class Header:
     name: str
@@ -193,9 +204,7 @@ def next_header(stream: TarStream) -> Header | None:
                 continue  # comments (`git archive`) and times: nothing that changes what is read
             name = records.get("path", name)
             if "size" in records:
-                if not records["size"].isdigit():
-                    raise UnsafeArchive("a PAX header declares a size that is not a number")
-                size = int(records["size"])
+                size = _pax_size(records["size"])
             continue
         return Header(name=name if name is not None else info.name, type=info.type,
                        size=size if size is not None else info.size)

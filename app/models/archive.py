@@ -4,7 +4,8 @@ Refused, each with a 400 `invalid_model_archive` naming the problem: archives pa
 unpacked size, name length, compression ratio: checked while the stream is read, see
 `app.kit.untar`), members that are links, devices or escape the directory, pickle weights (loading
 them runs arbitrary code), Python files and `auto_map` entries (remote code), config keys that
-steer the loader, weight indexes that point outside the folder, JSON files over 64 MB, and a
+steer the loader, weight indexes and settings keys (`vocab_file`, `name_or_path`, ...) that point
+outside the folder, JSON files over 64 MB, and a
 `config.json` whose dimensions do not match the safetensors headers.
 """
 

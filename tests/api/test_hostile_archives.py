@@ -32,6 +32,7 @@ from tests.factories.archives import (
     long_name_bomb,
     many_members,
     pax_bomb,
+    pax_record,
     sharded,
     special,
     with_json,
@@ -59,6 +60,10 @@ def _json_of_many_values(members: Members, _: Path) -> bytes:
     body = b"".join(values[b & 3] for b in os.urandom(10_000_000))
     data = b'{"auto_map": {"AutoTokenizer": "evil.Tok"}, "pad": [' + body + b"[]]}"
     return archive({**members, "vocab.json": data})
+
+
+def _without_vocab(members: Members) -> Members:
+    return {k: v for k, v in members.items() if k not in ("vocab.txt", "tokenizer.json")}
 
 
 def _oversized_tokenizer_config(members: Members, _: Path) -> bytes:
@@ -95,6 +100,12 @@ CORPUS = {
         lambda m, _: long_name_bomb(m), "GNU long-name header of 104857600 bytes", bounded=True),
     "PAX header bomb (100 MB path)": Hostile(
         lambda m, _: pax_bomb(m), "a PAX extended header of 104857616 bytes", bounded=True),
+    "PAX size in a non-ASCII digit ('²')": Hostile(
+        lambda m, _: pax_record(m, "size", "\u00b2"), "a PAX header declares a size that is not a"),
+    "PAX size in Arabic-Indic digits": Hostile(
+        lambda m, _: pax_record(m, "size", "\u0661\u0662"), "that is not a number of at most"),
+    "PAX size of 5,000 digits": Hostile(
+        lambda m, _: pax_record(m, "size", "9" * 5000), "that is not a number of at most"),
     "name of 5,000 characters (PAX)": Hostile(
         lambda m, _: archive({**m, "a" * 5000: b"x"}, fmt=tarfile.PAX_FORMAT),
         "has a name longer than 1024 bytes", bounded=True),
@@ -115,6 +126,25 @@ CORPUS = {
         lambda m, victim: archive(with_json(m, "tokenizer_config.json", fast_tokenizer_files=[
             f"../{victim.name}/tokenizer.99.0.json"])),
         "fast_tokenizer_files"),
+    "vocab_file absolute, no vocabulary shipped": Hostile(
+        lambda m, _: archive(with_json(_without_vocab(m), "tokenizer_config.json",
+                                       vocab_file="/etc/passwd")),
+        "tokenizer_config.json: 'vocab_file' is '/etc/passwd'"),
+    "merges_file '../' to a neighbour": Hostile(
+        lambda m, victim: archive(with_json(m, "tokenizer_config.json",
+                                            merges_file=f"../{victim.name}/merges.txt")),
+        "tokenizer_config.json: 'merges_file'"),
+    "tokenizer_file into another folder": Hostile(
+        lambda m, victim: archive(with_json(m, "tokenizer_config.json",
+                                            tokenizer_file=f"{victim.name}/tokenizer.json")),
+        "tokenizer_config.json: 'tokenizer_file'"),
+    "vocab_file nested in special_tokens_map.json": Hostile(
+        lambda m, _: archive(with_json(m, "special_tokens_map.json",
+                                       extra={"vocab_file": ["/etc/passwd"]})),
+        "special_tokens_map.json: 'extra.vocab_file[0]'"),
+    "name_or_path absolute": Hostile(
+        lambda m, victim: archive(with_json(m, "tokenizer_config.json", name_or_path=str(victim))),
+        "tokenizer_config.json: 'name_or_path'"),
     "vocab_size 10^9 over 4 MB of weights": Hostile(_config(vocab_size=10**9),
                                                     "config.json does not match the weights"),
     "num_hidden_layers 10^6": Hostile(_config(num_hidden_layers=10**6),
@@ -220,6 +250,8 @@ def test_the_corpus_is_refused_only_for_its_flaw(
         archive(with_json(members, "config.json", attn_implementation="sdpa")),
         archive(with_json(members, "tokenizer_config.json", fast_tokenizer_files=[],
                           model_max_length=10**30)),  # transformers' "no limit", past 64 bits
+        archive(with_json(members, "tokenizer_config.json", vocab_file="vocab.txt",
+                          name_or_path="nreimers/MiniLM-L6-H384-uncased")),
         archive({f"teacher/{name}": data for name, data in members.items()}),
     ]
     for body in fine:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForSequenceClassification
 
-from distillation.model_files import UnsafeModel
+from distillation.loading import load_tokenizer
+from distillation.model_files import UnsafeModel, check_model_dir
 from distillation.predict import Predictor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,18 +46,24 @@ def _sharded_to(model_dir: Path, shard: str) -> None:
     (model_dir / "model.safetensors.index.json").write_text(json.dumps(index))
 
 
-def test_weight_map_out_of_the_folder_is_refused(tiny_teacher_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shard", ["../model-victim/model.safetensors", "ABSOLUTE"])
+def test_weight_map_out_of_the_folder_is_refused(tiny_teacher_dir: Path, tmp_path: Path,
+                                                 shard: str) -> None:
+    """Our own check refuses an index naming a file outside the folder, whatever the installed
+    transformers would do with it (some versions follow it, later ones refuse it themselves): the
+    refusal must be `UnsafeModel` naming the entry, raised before transformers reads anything."""
     # Given a model whose weight index points at a neighbouring model's weights.
     victim = _victim(tiny_teacher_dir, tmp_path)
     attacker = _copy(tiny_teacher_dir, tmp_path / "model-attacker")
-    _sharded_to(attacker, f"../{victim.name}/model.safetensors")
-    # (transformers itself follows it: the attacker's model holds the victim's weights.)
-    stolen = AutoModelForSequenceClassification.from_pretrained(attacker).state_dict()
-    victim_weights = load_file(victim / "model.safetensors")
-    assert torch.equal(stolen["classifier.weight"], victim_weights["classifier.weight"])
+    shard = str(victim / "model.safetensors") if shard == "ABSOLUTE" else shard
+    _sharded_to(attacker, shard)
 
-    # When it is loaded through the service's loader, then it is refused, naming the entry.
-    with pytest.raises(UnsafeModel, match=r"weight_map\[.*'\.\./model-victim/model\.safetensors'"):
+    # When the folder is checked, or loaded through the service's loader, then it is refused by
+    # our check, naming the entry.
+    needle = r"weight_map\[.*" + re.escape(repr(shard))
+    with pytest.raises(UnsafeModel, match=needle):
+        check_model_dir(attacker)
+    with pytest.raises(UnsafeModel, match=needle):
         Predictor.load(attacker)
 
 
@@ -98,6 +105,55 @@ def test_config_that_steers_the_loader_is_refused_before_loading(
 
     with pytest.raises(UnsafeModel, match=needle):
         Predictor.load(model_dir)
+
+
+# Where a settings file may send the tokenizer: an absolute path, a '../' path to a neighbouring
+# model, a path into another folder; nested under a key and in another settings file too.
+OUTSIDE_FILES = [
+    ("tokenizer_config.json", {"vocab_file": "/etc/passwd"}, "'vocab_file' is '/etc/passwd'"),
+    ("tokenizer_config.json", {"merges_file": "../model-victim/merges.txt"}, "'merges_file'"),
+    ("tokenizer_config.json", {"tokenizer_file": "model-victim/tokenizer.json"}, "'tokenizer_file'"),
+    ("tokenizer_config.json", {"files": {"spm_file": "~/x.model"}}, "'files.spm_file'"),
+    ("special_tokens_map.json", {"vocab_files": ["vocab.txt", "/etc/hosts"]}, r"'vocab_files\[1\]'"),
+    ("tokenizer_config.json", {"name_or_path": "/srv/models/victim"}, "'name_or_path'"),
+    ("config.json", {"_name_or_path": "../model-victim"}, "'_name_or_path'"),
+]
+
+
+@pytest.mark.parametrize(("settings_file", "change", "needle"), OUTSIDE_FILES)
+def test_settings_naming_files_outside_the_folder_are_refused_at_load(
+    tiny_teacher_dir: Path, tmp_path: Path, settings_file: str, change: dict[str, object],
+    needle: str,
+) -> None:
+    # Given a model planted on disk (no upload checks) that names a file outside its folder and
+    # ships no vocabulary of its own, so the named file would be read as one.
+    _victim(tiny_teacher_dir, tmp_path)
+    model_dir = _copy(tiny_teacher_dir, tmp_path / "model")
+    for own in ("vocab.txt", "tokenizer.json"):
+        (model_dir / own).unlink(missing_ok=True)
+    path = model_dir / settings_file
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**data, **change}))
+
+    # When the worker or predict loads it, then it is refused, naming the file and the key.
+    with pytest.raises(UnsafeModel, match=f"{re.escape(settings_file)}: {needle}"):
+        load_tokenizer(model_dir)
+    with pytest.raises(UnsafeModel, match=needle):
+        Predictor.load(model_dir)
+
+
+def test_settings_naming_plain_files_of_the_folder_load(tiny_teacher_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """A plain file name inside the folder (or one that is absent) and a Hub id load as before."""
+    model_dir = _copy(tiny_teacher_dir, tmp_path / "model")
+    path = model_dir / "tokenizer_config.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "vocab_file": "vocab.txt", "merges_file": "absent.txt",
+                                "name_or_path": "nreimers/MiniLM-L6-H384-uncased"}))
+
+    tokenizer = load_tokenizer(model_dir)
+
+    assert tokenizer.convert_tokens_to_ids("[CLS]") == 101
 
 
 def test_the_cli_keeps_the_hub_offline() -> None:

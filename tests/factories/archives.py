@@ -90,6 +90,21 @@ def pax_bomb(members: dict[str, bytes], path_bytes: int = 100 * MB) -> bytes:
     return _gzip(blocks())
 
 
+def pax_record(members: dict[str, bytes], key: str, value: str) -> bytes:
+    """`members`, then a PAX extended header holding the record `key=value` (any characters)
+    before a small member."""
+    record = f" {key}={value}\n".encode()
+    length = len(record) + len(str(len(record)))
+    length = len(record) + len(str(length))  # the length counts its own digits
+    data = f"{length}".encode() + record
+    def blocks() -> Iterator[bytes]:
+        yield from (b for n, d in members.items() for b in _member(n, d))
+        yield _header("././@PaxHeader", size=len(data), kind=tarfile.XHDTYPE)
+        yield data + _padding(len(data))
+        yield from _member("tokenizer.json", b"{}")
+    return _gzip(blocks())
+
+
 def decompression_bomb(members: dict[str, bytes], size: int = 200 * MB,
                        name: str = "model.safetensors") -> bytes:
     """`size` bytes of zeros as one member, after `members` (about 1000:1 compressed)."""
