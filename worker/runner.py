@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import time
-import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -50,15 +49,12 @@ def new_worker_id() -> str:
 
 
 def _finish(settings: Settings, lease: Lease, *, status: str, message: str,
-            level: str = "info", trace: str | None = None, **fields: Any) -> bool:
-    """Record this attempt's outcome (and its events) if the job is still its own."""
+            level: str = "info", **fields: Any) -> bool:
+    """Record this attempt's outcome (and its event) if the job is still its own."""
     def write(session: Session) -> bool:
         if not lifecycle.finish(session, lease, status=status, **fields):
             return False
         repository.add_event(session, job_id=lease.job_id, message=message, level=level)
-        if trace is not None:
-            repository.add_event(session, job_id=lease.job_id, message="Traceback",
-                                 level="error", data={"traceback": trace})
         return True
 
     return write_with_retry(settings.sqlalchemy_url, write, within_s=settings.db_write_retry_s)
@@ -140,12 +136,13 @@ def _run(job: JobRow, lease: Lease, reporter: DbReporter, *, settings: Settings)
         _lost_database(settings, lease, exc)
         return None
     except Exception as exc:
+        # The traceback (the server's code, paths and frames) stays in the server's log; the
+        # tenant sees the exception's type and message only.
         log.exception("job %s failed", lease.job_id)
         error = {"code": "training_failed", "message": f"{type(exc).__name__}: {exc}"}
         try:
             failed = _finish(settings, lease, status=JobStatus.FAILED, error=error,
-                             message=f"Job failed: {error['message']}", level="error",
-                             trace=traceback.format_exc()[-3500:])
+                             message=f"Job failed: {error['message']}", level="error")
         except SQLAlchemyError as db_exc:
             _lost_database(settings, lease, db_exc)
             return None
