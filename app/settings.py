@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         default=60.0, description="Re-send the wake-up message of a job queued this long."
     )
     heartbeat_interval_s: float = Field(default=5.0, description="Worker heartbeat period.")
+    metrics_write_interval_s: float = Field(
+        default=1.0, ge=0, description="A worker writes a running job's step metrics at most "
+        "once per this many seconds, every step's event since the last write in one "
+        "transaction (evaluation metrics and the run's end are written at once); 0: every step."
+    )
     db_write_retry_s: float = Field(
         default=60.0, description="How long a worker retries a job's database write (progress, "
         "events, the final status) through an outage before it gives that write up."

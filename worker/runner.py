@@ -13,6 +13,7 @@ checkpoints. So does a worker told to shut down (`SIGTERM`), after a last checkp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -126,6 +127,7 @@ def _run(job: JobRow, lease: Lease, reporter: DbReporter, *, settings: Settings)
         with store_sync.pushing(settings, work):
             result = run_job(config, metrics.MeteredReporter(
                 reporter, samples_per_step=hp.batch_size * max(1, hp.gradient_accumulation_steps)))
+            reporter.flush()  # the last metrics events, before the outcome
         status = _record_success(job, lease, result, settings=settings, reporter=reporter)
         if status == JobStatus.SUCCEEDED:
             metrics.observe_stage_seconds(result.report)
@@ -139,6 +141,8 @@ def _run(job: JobRow, lease: Lease, reporter: DbReporter, *, settings: Settings)
         # The traceback (the server's code, paths and frames) stays in the server's log; the
         # tenant sees the exception's type and message only.
         log.exception("job %s failed", lease.job_id)
+        with contextlib.suppress(Cancelled):
+            reporter.flush()
         error = {"code": "training_failed", "message": f"{type(exc).__name__}: {exc}"}
         try:
             failed = _finish(settings, lease, status=JobStatus.FAILED, error=error,
@@ -165,6 +169,8 @@ def _stopped(lease: Lease, reporter: DbReporter, *, settings: Settings) -> str |
                                     "from the last checkpoint.")
         return None
     assert reporter.stop_reason in (CANCELLED, None)
+    with contextlib.suppress(Cancelled):
+        reporter.flush()
     try:
         if _finish(settings, lease, status=JobStatus.CANCELLED, message="Job cancelled."):
             return JobStatus.CANCELLED
