@@ -135,6 +135,15 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         default=600, ge=0, description="Requests per API key per minute (0: no limit)."
     )
+    rate_limit_refused_job_cost: int = Field(
+        default=10, ge=0, description="Requests' worth of the key's allowance that a refused job "
+        "creation (a 400 after the job's checks) costs on top of its own request: the checks "
+        "read files and models, so refusals must not be free to repeat."
+    )
+    validation_max_records: int = Field(
+        default=10_000, ge=1, description="Records of each file a job's checks at creation read "
+        "(labels, the vocabulary a target student is sized at); the worker checks the rest."
+    )
 
     # Routing by size (`app/jobs/routing.py`): the classes of workers, and this worker's own.
     worker_queues: str = Field(
