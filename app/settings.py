@@ -141,7 +141,7 @@ class Settings(BaseSettings):
         "read files and models, so refusals must not be free to repeat."
     )
     validation_max_records: int = Field(
-        default=10_000, ge=1, description="Records of each file a job's checks at creation read "
+        default=100_000, ge=1, description="Records of each file a job's checks at creation read "
         "(labels, the vocabulary a target student is sized at); the worker checks the rest."
     )
 
