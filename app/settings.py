@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         default=60.0, description="Re-send the wake-up message of a job queued this long."
     )
     heartbeat_interval_s: float = Field(default=5.0, description="Worker heartbeat period.")
+    metrics_write_interval_s: float = Field(
+        default=1.0, ge=0, description="A worker writes a running job's step metrics at most "
+        "once per this many seconds, every step's event since the last write in one "
+        "transaction (evaluation metrics and the run's end are written at once); 0: every step."
+    )
     db_write_retry_s: float = Field(
         default=60.0, description="How long a worker retries a job's database write (progress, "
         "events, the final status) through an outage before it gives that write up."
@@ -150,6 +155,15 @@ class Settings(BaseSettings):
     )
     rate_limit_per_minute: int = Field(
         default=600, ge=0, description="Requests per API key per minute (0: no limit)."
+    )
+    rate_limit_refused_job_cost: int = Field(
+        default=10, ge=0, description="Requests' worth of the key's allowance that a refused job "
+        "creation (a 400 after the job's checks) costs on top of its own request: the checks "
+        "read files and models, so refusals must not be free to repeat."
+    )
+    validation_max_records: int = Field(
+        default=100_000, ge=1, description="Records of each file a job's checks at creation read "
+        "(labels, the vocabulary a target student is sized at); the worker checks the rest."
     )
 
     # Routing by size (`app/jobs/routing.py`): the classes of workers, and this worker's own.

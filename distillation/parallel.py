@@ -8,7 +8,9 @@ writes the checkpoints, exactly as a single-device run does. `launch` starts ran
 loop needs in one file (`torch.save` of the student, the loss module, the teacher cache or the
 teacher, the encoded examples and the collator); they train their share of every batch and keep
 nothing. Backend: `nccl` on CUDA (rank r on `cuda:r`), `gloo` on the CPU; the rendezvous is a
-`TCPStore` on 127.0.0.1 whose free port rank 0 takes.
+`TCPStore` whose server listens on 127.0.0.1 only, on a free port rank 0 takes (torch's own server
+would listen on every interface, and the store has no authentication: anyone who reached it could
+join or disturb the group).
 
 Same global batch. Every rank builds the same batch order (`length_grouped_batches`, same seed)
 and takes a contiguous share of each batch of `batch_size` examples (`shard`: sizes differ by at
@@ -28,6 +30,7 @@ the same checkpoint (only rank 0 writes them), so a run may resume on another nu
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -119,8 +122,7 @@ def launch(world_size: int, *, device: torch.device, work_dir: Path,
     os.close(fd)
     payload = Path(name)
     torch.save({"fit": fit_kwargs, "checkpoint_modules": checkpoint_modules}, payload)
-    store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, timeout=TIMEOUT,
-                          wait_for_workers=False)
+    store = loopback_store(world_size)
     context = mp.start_processes(
         _run_rank, args=(store.port, world_size, backend, device.type, str(payload),
                          str(work_dir)),
@@ -144,6 +146,26 @@ def launch(world_size: int, *, device: torch.device, work_dir: Path,
         if dist.is_initialized():
             dist.destroy_process_group()
         payload.unlink(missing_ok=True)
+
+
+def loopback_store(world_size: int) -> dist.TCPStore:
+    """The rendezvous's server, listening on 127.0.0.1 only: torch binds its own listening socket
+    to every address, so rank 0 binds one to loopback and hands it over."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+    except BaseException:
+        listener.close()
+        raise
+    fd = listener.detach()  # the store owns it from here
+    try:
+        return dist.TCPStore("127.0.0.1", port, world_size, is_master=True, timeout=TIMEOUT,
+                             wait_for_workers=False, master_listen_fd=fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _run_rank(index: int, port: int, world_size: int, backend: str, device_type: str,

@@ -11,6 +11,11 @@ Progress, metrics and events are telemetry: each write is retried through a data
 training core, so an outage cannot fail a healthy job. The count is reported in a warning event
 once the database answers again.
 
+Metrics are batched: a step's metrics event waits until `metrics_write_interval_s` has passed
+since the last metrics write, then every waiting event goes in one transaction (with
+`log_every_steps: 1` a step is not a transaction). Evaluation metrics, any other event and the end
+of the run (`flush`) write the waiting ones first, so the events keep their order.
+
 `pause()` (the worker is shutting down) asks the core for a checkpoint at its next optimizer
 step and a stop there; outside the distill stage, which is the one that checkpoints, it stops
 at once.
@@ -67,6 +72,8 @@ class DbReporter:
         self._pausing = threading.Event()  # checkpoint at the next step, then stop
         self._closing = threading.Event()
         self._last_progress_write = 0.0
+        self._last_metrics_write = 0.0
+        self._pending_metrics: list[tuple[str, dict[str, Any]]] = []  # (message, data) each
         self._last_stage: str | None = None
         self.train_progress: dict[str, Any] = {}  # the distill stage's last step counters
         self.lost_writes = 0  # writes given up on during an outage, not yet reported
@@ -131,6 +138,9 @@ class DbReporter:
         self._last_progress_write = t
         stage = progress.stage
 
+        if new_stage:
+            self.flush()  # the stage's metrics before its end
+
         def write(session: Session) -> None:
             lifecycle.require(session, self.lease, progress=asdict(progress))
             if new_stage:
@@ -150,15 +160,35 @@ class DbReporter:
                             for k, v in data.items() if k != "step")
         # Every metrics event carries `step` and `train_loss` (the latest one for an eval event).
         event_data = {"step": step, "train_loss": self.metrics_state.get("train_loss"), **data}
+        self._pending_metrics.append((f"step {step}: {summary}", event_data))
+        due = (time.monotonic() - self._last_metrics_write
+               >= self.settings.metrics_write_interval_s)
+        if eval_metrics or due:
+            self._write_metrics()
+
+    def flush(self) -> None:
+        """Write the metrics events still waiting (before another event, or at the run's end)."""
+        if self._pending_metrics:
+            self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        batch, self._pending_metrics = self._pending_metrics, []
+        self._last_metrics_write = time.monotonic()
+        state = {**self.metrics_state}
 
         def write(session: Session) -> None:
-            lifecycle.require(session, self.lease, metrics=self.metrics_state)
-            repository.add_event(session, job_id=self.job_id, type="metrics",
-                                 message=f"step {step}: {summary}", data=event_data)
+            lifecycle.require(session, self.lease, metrics=state)
+            for message, data in batch:
+                repository.add_event(session, job_id=self.job_id, type="metrics",
+                                     message=message, data=data)
 
-        self._write(f"metrics (step {step})", write)
+        steps = f"{batch[0][1]['step']}" if len(batch) == 1 else (
+            f"{batch[0][1]['step']}-{batch[-1][1]['step']}")
+        self._write(f"metrics (step {steps})", write, events=len(batch))
 
     def message(self, text: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        self.flush()
+
         def write(session: Session) -> None:
             lifecycle.require(session, self.lease)
             repository.add_event(session, job_id=self.job_id, message=text, level=level,
@@ -166,9 +196,9 @@ class DbReporter:
 
         self._write("event", write)
 
-    def _write(self, what: str, work: Callable[[Session], object]) -> None:
+    def _write(self, what: str, work: Callable[[Session], object], *, events: int = 1) -> None:
         """One telemetry write of the lease's owner, retried through an outage; given up (and
-        counted) after that. A refused write stops the run (`Cancelled`)."""
+        its `events` counted as lost) after that. A refused write stops the run (`Cancelled`)."""
         if self.lease_lost:
             raise Cancelled("the job is no longer this worker's")
         try:
@@ -180,7 +210,7 @@ class DbReporter:
             self._stop(LEASE_LOST)
             raise Cancelled("the job is no longer this worker's") from None
         except SQLAlchemyError:
-            self.lost_writes += 1
+            self.lost_writes += events
             log.error("job %s: gave up writing %s after %.0f s of database errors; training "
                       "goes on", self.job_id, what, self.settings.db_write_retry_s, exc_info=True)
             return

@@ -13,11 +13,11 @@ checkpoints. So does a worker told to shut down (`SIGTERM`), after a last checkp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
-import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -50,15 +50,12 @@ def new_worker_id() -> str:
 
 
 def _finish(settings: Settings, lease: Lease, *, status: str, message: str,
-            level: str = "info", trace: str | None = None, **fields: Any) -> bool:
-    """Record this attempt's outcome (and its events) if the job is still its own."""
+            level: str = "info", **fields: Any) -> bool:
+    """Record this attempt's outcome (and its event) if the job is still its own."""
     def write(session: Session) -> bool:
         if not lifecycle.finish(session, lease, status=status, **fields):
             return False
         repository.add_event(session, job_id=lease.job_id, message=message, level=level)
-        if trace is not None:
-            repository.add_event(session, job_id=lease.job_id, message="Traceback",
-                                 level="error", data={"traceback": trace})
         return True
 
     return write_with_retry(settings.sqlalchemy_url, write, within_s=settings.db_write_retry_s)
@@ -130,6 +127,7 @@ def _run(job: JobRow, lease: Lease, reporter: DbReporter, *, settings: Settings)
         with store_sync.pushing(settings, work):
             result = run_job(config, metrics.MeteredReporter(
                 reporter, samples_per_step=hp.batch_size * max(1, hp.gradient_accumulation_steps)))
+            reporter.flush()  # the last metrics events, before the outcome
         status = _record_success(job, lease, result, settings=settings, reporter=reporter)
         if status == JobStatus.SUCCEEDED:
             metrics.observe_stage_seconds(result.report)
@@ -140,12 +138,15 @@ def _run(job: JobRow, lease: Lease, reporter: DbReporter, *, settings: Settings)
         _lost_database(settings, lease, exc)
         return None
     except Exception as exc:
+        # The traceback (the server's code, paths and frames) stays in the server's log; the
+        # tenant sees the exception's type and message only.
         log.exception("job %s failed", lease.job_id)
+        with contextlib.suppress(Cancelled):
+            reporter.flush()
         error = {"code": "training_failed", "message": f"{type(exc).__name__}: {exc}"}
         try:
             failed = _finish(settings, lease, status=JobStatus.FAILED, error=error,
-                             message=f"Job failed: {error['message']}", level="error",
-                             trace=traceback.format_exc()[-3500:])
+                             message=f"Job failed: {error['message']}", level="error")
         except SQLAlchemyError as db_exc:
             _lost_database(settings, lease, db_exc)
             return None
@@ -168,6 +169,8 @@ def _stopped(lease: Lease, reporter: DbReporter, *, settings: Settings) -> str |
                                     "from the last checkpoint.")
         return None
     assert reporter.stop_reason in (CANCELLED, None)
+    with contextlib.suppress(Cancelled):
+        reporter.flush()
     try:
         if _finish(settings, lease, status=JobStatus.CANCELLED, message="Job cancelled."):
             return JobStatus.CANCELLED

@@ -7,10 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 from sse_starlette import EventSourceResponse
 
+from app.auth.limits import charge_refused_job
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.jobs import service
 from app.jobs.schemas import CheckpointOut, JobCreate, JobEventOut, JobOut
 from app.jobs.stream import event_stream_response
+from app.kit.errors import InvalidRequest
 from app.kit.pagination import ListResponse, page
 
 router = APIRouter(prefix="/distillation/jobs", tags=["distillation jobs"])
@@ -24,12 +26,18 @@ def create_job(
     settings: SettingsDep,
     tenant: TenantDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> JobOut:
-    """Create a job; the same Idempotency-Key and body within 24 h returns the original (200)."""
-    job, created = service.create_job(
-        session=session, tenant=tenant, settings=settings, request=body,
-        idempotency_key=idempotency_key,
-    )
+    """Create a job; the same Idempotency-Key and body within 24 h returns the original (200).
+    A refused job costs more of the key's rate limit than one request (its checks are work)."""
+    try:
+        job, created = service.create_job(
+            session=session, tenant=tenant, settings=settings, request=body,
+            idempotency_key=idempotency_key,
+        )
+    except InvalidRequest:
+        charge_refused_job(authorization=authorization or "", settings=settings)
+        raise
     if not created:
         response.status_code = status.HTTP_200_OK
     return service.to_out(job)

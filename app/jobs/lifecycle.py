@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, case, select, update
 from sqlalchemy.orm import Session
 
 from app.jobs import repository, routing, workspace
@@ -52,23 +52,30 @@ def is_queued(session: Session, *, job_id: str) -> bool:
 
 def request_cancel(session: Session, *, job_id: str) -> JobStatus | None:
     """A queued job is cancelled at once, a running one becomes `cancelling` (its worker stops
-    within a heartbeat); the new status, or None when the job had finished meanwhile. Each is a
-    conditional update, so a job that finishes or is claimed in between is not overwritten."""
-    for old, new, values, message in (
-        (JobStatus.QUEUED, JobStatus.CANCELLED, {"finished_at": db_now()},
-         "Job cancelled before it started."),
-        (JobStatus.RUNNING, JobStatus.CANCELLING, {}, "Cancellation requested."),
-        (JobStatus.CANCELLING, JobStatus.CANCELLING, {}, None),
-    ):
-        result = session.execute(
-            update(JobRow).where(JobRow.id == job_id, JobRow.status == old)
-            .values(status=new, **values)
-        )
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            if message:
-                repository.add_event(session, job_id=job_id, message=message)
-            return new
-    return None
+    within a heartbeat); the new status, or None when the job had finished meanwhile.
+
+    One conditional update decides on the row as it is when the update takes it: a job that a
+    worker claims, hands back or finishes meanwhile is cancelled in its new state or, finished,
+    left alone (separate updates per status could each miss a job moving between them).
+    """
+    queued = JobRow.status == JobStatus.QUEUED
+    new = session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
+        .values(status=case((queued, JobStatus.CANCELLED.value),
+                            else_=JobStatus.CANCELLING.value),
+                finished_at=case((queued, db_now()), else_=JobRow.finished_at))
+        .returning(JobRow.status)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if new is None:
+        # Already `cancelling` (nothing to do: it only ever leaves that state finished), or done.
+        current = session.scalar(select(JobRow.status).where(JobRow.id == job_id))
+        return JobStatus.CANCELLING if current == JobStatus.CANCELLING else None
+    message = ("Job cancelled before it started." if new == JobStatus.CANCELLED
+               else "Cancellation requested.")
+    repository.add_event(session, job_id=job_id, message=message)
+    return JobStatus(new)
 
 
 def claim(session: Session, *, job_id: str, worker_id: str) -> JobRow | None:

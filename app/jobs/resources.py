@@ -5,8 +5,10 @@ models' configs: nothing is loaded), stores it on the job with the queue it chos
 wake-up of the job (the API's, a worker's hand-back, the reconciler's) goes to that queue. The
 queue is the smallest configured class (`DISTILL_WORKER_QUEUES`, `app.kit.queues`) whose workers
 have the memory and `hyperparameters.devices` devices; a job that no class could ever hold is
-refused with a 400 naming the field to change. Workers consume every class they are as big as
-(`queues_for_worker`), so a small job also runs on an idle large worker.
+refused with a 400 naming the field to change, and one whose memory cannot be estimated (an
+exotic config) goes only to a class without a memory limit, else is refused (400
+`memory_estimate_failed`): it is never sent unchecked to the largest class. Workers consume every
+class they are as big as (`queues_for_worker`), so a small job also runs on an idle large worker.
 
 Capacity is the configuration's, not the live workers': a class with no worker running now still
 takes jobs (they wait in its queue), and the registry (`app.workers`) shows who is up.
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 class Resources:
     """What the job needs and where it goes."""
 
-    estimate: MemoryEstimate | None  # None when the configs could not be sized (logged)
+    estimate: MemoryEstimate | None  # None when the configs could not be sized (unbounded queue)
     queue: str
     devices: int
 
@@ -88,20 +90,25 @@ def plan_resources(*, request: JobCreate, checked: CheckedJob, settings: Setting
             f"{most} device{'s' if most > 1 else ''} each (DISTILL_WORKER_QUEUES: "
             f"{', '.join(q.describe() for q in queues)}); lower hyperparameters.devices.",
             param="hyperparameters.devices", code="insufficient_devices")
-    try:
-        estimate: MemoryEstimate | None = estimate_job(request, checked)
-    except Exception:  # an exotic config the estimate cannot size must not block the job
-        log.warning("could not estimate the memory of a %s job; routing it to the largest "
-                    "queue", request.task, exc_info=True)
-        estimate = None
     fitting = [q for q in queues if q.devices >= devices]
-    total = estimate.total if estimate is not None else None
-    if total is None:
-        return Resources(estimate=None, queue=fitting[-1].name, devices=devices)
+    try:
+        estimate = estimate_job(request, checked)
+    except Exception:
+        # Fail closed: a job whose size is unknown goes only where size does not matter.
+        log.warning("could not estimate the memory of a %s job", request.task, exc_info=True)
+        unbounded = [q for q in fitting if q.memory_bytes is None]
+        if unbounded:
+            return Resources(estimate=None, queue=unbounded[0].name, devices=devices)
+        raise InvalidRequest(
+            "Could not estimate this job's accelerator memory from the teacher's and the "
+            "student's configs, and every configured worker class has a memory limit "
+            f"(DISTILL_WORKER_QUEUES: {', '.join(q.describe() for q in fitting)}), so no "
+            "worker can be chosen safely; use models whose config.json this service can size.",
+            param="teacher.model", code="memory_estimate_failed") from None
+    total = estimate.total
     for queue in fitting:
         if queue.holds(total, devices):
             return Resources(estimate=estimate, queue=queue.name, devices=devices)
-    assert estimate is not None
     largest = max(q.memory_bytes or 0 for q in fitting)
     param = _too_big(estimate, request)
     raise InvalidRequest(

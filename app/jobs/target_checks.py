@@ -2,13 +2,15 @@
 could meet it, with what the closest candidate reaches (`distillation.sizing`).
 
 The check counts parameters at the vocabulary the student would have: pruned to the ids of the
-job's files (tokenised here with the teacher's tokenizer) when the job prunes, the teacher's
-whole vocabulary otherwise. A latency target is timed on this machine, on one candidate.
+job's files (their first `validation_max_records` records each, tokenised here with the
+teacher's tokenizer) when the job prunes, the teacher's whole vocabulary otherwise. A latency
+target is timed on this machine, on one candidate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 
 from app.files.service import file_path
 from app.files.tables import FileRow
@@ -35,8 +37,9 @@ def _prunes(request: JobCreate, teacher: ResolvedModel, *, settings: Settings) -
 
 def _texts(request: JobCreate, files: list[FileRow | None], *,
            settings: Settings) -> Iterator[tuple[str, str | None]]:
-    """(text, pair or None) of every record of the job's files, streamed from disk (the
-    validation file, second in `files`, may name its columns differently)."""
+    """(text, pair or None) of the first `validation_max_records` records of each of the job's
+    files, streamed from disk (the validation file, second in `files`, may name its columns
+    differently)."""
     data = request.data
     for n, row in enumerate(files):
         if row is None:
@@ -44,7 +47,8 @@ def _texts(request: JobCreate, files: list[FileRow | None], *,
         text = (data.validation_text_column or data.text_column) if n == 1 else data.text_column
         pair = ((data.validation_text_pair_column or data.text_pair_column) if n == 1
                 else data.text_pair_column)
-        for record in iter_file(file_path(row, settings=settings)):
+        for record in islice(iter_file(file_path(row, settings=settings)),
+                             settings.validation_max_records):
             yield (str(record.get(text, "")),
                    str(record.get(pair or "", "")) if data.text_pair_column else None)
 

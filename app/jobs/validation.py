@@ -7,6 +7,7 @@ Every problem is an InvalidRequest naming the field, so no job is ever queued to
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 
 from sqlalchemy.orm import Session
 
@@ -207,15 +208,18 @@ def _check_classification_data(
     *, settings: Settings,
 ) -> None:
     """Every record has its text and a string or integer label; two classes at least; labels
-    the teacher's head (if it has one) knows. Reads each stored file once, as a stream: the
-    files table has the columns, but only a pass over the records sees every label."""
+    the teacher's head (if it has one) knows. Reads the first `validation_max_records` records
+    of each stored file, as a stream: the files table has the columns, not the labels."""
     label_sets: dict[str, set[str]] = {}
     for param, row, is_validation in (("training_file", train, False),
                                       ("validation_file", validation, True)):
         if row is None:
             continue
+        # A sample: the checks run on the API's threads, the worker reads the whole file.
+        records = islice(iter_file(file_path(row, settings=settings)),
+                         settings.validation_max_records)
         labels, problem = classification_labels(
-            iter_file(file_path(row, settings=settings)), file_param=param,
+            records, file_param=param,
             columns=_task_columns(request, row, validation=is_validation),
         )
         if problem is not None:

@@ -44,6 +44,18 @@ class RateLimiter:
             self._buckets[key] = (tokens, now)
             return max(1, math.ceil((1.0 - tokens) / rate))
 
+    def charge(self, key: str, *, per_minute: int, cost: float) -> None:
+        """Take `cost` more from `key`'s allowance (down to empty), for a request that turned out
+        costly; the key's next requests wait for the refill."""
+        if per_minute <= 0 or cost <= 0:
+            return
+        rate = per_minute / 60.0
+        with self._lock:
+            now = self._clock()
+            tokens, at = self._buckets.get(key, (float(per_minute), now))
+            tokens = min(float(per_minute), tokens + (now - at) * rate)
+            self._buckets[key] = (max(0.0, tokens - cost), now)
+
     def _prune(self, now: float, rate: float, per_minute: int) -> None:
         full = [k for k, (tokens, at) in self._buckets.items()
                 if tokens + (now - at) * rate >= per_minute]

@@ -141,3 +141,51 @@ def test_racing_creates_keep_the_queue_limit(
 
     assert sorted(statuses) == [201, 429, 429, 429]
     assert len(client.get("/v1/distillation/jobs", headers=auth).json()["data"]) == 1
+
+
+def test_refused_job_creations_use_up_the_keys_rate_limit(
+    client: TestClient, auth: dict[str, str], other_auth: dict[str, str],
+    job_setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given 20 requests a minute, a refused creation costing 10 more, and a body the checks refuse
+    configure(monkeypatch, DISTILL_RATE_LIMIT_PER_MINUTE="20",
+              DISTILL_RATE_LIMIT_REFUSED_JOB_COST="10")
+    refused_body = {**job_setup, "data": {**job_setup["data"], "text_column": "nope"}}
+    url = "/v1/distillation/jobs"
+
+    # When the key sends it again and again
+    first = client.post(url, headers=auth, json=refused_body)
+    second = client.post(url, headers=auth, json=refused_body)
+    third = client.post(url, headers=auth, json=refused_body)
+
+    # Then two refusals (1 + 10 requests' worth each) use up the minute's allowance
+    assert_error(first, 400, code="missing_column")
+    assert_error(second, 400, code="missing_column")
+    assert_error(third, 429, code="rate_limited")
+    assert_error(client.get("/v1/files", headers=auth), 429, code="rate_limited")
+    assert client.get("/v1/files", headers=other_auth).status_code == 200
+
+
+def test_a_jobs_checks_read_a_file_only_up_to_the_bound(
+    client: TestClient, auth: dict[str, str], tiny_teacher_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given checks bounded to 16 records, and a training file whose 17th record is bad
+    from tests.factories.api import upload_records
+    from tests.factories.records import sentiment_records
+
+    configure(monkeypatch, DISTILL_VALIDATION_MAX_RECORDS="16")
+    teacher = upload_model_dir(client, auth, tiny_teacher_dir)["id"]
+    rows = sentiment_records(16)
+    past = upload_records(client, auth, [*rows, {"text": "odd", "label": 1.5}])
+    within = upload_records(client, auth, [*rows[:8], {"text": "odd", "label": 1.5}, *rows[8:]])
+    url = "/v1/distillation/jobs"
+
+    # When jobs on each are created
+    beyond = client.post(url, headers=auth, json=job_body(teacher=teacher, training_file=past))
+    inside = client.post(url, headers=auth, json=job_body(teacher=teacher, training_file=within))
+
+    # Then the record past the bound was never read (the worker checks the whole file), while
+    # one within it is refused as before
+    assert beyond.status_code == 201, beyond.text
+    assert_error(inside, 400, code="invalid_records")

@@ -161,3 +161,31 @@ def test_the_reconciler_resends_a_lost_wakeup_to_the_jobs_queue(
     assert waiting(redis_db, "training") == 1
     shown = client.get(f"/v1/distillation/jobs/{job['id']}", headers=auth).json()
     assert shown["resources"] == {"estimated_memory_bytes": None, "queue": "training"}
+
+
+def test_a_job_whose_memory_cannot_be_estimated_is_refused_not_routed_unchecked(
+    client: Any, auth: dict[str, str], body: dict[str, Any], redis_db: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given worker classes that all have a memory limit, and configs the estimate cannot size
+    from app.jobs import resources
+
+    configure(monkeypatch, DISTILL_WORKER_QUEUES="small=4MiB,large=1GiB")
+
+    def unsizable(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("hidden_size")
+
+    monkeypatch.setattr(resources, "estimate_job", unsizable)
+
+    # When the job is created, then it is refused with a clear 400 and sent nowhere
+    error = assert_error(client.post("/v1/distillation/jobs", headers=auth, json=body), 400,
+                         code="memory_estimate_failed", param="teacher.model")
+    assert "Could not estimate this job's accelerator memory" in error["message"]
+    assert client.get("/v1/distillation/jobs", headers=auth).json()["data"] == []
+    assert waiting(redis_db, "large") == 0 and waiting(redis_db, "small") == 0
+
+    # The default queue has no memory limit and needs no estimate: the job goes there
+    configure(monkeypatch, DISTILL_WORKER_QUEUES="")
+    response = client.post("/v1/distillation/jobs", headers=auth, json=body)
+    assert response.status_code == 201, response.text
+    assert response.json()["resources"] == {"estimated_memory_bytes": None, "queue": "training"}

@@ -4,17 +4,20 @@ mid-run under DDP."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
+from torch.multiprocessing import ProcessRaisedException
 
 from distillation.checkpoint_index import list_checkpoints
 from distillation.config import Hyperparameters, JobConfig
 from distillation.engine import run_job
-from distillation.parallel import Ranks
+from distillation.parallel import Ranks, launch
 from tests.factories.jobs import toy_job
 from tests.factories.records import sentiment_records
 from tests.factories.reporting import RecordingReporter, WorkerDied
@@ -122,3 +125,30 @@ def test_each_rank_takes_a_contiguous_share_weighted_by_its_size(
     ranks = [Ranks(rank, 2, torch.device("cpu")) for rank in range(2)]
     shares: list[Any] = [r.shard(list(range(n))) for r in ranks]
     assert shares == [(ids, pytest.approx(w)) for ids, w in expected]
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses on which a socket listens on `port`, read from /proc/net/tcp{,6}."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                # /proc writes each 32-bit word in host (little-endian) order
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(str(ipaddress.ip_address(words)))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
+def test_the_rendezvous_listens_on_loopback_only(tmp_path: Path) -> None:
+    # Given a rendezvous of two processes (rank 1 joins, then fails on the empty payload)
+    with (pytest.raises(ProcessRaisedException),
+          launch(2, device=torch.device("cpu"), work_dir=tmp_path, fit_kwargs={},
+                 checkpoint_modules={})):
+        store = dist.distributed_c10d._get_default_store()
+        port = getattr(store, "underlying_store", store).port
+        # Then its store's server is bound to loopback, not to every interface
+        assert _listening_addresses(port) == {"127.0.0.1"}

@@ -4,6 +4,7 @@ staleness check read the database's clock."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,3 +81,37 @@ def test_heartbeats_and_staleness_read_the_database_clock(database: str) -> None
         assert lifecycle.heartbeat(session, Lease(job_id, "w-1", 1)) == JobStatus.RUNNING
     with session_scope(database) as session:
         assert lifecycle.stale_running(session, older_than_s=60) == []
+
+
+def test_a_cancel_racing_a_worker_that_claims_and_hands_back_is_never_lost(settings: Any) -> None:
+    # Given a job that a worker claims and hands back as fast as it can (running <-> queued)
+    url = settings.sqlalchemy_url
+    job_id = queued_job(url)
+    for round_ in range(40):
+        with session_scope(url) as session:
+            session.execute(update(JobRow).where(JobRow.id == job_id)
+                            .values(status=JobStatus.QUEUED, worker_id=None, attempts=0))
+        stop = threading.Event()
+
+        def flip(stop: threading.Event) -> None:
+            while not stop.is_set():
+                with session_scope(url) as session:
+                    job = lifecycle.claim(session, job_id=job_id, worker_id="w-1")
+                if job is None:
+                    return  # cancelled: nothing left to claim
+                with session_scope(url) as session:
+                    lifecycle.release(session, Lease(job_id, "w-1", job.attempts), message="Back.")
+
+        flipper = threading.Thread(target=flip, args=(stop,))
+        flipper.start()
+        time.sleep(0.005 * (round_ % 5))
+        # When a cancel comes in meanwhile
+        try:
+            with session_scope(url) as session:
+                new = lifecycle.request_cancel(session, job_id=job_id)
+        finally:
+            stop.set()
+            flipper.join()
+        # Then it took: the job never finished by itself, so the cancel cannot find it finished
+        assert new in (JobStatus.CANCELLED, JobStatus.CANCELLING), f"round {round_}: lost"
+        assert column(url, "status")[0] in (JobStatus.CANCELLED, JobStatus.CANCELLING)
