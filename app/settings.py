@@ -161,6 +161,14 @@ class Settings(BaseSettings):
         "creation (a 400 after the job's checks) costs on top of its own request: the checks "
         "read files and models, so refusals must not be free to repeat."
     )
+    max_concurrent_validations: int = Field(
+        default=2, ge=1, description="Job creations one API process checks at once (their checks "
+        "read files and models on the shared thread pool); others wait `validation_wait_s`, then "
+        "get 503 busy with Retry-After."
+    )
+    validation_wait_s: float = Field(
+        default=5.0, ge=0, description="How long a job creation waits for a free check slot."
+    )
     validation_max_records: int = Field(
         default=100_000, ge=1, description="Records of each file a job's checks at creation read "
         "(labels, the vocabulary a target student is sized at); the worker checks the rest."

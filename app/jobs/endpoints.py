@@ -10,6 +10,7 @@ from sse_starlette import EventSourceResponse
 from app.auth.limits import charge_refused_job
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.jobs import service
+from app.jobs.admission import validation_slot
 from app.jobs.schemas import CheckpointOut, JobCreate, JobEventOut, JobOut
 from app.jobs.stream import event_stream_response
 from app.kit.errors import InvalidRequest
@@ -31,10 +32,11 @@ def create_job(
     """Create a job; the same Idempotency-Key and body within 24 h returns the original (200).
     A refused job costs more of the key's rate limit than one request (its checks are work)."""
     try:
-        job, created = service.create_job(
-            session=session, tenant=tenant, settings=settings, request=body,
-            idempotency_key=idempotency_key,
-        )
+        with validation_slot(settings):
+            job, created = service.create_job(
+                session=session, tenant=tenant, settings=settings, request=body,
+                idempotency_key=idempotency_key,
+            )
     except InvalidRequest:
         charge_refused_job(authorization=authorization or "", settings=settings)
         raise

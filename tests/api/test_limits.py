@@ -189,3 +189,44 @@ def test_a_jobs_checks_read_a_file_only_up_to_the_bound(
     # one within it is refused as before
     assert beyond.status_code == 201, beyond.text
     assert_error(inside, 400, code="invalid_records")
+
+
+def test_job_creations_past_the_processs_check_slots_wait_then_get_503(
+    client: TestClient, auth: dict[str, str], job_setup: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given one check slot, a short wait, and a creation whose checks are held mid-way
+    import threading
+
+    from app.jobs import service
+
+    configure(monkeypatch, DISTILL_MAX_CONCURRENT_VALIDATIONS="1", DISTILL_VALIDATION_WAIT_S="0.5")
+    entered, release = threading.Event(), threading.Event()
+    real_create = service.create_job
+
+    def held_create(**kwargs: Any) -> Any:
+        entered.set()
+        assert release.wait(30)
+        return real_create(**kwargs)
+
+    monkeypatch.setattr(service, "create_job", held_create)
+    url = "/v1/distillation/jobs"
+    results: list[Any] = []
+    first = threading.Thread(target=lambda: results.append(client.post(url, headers=auth,
+                                                                       json=job_setup)))
+    first.start()
+    assert entered.wait(30)
+
+    # When a second creation arrives while the first holds the slot, and a third after it ends
+    try:
+        busy = client.post(url, headers=auth, json=job_setup)
+    finally:
+        release.set()
+        first.join(30)
+    after = client.post(url, headers=auth, json=job_setup)
+
+    # Then the second is told to come back (503 busy, Retry-After), with no thread held long;
+    # the first and the third are created
+    assert_error(busy, 503, code="busy")
+    assert busy.headers["Retry-After"] == "1"
+    assert [r.status_code for r in results] == [201] and after.status_code == 201
