@@ -10,7 +10,8 @@ teacher, the encoded examples and the collator); they train their share of every
 nothing. Backend: `nccl` on CUDA (rank r on `cuda:r`), `gloo` on the CPU; the rendezvous is a
 `TCPStore` whose server listens on 127.0.0.1 only, on a free port rank 0 takes (torch's own server
 would listen on every interface, and the store has no authentication: anyone who reached it could
-join or disturb the group).
+join or disturb the group); gloo's connections between ranks use the loopback interface too
+(`GLOO_SOCKET_IFNAME`, unless the operator set it).
 
 Same global batch. Every rank builds the same batch order (`length_grouped_batches`, same seed)
 and takes a contiguous share of each batch of `batch_size` examples (`shard`: sizes differ by at
@@ -123,14 +124,16 @@ def launch(world_size: int, *, device: torch.device, work_dir: Path,
     payload = Path(name)
     torch.save({"fit": fit_kwargs, "checkpoint_modules": checkpoint_modules}, payload)
     store = loopback_store(world_size)
-    context = mp.start_processes(
-        _run_rank, args=(store.port, world_size, backend, device.type, str(payload),
-                         str(work_dir)),
-        nprocs=world_size - 1, join=False, start_method="spawn")
+    with gloo_on_loopback():
+        context = mp.start_processes(
+            _run_rank, args=(store.port, world_size, backend, device.type, str(payload),
+                             str(work_dir)),
+            nprocs=world_size - 1, join=False, start_method="spawn")
     finished = False
     try:
-        dist.init_process_group(backend, store=store, rank=0, world_size=world_size,
-                                timeout=TIMEOUT)
+        with gloo_on_loopback():
+            dist.init_process_group(backend, store=store, rank=0, world_size=world_size,
+                                    timeout=TIMEOUT)
         yield Ranks(0, world_size, rank_device(device, 0))
         finished = True
     finally:
@@ -146,6 +149,35 @@ def launch(world_size: int, *, device: torch.device, work_dir: Path,
         if dist.is_initialized():
             dist.destroy_process_group()
         payload.unlink(missing_ok=True)
+
+
+IFF_LOOPBACK = 0x8
+
+
+def loopback_interface(sys_net: Path = Path("/sys/class/net")) -> str:
+    """The name of this machine's loopback interface (`lo` on Linux), read from its flags."""
+    for flags in sorted(sys_net.glob("*/flags")):
+        try:
+            if int(flags.read_text().strip(), 16) & IFF_LOOPBACK:
+                return flags.parent.name
+        except (OSError, ValueError):
+            continue
+    return "lo"
+
+
+@contextmanager
+def gloo_on_loopback() -> Iterator[None]:
+    """gloo's own connections between ranks listen on the address the host name resolves to
+    unless GLOO_SOCKET_IFNAME names an interface: name the loopback one while the group forms
+    (ranks started meanwhile inherit it), unless the operator chose one."""
+    if "GLOO_SOCKET_IFNAME" in os.environ:
+        yield
+        return
+    os.environ["GLOO_SOCKET_IFNAME"] = loopback_interface()
+    try:
+        yield
+    finally:
+        os.environ.pop("GLOO_SOCKET_IFNAME", None)
 
 
 def loopback_store(world_size: int) -> dist.TCPStore:

@@ -5,6 +5,7 @@ mid-run under DDP."""
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,24 @@ def test_the_rendezvous_listens_on_loopback_only(tmp_path: Path) -> None:
         port = getattr(store, "underlying_store", store).port
         # Then its store's server is bound to loopback, not to every interface
         assert _listening_addresses(port) == {"127.0.0.1"}
+
+
+def test_gloo_is_pointed_at_the_loopback_interface_unless_the_operator_chose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # gloo listens on the host name's address (an outside interface on most hosts) unless
+    # GLOO_SOCKET_IFNAME names one; the loopback interface is found by its flags, not its name
+    from distillation.parallel import gloo_on_loopback, loopback_interface
+
+    for name, flags in {"eth0": "0x1003", "lo9": "0x9", "ifb0": "0x82"}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "flags").write_text(flags + "\n")
+    assert loopback_interface(tmp_path) == "lo9"
+
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    with gloo_on_loopback():
+        assert os.environ["GLOO_SOCKET_IFNAME"] == loopback_interface()
+    assert "GLOO_SOCKET_IFNAME" not in os.environ
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth7")
+    with gloo_on_loopback():
+        assert os.environ["GLOO_SOCKET_IFNAME"] == "eth7"
