@@ -47,11 +47,11 @@ from distillation.config import (  # noqa: E402
     Progress,
     StudentSpec,
 )
+from distillation.data.records import read_file  # noqa: E402
 from distillation.engine import distill  # noqa: E402
-from distillation.losses import build_losses  # noqa: E402
-from distillation.model_info import inspect_model, model_info  # noqa: E402
-from distillation.records import read_file  # noqa: E402
-from distillation.students import build_student  # noqa: E402
+from distillation.losses.functions import build_losses  # noqa: E402
+from distillation.models.info import inspect_model, model_info  # noqa: E402
+from distillation.students.build import build_student  # noqa: E402
 from distillation.tasks import TaskData  # noqa: E402
 from distillation.tasks.classification_data import PairedCollator, prepare_data  # noqa: E402
 

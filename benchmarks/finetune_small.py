@@ -34,7 +34,7 @@ from distillation.config import (  # noqa: E402
     StudentSpec,
 )
 from distillation.finetune import finetune_epochs, finetune_teacher, majority_rate  # noqa: E402
-from distillation.model_info import inspect_model  # noqa: E402
+from distillation.models.info import inspect_model  # noqa: E402
 from distillation.tasks import get_task  # noqa: E402
 
 SST2 = ROOT.parent / "shared" / "data" / "sst2"

@@ -137,7 +137,7 @@ def prepare_student(work: Path) -> dict[str, Any]:
 
 def ceiling(model_dir: Path, runtime: str, texts: list[str], seconds: float = 10.0) -> float:
     """Rows per second of batched classify (batch 32) on the loaded student, no HTTP."""
-    from distillation.runtimes import load_predictor
+    from distillation.export.runtimes import load_predictor
 
     predictor = load_predictor(model_dir, runtime)  # type: ignore[arg-type]
     batches = [texts[i : i + 32] for i in range(0, len(texts) - 31, 32)]
@@ -198,7 +198,7 @@ def main() -> None:
         print(f"Student {model['id']} ready in {args.work}.")
         return
     model_dir = args.work / "data" / "models" / model["id"]
-    from distillation.runtimes import available_runtimes, runtimes_info
+    from distillation.export.runtimes import available_runtimes, runtimes_info
 
     runtimes = args.runtimes or available_runtimes(model_dir)
     info = runtimes_info(model_dir)

@@ -79,7 +79,7 @@ class StudentSpec:
     init: Literal["teacher", "random"] = "teacher"
     # Keep only the token ids the job's data use (and the special tokens) in the student's
     # input embeddings and tokenizer: most of a small student's weights are embedding rows
-    # for tokens the data never use (`distillation.prune`).
+    # for tokens the data never use (`distillation.students.prune`).
     # None: on for a student sized to a target where the task and tokenizer allow it.
     prune_vocabulary: bool | None = None
     # {"compression": X} and/or {"max_latency_ms": Y}: the shape is picked by `sizing`.
@@ -126,7 +126,7 @@ class Hyperparameters:
     # The exported student: the epoch that scored best on the validation file ("best"; ties go
     # to the later epoch), or the last one ("last").
     select: Literal["best", "last"] = "best"
-    # Devices the distill stage trains on (DDP, `distillation.parallel`): each rank takes its
+    # Devices the distill stage trains on (DDP, `distillation.training.parallel`): each rank takes its
     # share of every batch of `batch_size`, so the run sees the same global batches.
     devices: int = 1
 

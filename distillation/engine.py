@@ -27,29 +27,29 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, set_seed
 
-from distillation import parallel
-from distillation.checkpoint import Checkpointer, teacher_finetuned
 from distillation.config import JobConfig, JobResult, Reporter
-from distillation.export import save_model, write_report
-from distillation.finetune import check_finetuned_teacher, finetune_teacher
-from distillation.losses import CompositeLoss, build_losses
-from distillation.model_info import inspect_model
-from distillation.prune import prune_job_vocabulary, should_prune
-from distillation.report import (
+from distillation.export.model_dir import save_model, write_report
+from distillation.export.report import (
     build_report,
     count_parameters,
     measure_speed,
     model_entry,
     weights_size,
 )
-from distillation.runtime_report import measure_runtimes
-from distillation.selection import EpochSelector
-from distillation.students import build_student
+from distillation.export.runtime_report import measure_runtimes
+from distillation.export.selection import EpochSelector
+from distillation.export.teacher import export_teacher
+from distillation.finetune import check_finetuned_teacher, finetune_teacher
+from distillation.losses.functions import CompositeLoss, build_losses
+from distillation.models.info import inspect_model
+from distillation.students.build import build_student
+from distillation.students.directions import plan_student
+from distillation.students.prune import prune_job_vocabulary, should_prune
 from distillation.tasks import Task, TaskData, get_task
-from distillation.teacher_cache import skip_reason, teacher_cache, with_example_index
-from distillation.teacher_directions import plan_student
-from distillation.teacher_export import export_teacher
-from distillation.training import FitResult, Tracker, check_stop, fit, resolve_device
+from distillation.training import parallel
+from distillation.training.checkpoint import Checkpointer, teacher_finetuned
+from distillation.training.loop import FitResult, Tracker, check_stop, fit, resolve_device
+from distillation.training.teacher_cache import skip_reason, teacher_cache, with_example_index
 
 ATTENTION_LOSSES = ("attention_mse",)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from distillation.checkpoint import mark_teacher_finetuned
 from distillation.config import FinetuneSpec, Hyperparameters, Reporter
 from distillation.tasks.base import Task, TaskData
-from distillation.training import FitResult, check_stop, fit
+from distillation.training.checkpoint import mark_teacher_finetuned
+from distillation.training.loop import FitResult, check_stop, fit
 
 STAGE = "finetune_teacher"
 # A classifier whose accuracy is not at least this far above always answering the most common

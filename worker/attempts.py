@@ -24,10 +24,10 @@ from pathlib import Path
 from app.jobs import workspace
 from app.jobs.lifecycle import Lease
 from app.settings import Settings
-from distillation.checkpoint_index import FINETUNED_MARKER, checkpoints_dir, list_checkpoints
-from distillation.selection import BEST_DIR
-from distillation.selection import STATE as BEST_STATE
-from distillation.teacher_cache import CACHE_FILE
+from distillation.export.selection import BEST_DIR
+from distillation.export.selection import STATE as BEST_STATE
+from distillation.layout import FINETUNED_MARKER, checkpoints_dir, list_checkpoints
+from distillation.training.teacher_cache import CACHE_FILE
 
 log = logging.getLogger(__name__)
 

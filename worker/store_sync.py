@@ -30,10 +30,10 @@ from app.jobs import workspace
 from app.kit.store import open_store
 from app.kit.store_dirs import download_tree, upload_tree
 from app.settings import Settings
-from distillation.checkpoint_index import CHECKPOINTS, FINETUNED_MARKER, METADATA, list_checkpoints
-from distillation.selection import BEST_DIR
-from distillation.selection import STATE as BEST_STATE
-from distillation.teacher_cache import CACHE_FILE
+from distillation.export.selection import BEST_DIR
+from distillation.export.selection import STATE as BEST_STATE
+from distillation.layout import CHECKPOINTS, FINETUNED_MARKER, METADATA, list_checkpoints
+from distillation.training.teacher_cache import CACHE_FILE
 from worker.attempts import KEEP_CHECKPOINTS, TEACHER
 
 log = logging.getLogger(__name__)

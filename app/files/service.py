@@ -17,7 +17,7 @@ from app.kit.ids import new_id
 from app.kit.store import is_remote, open_store, remove_location
 from app.kit.store_dirs import local_file
 from app.settings import Settings, get_settings
-from distillation.records import Limits, RecordError, Summary, TooManyRecords, scan
+from distillation.data.records import Limits, RecordError, Summary, TooManyRecords, scan
 
 MAX_FILENAME = 255
 

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import torch
 
 from app.inference.stats import BatchHook, BatchStats
-from distillation.runtimes import ServingPredictor
+from distillation.export.runtimes import ServingPredictor
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from app.inference.batcher import Batcher, PredictInput, Rows
 from app.inference.stats import BatchHook
 from app.kit.errors import ServiceUnavailable
 from app.kit.storage import dir_mtime_ns
-from distillation.runtimes import Runtime, ServingPredictor, load_predictor
+from distillation.export.runtimes import Runtime, ServingPredictor, load_predictor
 
 DEFAULT_MAX_MODELS = 4
 DEFAULT_MAX_BYTES = 2 * 1024**3

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from distillation.runtimes import Runtime
+from distillation.export.runtimes import Runtime
 
 
 class PredictRequest(BaseModel):

@@ -21,13 +21,13 @@ from app.kit.storage import dir_mtime_ns
 from app.kit.ttl_memo import TTLMemo
 from app.models import service as models
 from app.settings import Settings
-from distillation.model_info import BASE_TASK
-from distillation.runtimes import (
+from distillation.export.runtimes import (
     Runtime,
     RuntimeUnavailable,
     available_runtimes,
     default_runtime,
 )
+from distillation.models.info import BASE_TASK
 from distillation.tasks import TASKS
 
 

@@ -1,6 +1,6 @@
 """Routing by size: which queue's workers can hold a job, decided once at creation.
 
-The service estimates the job's accelerator memory per device (`distillation.memory`, from the
+The service estimates the job's accelerator memory per device (`distillation.students.memory`, from the
 models' configs: nothing is loaded), stores it on the job with the queue it chose, and every
 wake-up of the job (the API's, a worker's hand-back, the reconciler's) goes to that queue. The
 queue is the smallest configured class (`DISTILL_WORKER_QUEUES`, `app.kit.queues`) whose workers
@@ -25,9 +25,9 @@ from app.jobs.schemas import JobCreate
 from app.jobs.validation import CheckedJob
 from app.kit.errors import InvalidRequest
 from app.settings import Settings
-from distillation.loading import load_config
-from distillation.memory import MemoryEstimate, estimate_memory, format_bytes
-from distillation.students import sized_config
+from distillation.models.loading import load_config
+from distillation.students.build import sized_config
+from distillation.students.memory import MemoryEstimate, estimate_memory, format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _student_config(request: JobCreate, checked: CheckedJob,
 
 
 def estimate_job(request: JobCreate, checked: CheckedJob) -> MemoryEstimate:
-    """The job's memory per device (see `distillation.memory`)."""
+    """The job's memory per device (see `distillation.students.memory`)."""
     teacher_config = load_config(checked.teacher.path)
     hp = request.hyperparameters
     finetune = request.teacher.finetune

@@ -48,7 +48,7 @@ class TargetIn(Strict):
 class StudentIn(Strict):
     model: str | None = Field(None, min_length=1, max_length=1024)
     architecture: ArchitectureIn | None = None
-    # The service picks depth and width from measured candidates (`distillation.sizing`).
+    # The service picks depth and width from measured candidates (`distillation.students.sizing`).
     target: TargetIn | None = None
     init: Literal["teacher", "random"] = "teacher"
     # Keep only the token ids the job's data use (and the special tokens) in the student.

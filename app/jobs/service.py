@@ -30,8 +30,8 @@ from app.kit.errors import Conflict, InvalidRequest, NotFound
 from app.kit.ids import new_id
 from app.models import repository as models_repository
 from app.settings import Settings
-from distillation.checkpoint_index import checkpoint_id
-from distillation.checkpoint_index import list_checkpoints as list_checkpoints_on_disk
+from distillation.layout import checkpoint_id
+from distillation.layout import list_checkpoints as list_checkpoints_on_disk
 
 
 def to_out(row: JobRow) -> JobOut:

@@ -1,5 +1,5 @@
 """A student sized to a target (`student.target`): refused at job creation when no candidate
-could meet it, with what the closest candidate reaches (`distillation.sizing`).
+could meet it, with what the closest candidate reaches (`distillation.students.sizing`).
 
 The check counts parameters at the vocabulary the student would have: pruned to the ids of the
 job's files (their first `validation_max_records` records each, tokenised here with the
@@ -19,11 +19,11 @@ from app.jobs.vocabulary import vocabulary_of
 from app.kit.errors import InvalidRequest
 from app.models.service import ResolvedModel
 from app.settings import Settings
-from distillation.loading import load_config
-from distillation.model_info import CLASSIFICATION
-from distillation.prune import SUPPORTED_KIND, pruned_size_of_texts
-from distillation.records import iter_file
-from distillation.sizing import TargetUnreachable, check_target
+from distillation.data.records import iter_file
+from distillation.models.info import CLASSIFICATION
+from distillation.models.loading import load_config
+from distillation.students.prune import SUPPORTED_KIND, pruned_size_of_texts
+from distillation.students.sizing import TargetUnreachable, check_target
 from distillation.tasks import get_task
 
 

@@ -19,14 +19,14 @@ from app.jobs.vocabulary import vocabulary_of
 from app.kit.errors import InvalidRequest
 from app.models.service import ResolvedModel, resolve_model_ref
 from app.settings import Settings
-from distillation.augment import check_augmentation
 from distillation.config import DataSpec, LossSpec
-from distillation.dataset_checks import check_label_sets, classification_labels
-from distillation.losses import check_losses
-from distillation.model_info import BASE_TASK
-from distillation.prune import pruning_problems
-from distillation.records import iter_file
-from distillation.students import check_architecture
+from distillation.data.augment import check_augmentation
+from distillation.data.checks import check_label_sets, classification_labels
+from distillation.data.records import iter_file
+from distillation.losses.functions import check_losses
+from distillation.models.info import BASE_TASK
+from distillation.students.build import check_architecture
+from distillation.students.prune import pruning_problems
 from distillation.tasks import TASKS, get_task
 from distillation.tasks.base import MissingColumns
 

@@ -1,5 +1,5 @@
 """A job's models' vocabularies, read at job creation under the settings' limits: each model's
-tokenizer files are read once per creation (`distillation.vocab` remembers the answer), and a
+tokenizer files are read once per creation (`distillation.data.vocab` remembers the answer), and a
 malformed or oversized vocabulary is a 400 naming the model, never a 500."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from app.kit.errors import InvalidRequest
 from app.models.service import ResolvedModel
 from app.settings import Settings
-from distillation.vocab import VocabLimits, Vocabulary, VocabularyError, read_vocabulary
+from distillation.data.vocab import VocabLimits, Vocabulary, VocabularyError, read_vocabulary
 
 
 def vocabulary_of(model: ResolvedModel, *, param: str, settings: Settings) -> Vocabulary:

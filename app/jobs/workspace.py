@@ -21,7 +21,7 @@ from typing import Any
 
 from app.kit.store import open_store
 from app.settings import Settings
-from distillation.checkpoint_index import CHECKPOINTS, METADATA, list_checkpoints
+from distillation.layout import CHECKPOINTS, METADATA, list_checkpoints
 
 _ATTEMPT = re.compile(r"^attempt-(\d+)$")
 _STORED = re.compile(r"^attempt-(\d+)/work/(.+)$")

@@ -26,7 +26,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator.metrics import Info
 from starlette.types import ASGIApp
 
-from distillation.runtimes import RUNTIMES
+from distillation.export.runtimes import RUNTIMES
 
 METRICS_PATH = "/metrics"
 disable_created_metrics()  # no `_created` twin of every counter: half the lines, nothing lost

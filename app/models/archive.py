@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from app.kit.errors import InvalidRequest
 from app.kit.untar import ArchiveLimits, ExtractedFile, UnsafeArchive, safe_extract_tar_gz
-from distillation.model_files import (
+from distillation.models.files import (
     CONFIG,
     SAFE_INDEX,
     SAFE_WEIGHTS,
@@ -24,7 +24,7 @@ from distillation.model_files import (
     check_json_files,
     check_model_dir,
 )
-from distillation.weight_check import check_weights_fit_config
+from distillation.models.weights import check_weights_fit_config
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so")

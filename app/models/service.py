@@ -33,13 +33,13 @@ from app.models.tables import ModelRow
 from app.models.views import ModelView, from_builtin, from_row, inspect_cached
 from app.models.weights import weight_stats
 from app.settings import Settings, get_settings
-from distillation.model_info import ModelInfo
-from distillation.runtimes import (
+from distillation.export.runtimes import (
     ONNX_FILE,
     RUNTIME_SUBDIRS,
     RUNTIMES_FILE,
     available_runtimes,
 )
+from distillation.models.info import ModelInfo
 
 # What `GET /v1/models/{id}/download` gives: the Hugging Face directory, or an ONNX runtime's.
 DownloadFormat = Literal["hf", "onnx", "onnx-int8"]

@@ -12,7 +12,7 @@ from app.models.builtin import BuiltinModel
 from app.models.schemas import ModelObject
 from app.models.tables import ModelRow
 from app.models.weights import weight_stats
-from distillation.model_info import ModelInfo, inspect_model
+from distillation.models.info import ModelInfo, inspect_model
 
 SYSTEM_OWNER = "system"
 

@@ -32,7 +32,7 @@ markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
-# The files a model card may show as images (`distillation.curve.CURVE_FILE`, named here so the
+# The files a model card may show as images (`distillation.export.curve.CURVE_FILE`, named here so the
 # API does not import matplotlib); anything else in the model's folder is not served this way.
 CARD_IMAGES = frozenset({"training_curve.png"})
 FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n", re.DOTALL)

@@ -27,9 +27,9 @@ class NoQueue(ValueError):
 
 
 def detect() -> tuple[str, int, int]:
-    """(kind, devices, memory per device) read in a child process (`distillation.devices`):
+    """(kind, devices, memory per device) read in a child process (`distillation.training.devices`):
     CUDA queried in this process would be unusable in the job processes it forks."""
-    out = subprocess.run([sys.executable, "-m", "distillation.devices"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "distillation.training.devices"], capture_output=True,
                          text=True, check=True, timeout=300).stdout
     info = json.loads(out.strip().splitlines()[-1])
     return str(info["kind"]), int(info["count"]), int(info["memory_bytes"])

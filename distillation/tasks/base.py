@@ -19,12 +19,12 @@ import torch
 from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from distillation.checks import as_spec
 from distillation.config import DataSpec, JobConfig, LossSpec
-from distillation.losses import LossInputs
-from distillation.model_info import BASE_TASK, ModelInfo, model_info
-from distillation.teacher_cache import CacheFormat
-from distillation.training import Collator, Features
+from distillation.losses.checks import as_spec
+from distillation.losses.functions import LossInputs
+from distillation.models.info import BASE_TASK, ModelInfo, model_info
+from distillation.training.loop import Collator, Features
+from distillation.training.teacher_cache import CacheFormat
 
 # Loss terms that compare hidden states, so both models must expose comparable ones.
 HIDDEN_LOSSES = ("hidden_mse", "attention_mse", "cosine")

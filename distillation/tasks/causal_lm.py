@@ -19,12 +19,12 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from distillation.config import DataSpec
-from distillation.model_info import CAUSAL_LM
-from distillation.records import Record
+from distillation.data.records import Record
+from distillation.models.info import CAUSAL_LM
 from distillation.tasks.base import MissingColumns, TaskCard
 from distillation.tasks.token import TokenTask
 from distillation.tasks.token_data import IGNORE_INDEX, TokenColumns
-from distillation.training import Features
+from distillation.training.loop import Features
 
 
 def causal_columns(spec: DataSpec, file_columns: Sequence[str], *,

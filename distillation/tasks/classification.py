@@ -24,18 +24,18 @@ from transformers import (
 )
 
 from distillation.config import DataSpec, JobConfig, Reporter
-from distillation.loading import load_model
-from distillation.losses import LossInputs
-from distillation.model_info import CLASSIFICATION, ModelInfo
+from distillation.losses.functions import LossInputs
+from distillation.models.info import CLASSIFICATION, ModelInfo
+from distillation.models.loading import load_model
 from distillation.tasks.base import Side, Task, TaskCard, TaskData, attn_kwargs
 from distillation.tasks.classification_data import prepare_data, with_student_vocabulary
-from distillation.teacher_cache import (
+from distillation.training.loop import Collator, Features, autocast, model_inputs, to_device
+from distillation.training.teacher_cache import (
     EXAMPLE_INDEX,
     cache_path,
     dataset_fingerprint,
     teacher_cache,
 )
-from distillation.training import Collator, Features, autocast, model_inputs, to_device
 
 ClassifyInput = str | tuple[str, str] | list[str]
 PREDICT_BATCH = 32

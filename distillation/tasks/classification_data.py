@@ -19,14 +19,14 @@ from typing import Any
 from torch import Tensor
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from distillation.augment import Augmenter
 from distillation.config import DataSpec, JobConfig
-from distillation.labels import label_index, label_text, output_label_names
-from distillation.loading import load_config, load_tokenizer
-from distillation.model_info import CLASSIFICATION, ModelInfo, max_input_length
-from distillation.records import Record, read_file
+from distillation.data.augment import Augmenter
+from distillation.data.labels import label_index, label_text, output_label_names
+from distillation.data.records import Record, read_file
+from distillation.models.info import CLASSIFICATION, ModelInfo, max_input_length
+from distillation.models.loading import load_config, load_tokenizer
 from distillation.tasks.base import TRAIN_EVAL_LIMIT, Side, TaskData
-from distillation.training import Features
+from distillation.training.loop import Features
 
 TEACHER_PREFIX = "teacher_"
 

@@ -24,12 +24,12 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
 
 from distillation.config import DataSpec
-from distillation.model_info import SEQ2SEQ, max_input_length
-from distillation.records import Record
+from distillation.data.records import Record
+from distillation.models.info import SEQ2SEQ, max_input_length
 from distillation.tasks.base import Side, TaskCard, TaskData
 from distillation.tasks.token import TokenTask
 from distillation.tasks.token_data import IGNORE_INDEX, TokenColumns
-from distillation.training import Features
+from distillation.training.loop import Features
 
 GENERATE_LIMIT = 64  # evaluation records generated for ROUGE-L / BLEU
 GENERATE_MAX_NEW_TOKENS = 64

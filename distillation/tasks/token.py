@@ -29,17 +29,17 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from distillation.config import DataSpec, JobConfig, LossSpec
-from distillation.loading import load_config, load_model
-from distillation.losses import LossInputs
-from distillation.model_info import BASE_TASK, ModelInfo, inspect_model, model_info
-from distillation.records import Record
+from distillation.data.records import Record
+from distillation.data.vocab import vocab_fingerprint
+from distillation.losses.functions import LossInputs
+from distillation.models.info import BASE_TASK, ModelInfo, inspect_model, model_info
+from distillation.models.loading import load_config, load_model
 from distillation.tasks.base import Problems, Side, Task, TaskData, attn_kwargs, model_kind
 from distillation.tasks.token_cache import FULL_DISTRIBUTION_LOSSES, TopKFormat
 from distillation.tasks.token_data import TokenColumns, prepare_token_data, target_rows
-from distillation.teacher_cache import EXAMPLE_INDEX
-from distillation.topk_cache import TopKRows
-from distillation.training import Collator, Features, autocast, to_device
-from distillation.vocab import vocab_fingerprint
+from distillation.training.loop import Collator, Features, autocast, to_device
+from distillation.training.teacher_cache import EXAMPLE_INDEX
+from distillation.training.topk_cache import TopKRows
 
 PREDICT_BATCH = 32
 

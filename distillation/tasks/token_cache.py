@@ -31,9 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from distillation.tasks.token_data import IGNORE_INDEX, target_rows
-from distillation.teacher_cache import dataset_fingerprint
-from distillation.topk_cache import TopKCache, TopKRows, compress
-from distillation.training import Features
+from distillation.training.loop import Features
+from distillation.training.teacher_cache import dataset_fingerprint
+from distillation.training.topk_cache import TopKCache, TopKRows, compress
 
 if TYPE_CHECKING:
     from distillation.tasks.token import TokenTask

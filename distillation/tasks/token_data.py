@@ -20,12 +20,12 @@ from torch import Tensor
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from distillation.config import DataSpec, JobConfig
-from distillation.loading import load_tokenizer
-from distillation.model_info import max_input_length
-from distillation.records import Record, read_file
+from distillation.data.records import Record, read_file
+from distillation.models.info import max_input_length
+from distillation.models.loading import load_tokenizer
 from distillation.tasks.base import TRAIN_EVAL_LIMIT, Side, TaskData
-from distillation.teacher_cache import EXAMPLE_INDEX
-from distillation.training import Features
+from distillation.training.loop import Features
+from distillation.training.teacher_cache import EXAMPLE_INDEX
 
 if TYPE_CHECKING:
     from distillation.tasks.token import TokenTask

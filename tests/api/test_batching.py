@@ -20,7 +20,7 @@ import pytest
 
 from app.inference.batcher import Batcher, PredictInput
 from app.inference.stats import BatchLog
-from distillation.predict import Predictor
+from distillation.export.predict import Predictor
 from tests.factories.lm import save_gpt2
 
 STUCK_S = 60

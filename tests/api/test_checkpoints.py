@@ -12,8 +12,8 @@ from sqlalchemy import update
 
 from app.jobs.tables import JobRow
 from app.kit.db import session_scope
-from distillation.checkpoint import Checkpointer
-from distillation.training import LoopState
+from distillation.training.checkpoint import Checkpointer
+from distillation.training.loop import LoopState
 from tests.factories.api import job_body, sentiment_files, upload_model_dir
 from tests.factories.worker import reconcile_now
 

@@ -20,7 +20,7 @@ TEXTS = ["a moving, funny film", "a dull plot that goes on", "fine", "the worst 
 
 @pytest.fixture(scope="module")
 def exported_dir(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from distillation.onnx_export import export_onnx
+    from distillation.export.onnx_export import export_onnx
 
     model_dir = tmp_path_factory.mktemp("exported") / "model"
     shutil.copytree(tiny_teacher_dir, model_dir)

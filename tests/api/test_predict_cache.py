@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from app.inference.cache import PredictorCache
-from distillation.runtimes import Runtime, ServingPredictor, load_predictor
+from distillation.export.runtimes import Runtime, ServingPredictor, load_predictor
 from tests.factories.api import dir_members, tar_gz
 from tests.factories.api import upload_archive as upload
 

@@ -13,8 +13,8 @@ import pytest
 
 from app.inference.cache import PredictorCache
 from app.inference.stats import BatchLog
-from distillation.predict import Predictor
-from distillation.runtimes import Runtime, ServingPredictor, load_predictor
+from distillation.export.predict import Predictor
+from distillation.export.runtimes import Runtime, ServingPredictor, load_predictor
 from tests.api.test_batching import Poisoned, assert_same_rows
 from tests.factories.api import assert_error, dir_members, tar_gz
 from tests.factories.api import upload_archive as upload

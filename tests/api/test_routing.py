@@ -13,9 +13,9 @@ from sqlalchemy import update
 
 from app.jobs.tables import JobRow
 from app.kit.db import session_scope
-from distillation.loading import load_config
-from distillation.memory import estimate_memory
-from distillation.students import sized_config
+from distillation.models.loading import load_config
+from distillation.students.build import sized_config
+from distillation.students.memory import estimate_memory
 from tests.factories.api import (
     REDIS_URL,
     assert_error,

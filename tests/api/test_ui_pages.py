@@ -82,7 +82,7 @@ def test_model_card_is_rendered_with_html_escaped(
 
 
 def test_card_images_are_only_the_curve(client: Any, auth: dict[str, str]) -> None:
-    from distillation.curve import CURVE_FILE
+    from distillation.export.curve import CURVE_FILE
 
     assert frozenset({CURVE_FILE}) == CARD_IMAGES
     # the bundled teacher's folder has config.json, but only card images are served from it

@@ -14,20 +14,20 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from distillation.config import Hyperparameters, JobConfig, LossSpec
 from distillation.engine import distill
-from distillation.losses import KLLoss, LossInputs, build_losses
-from distillation.model_info import inspect_model, model_info
-from distillation.students import build_student
+from distillation.losses.functions import KLLoss, LossInputs, build_losses
+from distillation.models.info import inspect_model, model_info
+from distillation.students.build import build_student
 from distillation.tasks import TaskData
 from distillation.tasks.classification import teacher_logit_cache
 from distillation.tasks.classification_data import prepare_data
-from distillation.teacher_cache import (
+from distillation.training.teacher_cache import (
     EXAMPLE_INDEX,
     cache_path,
     load_tensors,
     save_tensors,
     with_example_index,
 )
-from distillation.topk_cache import TopKCache, compress, sparse_target, topk_kl
+from distillation.training.topk_cache import TopKCache, compress, sparse_target, topk_kl
 from tests.factories.jobs import toy_job
 from tests.factories.probes import TeacherCounter
 from tests.factories.records import sentiment_records

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
-from distillation.checkpoint_index import list_checkpoints
 from distillation.config import FinetuneSpec, Hyperparameters, JobConfig
-from distillation.curve import CURVE_FILE
 from distillation.engine import run_job
+from distillation.export.curve import CURVE_FILE
+from distillation.layout import list_checkpoints
 from tests.factories.jobs import toy_job
 from tests.factories.records import sentiment_records, write_jsonl
 from tests.factories.reporting import RecordingReporter, WorkerDied

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from distillation.config import DataSpec, JobConfig, StudentSpec
-from distillation.labels import label_index, output_label_names, sorted_labels
-from distillation.model_info import inspect_model
+from distillation.data.labels import label_index, output_label_names, sorted_labels
+from distillation.models.info import inspect_model
 from distillation.tasks.classification_data import Columns, prepare_data, read_records
-from distillation.training import length_grouped_batches
+from distillation.training.loop import length_grouped_batches
 from tests.factories.records import sentiment_records, write_jsonl
 
 

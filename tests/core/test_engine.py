@@ -20,10 +20,10 @@ from distillation.config import (
     StudentSpec,
 )
 from distillation.engine import run_job
-from distillation.losses import KLLoss, LossInputs
-from distillation.predict import Predictor
-from distillation.runtimes import available_runtimes, choose_default, default_runtime, load_predictor
-from distillation.students import build_student
+from distillation.export.predict import Predictor
+from distillation.export.runtimes import available_runtimes, choose_default, default_runtime, load_predictor
+from distillation.losses.functions import KLLoss, LossInputs
+from distillation.students.build import build_student
 from tests.factories.jobs import toy_job
 from tests.factories.records import sentiment_records, write_jsonl
 from tests.factories.reporting import RecordingReporter

@@ -21,14 +21,14 @@ from distillation.config import (
     LossSpec,
     StudentSpec,
 )
+from distillation.data.vocab import vocab_fingerprint
 from distillation.engine import run_job
-from distillation.model_info import inspect_model
-from distillation.predict import Predictor
-from distillation.students import build_student, principal_directions, transfer
+from distillation.export.predict import Predictor
+from distillation.models.info import inspect_model
+from distillation.students.build import build_student, principal_directions, transfer
 from distillation.tasks import CAUSAL_LM, get_task
 from distillation.tasks.causal_lm import causal_columns, encode_causal
 from distillation.tasks.token_data import TokenCollator, target_rows
-from distillation.vocab import vocab_fingerprint
 from tests.factories.jobs import toy_job
 from tests.factories.lm import copy_records, lm_tokenizer, permute_vocab, save_gpt2
 from tests.factories.records import write_jsonl

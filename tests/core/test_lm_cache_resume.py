@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import PreTrainedModel, set_seed
 
-from distillation.checkpoint_index import list_checkpoints
 from distillation.config import FinetuneSpec, Hyperparameters, JobConfig, LossSpec
 from distillation.engine import distill, run_job
-from distillation.losses import CompositeLoss, build_losses
-from distillation.model_info import inspect_model
-from distillation.students import build_student
+from distillation.layout import list_checkpoints
+from distillation.losses.functions import CompositeLoss, build_losses
+from distillation.models.info import inspect_model
+from distillation.students.build import build_student
 from distillation.tasks import CAUSAL_LM, SEQ2SEQ, TaskData, get_task
-from distillation.teacher_cache import cache_path
+from distillation.training.teacher_cache import cache_path
 from tests.factories.jobs import toy_job
 from tests.factories.lm import copy_records, lm_tokenizer, reverse_records, save_gpt2, save_t5
 from tests.factories.probes import TeacherCounter

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distillation.config import LossSpec
-from distillation.losses import (
+from distillation.losses.functions import (
     AttentionMSELoss,
     CELoss,
     CosineLoss,

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from app.jobs.schemas import DistillationIn, HyperparametersIn, LossIn
 from distillation.config import Hyperparameters, LossSpec, NullReporter
-from distillation.losses import (
+from distillation.losses.functions import (
     JSDLoss,
     KLLoss,
     LossInputs,
@@ -21,8 +21,8 @@ from distillation.losses import (
     build_losses,
     check_losses,
 )
-from distillation.schedules import Schedule, step_progress
-from distillation.training import fit
+from distillation.training.loop import fit
+from distillation.training.schedules import Schedule, step_progress
 
 S = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 1.0]])
 T = torch.tensor([[2.0, 1.0, 0.0], [0.5, 0.5, 2.0]])

@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from distillation.config import Hyperparameters
-from distillation.memory import (
+from distillation.students.memory import (
     activation_bytes,
     estimate_memory,
     format_bytes,
@@ -26,7 +26,7 @@ from distillation.memory import (
     training_state_bytes,
     weights_bytes,
 )
-from distillation.training import make_optimizer
+from distillation.training.loop import make_optimizer
 
 
 def bert(hidden: int = 64, layers: int = 2) -> BertConfig:

@@ -18,9 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from distillation.loading import load_tokenizer
-from distillation.model_files import UnsafeModel, check_model_dir
-from distillation.predict import Predictor
+from distillation.export.predict import Predictor
+from distillation.models.files import UnsafeModel, check_model_dir
+from distillation.models.loading import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 

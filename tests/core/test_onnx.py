@@ -14,10 +14,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from distillation.onnx_export import ExportFailed, export_onnx
-from distillation.onnx_runtime import OnnxClassifier, OnnxPredictor, open_session
-from distillation.predict import Predictor
-from distillation.runtimes import (
+from distillation.export.onnx_export import ExportFailed, export_onnx
+from distillation.export.onnx_runtime import OnnxClassifier, OnnxPredictor, open_session
+from distillation.export.predict import Predictor
+from distillation.export.runtimes import (
     RuntimeUnavailable,
     available_runtimes,
     choose_default,

@@ -15,10 +15,10 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from torch.multiprocessing import ProcessRaisedException
 
-from distillation.checkpoint_index import list_checkpoints
 from distillation.config import Hyperparameters, JobConfig
 from distillation.engine import run_job
-from distillation.parallel import Ranks, launch
+from distillation.layout import list_checkpoints
+from distillation.training.parallel import Ranks, launch
 from tests.factories.jobs import toy_job
 from tests.factories.records import sentiment_records
 from tests.factories.reporting import RecordingReporter, WorkerDied
@@ -160,7 +160,7 @@ def test_gloo_is_pointed_at_the_loopback_interface_unless_the_operator_chose(
 ) -> None:
     # gloo listens on the host name's address (an outside interface on most hosts) unless
     # GLOO_SOCKET_IFNAME names one; the loopback interface is found by its flags, not its name
-    from distillation.parallel import gloo_on_loopback, loopback_interface
+    from distillation.training.parallel import gloo_on_loopback, loopback_interface
 
     for name, flags in {"eth0": "0x1003", "lo9": "0x9", "ifb0": "0x82"}.items():
         (tmp_path / name).mkdir()

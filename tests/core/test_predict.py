@@ -16,7 +16,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from distillation.predict import Predictor
+from distillation.export.predict import Predictor
 
 
 def test_classify_matches_model_softmax(tiny_teacher_dir: Path) -> None:

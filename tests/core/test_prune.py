@@ -22,14 +22,14 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from distillation.prune import (
+from distillation.data.vocab import tokenizer_kind
+from distillation.students.prune import (
     kept_ids,
     prune_embeddings,
     prune_tokenizer,
     renumber_side_files,
     used_ids,
 )
-from distillation.vocab import tokenizer_kind
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # As in BERT's vocabulary, unused tokens sit between [PAD] and the other special tokens, so

@@ -15,7 +15,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distillation.config import Hyperparameters, JobConfig, StudentSpec
 from distillation.engine import run_job
-from distillation.teacher_cache import cache_path
+from distillation.training.teacher_cache import cache_path
 from tests.factories.jobs import toy_job
 from tests.factories.records import sentiment_records, write_jsonl
 from tests.factories.reporting import RecordingReporter, WorkerDied

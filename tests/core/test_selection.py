@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from distillation.config import Hyperparameters, JobConfig, JobResult
 from distillation.engine import run_job
-from distillation.selection import BEST_DIR, STATE, EpochSelector
+from distillation.export.selection import BEST_DIR, STATE, EpochSelector
 from distillation.tasks.classification import ClassificationTask
 from tests.factories.jobs import toy_job
 from tests.factories.records import sentiment_records, write_jsonl

@@ -21,9 +21,9 @@ from distillation.config import (
     StudentSpec,
 )
 from distillation.engine import run_job
-from distillation.model_info import inspect_model
-from distillation.predict import Predictor
-from distillation.students import build_student
+from distillation.export.predict import Predictor
+from distillation.models.info import inspect_model
+from distillation.students.build import build_student
 from distillation.tasks import SEQ2SEQ, get_task
 from distillation.tasks.seq2seq import encode_seq2seq, seq2seq_columns, text_metrics
 from distillation.tasks.token_data import TokenCollator

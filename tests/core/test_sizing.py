@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig
 
 from distillation.config import Hyperparameters, StudentSpec
 from distillation.engine import run_job
-from distillation.sizing import (
+from distillation.students.sizing import (
     Candidate,
     TargetUnreachable,
     architectures,
@@ -88,7 +88,7 @@ def test_scores_pick_among_feasible_candidates() -> None:
 def test_hidden_state_directions_are_an_orthonormal_basis(tiny_teacher_dir: Path) -> None:
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
-    from distillation.teacher_directions import hidden_state_directions
+    from distillation.students.directions import hidden_state_directions
 
     teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)

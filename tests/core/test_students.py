@@ -20,10 +20,10 @@ from transformers import (
 
 from distillation.config import Hyperparameters, JobConfig, LossSpec, StudentSpec
 from distillation.engine import run_job
-from distillation.layers import even_spread
-from distillation.model_info import inspect_model
-from distillation.predict import Predictor
-from distillation.students import build_student, check_architecture, principal_directions
+from distillation.export.predict import Predictor
+from distillation.losses.layer_map import even_spread
+from distillation.models.info import inspect_model
+from distillation.students.build import build_student, check_architecture, principal_directions
 from tests.factories.records import FILLER, NEGATIVE, POSITIVE, sentiment_records, write_jsonl
 from tests.factories.reporting import RecordingReporter
 

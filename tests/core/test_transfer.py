@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from distillation.augment import Augmenter, check_augmentation
 from distillation.config import AugmentSpec, Hyperparameters, LossSpec
+from distillation.data.augment import Augmenter, check_augmentation
 from distillation.engine import run_job
-from distillation.losses import CELoss, LossInputs
-from distillation.teacher_cache import cache_path
+from distillation.losses.functions import CELoss, LossInputs
+from distillation.training.teacher_cache import cache_path
 from tests.factories.jobs import toy_job
 from tests.factories.records import sentiment_records, write_jsonl
 from tests.factories.reporting import RecordingReporter

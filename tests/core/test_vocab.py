@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from distillation.vocab import VocabLimits, VocabularyError, read_vocabulary
+from distillation.data.vocab import VocabLimits, VocabularyError, read_vocabulary
 
 
 def _whole_parse_fingerprint(tokenizer_json: Path) -> str:

@@ -18,7 +18,7 @@ from app.jobs import workspace
 from app.jobs.tables import JobRow
 from app.kit.db import session_scope
 from app.kit.store import open_store
-from distillation.selection import EpochSelector
+from distillation.export.selection import EpochSelector
 from tests.factories.api import job_body, sentiment_files, upload_model_dir
 from tests.factories.faults import job_events
 from tests.factories.worker import FINAL, create_job, reconcile_now, start_worker, stop_worker, wait_for

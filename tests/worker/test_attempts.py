@@ -15,7 +15,7 @@ from sqlalchemy import update
 from app.jobs import workspace
 from app.jobs.tables import JobRow
 from app.kit.db import session_scope
-from distillation.selection import EpochSelector
+from distillation.export.selection import EpochSelector
 from tests.factories.api import job_body, sentiment_files, upload_model_dir
 from tests.factories.faults import job_events, trained_steps
 from tests.factories.worker import reconcile_now

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from app.jobs import workspace
 from app.kit.db import engine_for
-from distillation.checkpoint_index import list_checkpoints
+from distillation.layout import list_checkpoints
 from tests.factories.worker import create_job
 
 FAULTS = """

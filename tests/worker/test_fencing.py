@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from app.jobs import lifecycle, workspace
 from app.jobs.tables import JobRow
 from app.kit.db import session_scope
-from distillation.checkpoint_index import list_checkpoints
+from distillation.layout import list_checkpoints
 from tests.factories.faults import job_events, started_attempts, trained_steps
 from tests.factories.worker import create_job, reconcile_now
 

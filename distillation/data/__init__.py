@@ -1,0 +1,2 @@
+"""Records and the files they come in, labels, vocabularies: what a job reads (no torch).
+"""

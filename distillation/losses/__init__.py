@@ -1,0 +1,2 @@
+"""The distillation losses, and the torch-free checks of their settings.
+"""

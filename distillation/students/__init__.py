@@ -1,0 +1,2 @@
+"""Students: built from the teacher (`build`), sized to a target, pruned, their memory estimated.
+"""

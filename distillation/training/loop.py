@@ -1,0 +1,294 @@
+"""What every training loop here shares: device and precision, optimizer and schedule, progress
+reports with an ETA, and the cancellation check."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from transformers import get_scheduler
+
+from distillation.config import Cancelled, Hyperparameters, Progress, Reporter
+from distillation.training.schedules import step_progress
+
+if TYPE_CHECKING:
+    from distillation.training.parallel import Ranks
+
+PROGRESS_EVERY_S = 2.0
+Features = dict[str, Any]  # one encoded example: token ids, labels, ...
+Collator = Callable[[list[Features]], dict[str, Tensor]]  # examples -> a padded batch
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The requested device, else CUDA when present, else CPU; TF32 matmuls on CUDA."""
+    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA; plain fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def model_inputs(model: nn.Module, batch: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """The batch entries (named `prefix + name`) that the model's forward accepts."""
+    accepted = inspect.signature(model.forward).parameters
+    wanted = ("input_ids", "attention_mask", "token_type_ids")
+    return {k: batch[prefix + k] for k in wanted if prefix + k in batch and k in accepted}
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, *, seed: int, bucket_batches: int = 50
+) -> list[list[int]]:
+    """Shuffled batches of similar length: shuffle, sort within buckets, shuffle the batches, so
+    a batch of short examples is not padded to the longest example of the epoch."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    bucket = batch_size * bucket_batches
+    batches: list[list[int]] = []
+    for start in range(0, len(order), bucket):
+        chunk = sorted(order[start : start + bucket], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def optimizer_steps(batches_per_epoch: int, hp: Hyperparameters, epochs: int) -> int:
+    """Optimizer steps the run will take (accumulation and `max_steps` included)."""
+    per_epoch = math.ceil(batches_per_epoch / max(1, hp.gradient_accumulation_steps))
+    total = per_epoch * epochs
+    return min(total, hp.max_steps) if hp.max_steps else total
+
+
+def make_optimizer(
+    modules: Iterable[nn.Module], hp: Hyperparameters, *, learning_rate: float, total_steps: int
+) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (no decay on biases and norms) with warmup then linear or cosine decay."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in modules:
+        for name, param in module.named_parameters():
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": hp.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=learning_rate,
+    )
+    scheduler = get_scheduler(
+        hp.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=math.ceil(hp.warmup_ratio * total_steps),
+        num_training_steps=max(1, total_steps),
+    )
+    return optimizer, scheduler
+
+
+def check_stop(reporter: Reporter) -> None:
+    if reporter.should_stop():
+        raise Cancelled("stopped on request")
+
+
+class Tracker:
+    """Progress of one stage: reported at start, every few seconds or on demand, and at the end."""
+
+    def __init__(self, reporter: Reporter, stage: str, total_steps: int, *, start: int = 0,
+                 epoch: int = 0) -> None:
+        self.reporter = reporter
+        self.stage = stage
+        self.total = max(1, total_steps)
+        self.start = start  # steps an earlier attempt did (a resumed run): not part of this pace
+        self.started = time.monotonic()
+        self.last = -math.inf
+        self.report(start, epoch, force=True)
+
+    def report(self, step: int, epoch: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        elapsed = now - self.started
+        done = step - self.start
+        eta = elapsed / done * (self.total - step) if done > 0 else None
+        self.reporter.progress(Progress(
+            stage=self.stage, percent=round(min(100.0, 100.0 * step / self.total), 2), step=step,
+            total_steps=self.total, epoch=epoch, eta_seconds=round(eta, 1) if eta is not None else None,
+        ))
+
+    def done(self, epoch: int) -> None:
+        self.reporter.progress(Progress(stage=self.stage, percent=100.0, step=self.total,
+                                        total_steps=self.total, epoch=epoch, eta_seconds=0.0))
+
+
+def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def accumulate(batches: Iterable[Any], steps: int) -> Iterator[tuple[Any, bool]]:
+    """Each batch with whether the optimizer steps after it (every `steps`, and at the end)."""
+    pending: Any = None
+    count = 0
+    for batch in batches:
+        if pending is not None:
+            count += 1
+            yield pending, count % steps == 0
+        pending = batch
+    if pending is not None:
+        yield pending, True
+
+
+@dataclass
+class FitResult:
+    steps: int
+    epochs: int
+    history: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss) per log
+    # Per epoch: {"step", "epoch", **what on_epoch_end returned} (the curve's eval panel).
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.history[-1][1] if self.history else None
+
+
+@dataclass
+class LoopState:
+    """Where `fit` is: what a checkpoint saves, and what a resumed run restores before it starts."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    result: FitResult
+    total_steps: int
+    epoch: int = 1  # the epoch in progress
+    batches_done: int = 0  # batches of `epoch` trained on; its order is rebuilt from batch_seed
+    batch_seed: int = 0
+    window: list[dict[str, float]] = field(default_factory=list)  # losses since the last log
+
+
+class Checkpoints(Protocol):
+    """Saves `fit`'s state as it goes, and restores it when a run starts again."""
+
+    def restore(self, state: LoopState) -> None: ...
+
+    def after_step(self, state: LoopState) -> None: ...
+
+
+LossFn = Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
+
+
+def fit(
+    *,
+    modules: Sequence[nn.Module],
+    features: Sequence[Features],
+    collator: Collator,
+    compute_loss: LossFn,
+    hp: Hyperparameters,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    device: torch.device,
+    reporter: Reporter,
+    stage: str,
+    loss_key: str = "train_loss",
+    on_epoch_end: Callable[[int, int], dict[str, Any] | None] | None = None,
+    checkpoints: Checkpoints | None = None,
+    on_progress: Callable[[float], None] | None = None,
+    ranks: Ranks | None = None,
+) -> FitResult:
+    """Train `modules` on `compute_loss` over length-grouped batches of `features`.
+
+    Reports progress for `stage`, a metrics event every `hp.log_every_steps` optimizer steps
+    ({loss_key, loss_<term>..., learning_rate}), checks for cancellation before every batch, and
+    calls `on_epoch_end(step, epoch)` after each epoch (evaluation; the metrics it returns go to
+    `FitResult.evals`). `checkpoints` restores an earlier attempt's state before the first batch
+    and saves the loop after every optimizer step it chooses. `on_progress(fraction)` gets,
+    before every batch, the optimizer step's place in the run (0 first, 1 last: loss schedules).
+    `ranks`: one rank of a DDP group (`parallel`): it trains on its share of every batch, and
+    the logged losses are the whole batch's.
+    """
+    lengths = [len(f["input_ids"]) for f in features]
+    per_epoch = math.ceil(len(features) / batch_size)
+    total = optimizer_steps(per_epoch, hp, epochs)
+    optimizer, scheduler = make_optimizer(modules, hp, learning_rate=learning_rate,
+                                          total_steps=total)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    accum = max(1, hp.gradient_accumulation_steps)
+    result = FitResult(steps=0, epochs=0)
+    state = LoopState(optimizer, scheduler, result, total_steps=total)
+    if checkpoints is not None:
+        checkpoints.restore(state)  # a run started again goes on from its last checkpoint
+    step_loss: LossFn = compute_loss if ranks is None else ranks.wrap(modules, compute_loss)
+
+    def load(indices: list[int]) -> tuple[dict[str, Tensor], float, int]:
+        """A batch (this rank's share of it), its loss weight and its examples."""
+        if ranks is None:
+            return collator([features[i] for i in indices]), 1.0, len(indices)
+        mine, weight = ranks.shard(indices)
+        return collator([features[i] for i in mine]), weight, len(mine) if weight else 0
+    tracker = Tracker(reporter, stage, total, start=result.steps, epoch=result.epochs)
+    window = state.window
+    for module in modules:
+        module.train()
+    first_epoch, skip = state.epoch, state.batches_done
+    for epoch in range(first_epoch, epochs + 1):
+        state.batch_seed = hp.seed + epoch
+        batches = length_grouped_batches(lengths, batch_size, seed=state.batch_seed)
+        start = skip if epoch == first_epoch else 0
+        todo = batches[start:] if result.steps < total else []
+        loader = (load(indices) for indices in todo)
+        for done, ((batch, weight, count), step_now) in enumerate(accumulate(loader, accum),
+                                                                  start=start + 1):
+            check_stop(reporter)
+            if on_progress is not None:
+                on_progress(step_progress(result.steps, total))
+            batch = to_device(batch, device)
+            with autocast(device):
+                loss, terms = step_loss(batch)
+            (loss * weight / accum).backward()
+            logs = {loss_key: float(loss.detach()), **{f"loss_{k}": v for k, v in terms.items()}}
+            window.append(logs if ranks is None else ranks.mean_logs(logs, count))
+            if not step_now:
+                continue
+            if hp.max_grad_norm and hp.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.steps += 1
+            tracker.report(result.steps, epoch)
+            if result.steps % max(1, hp.log_every_steps) == 0 or result.steps == total:
+                means = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                result.history.append((result.steps, means[loss_key]))
+                reporter.metrics(result.steps, {**means, "learning_rate": scheduler.get_last_lr()[0]})
+                window.clear()
+            if checkpoints is not None:
+                state.epoch, state.batches_done = epoch, done
+                checkpoints.after_step(state)
+            if result.steps >= total:
+                break
+        result.epochs = epoch
+        if on_epoch_end is not None:
+            metrics = on_epoch_end(result.steps, epoch)
+            if metrics:
+                result.evals.append({"step": result.steps, "epoch": epoch, **metrics})
+            for module in modules:
+                module.train()
+        if result.steps >= total:
+            break
+    tracker.done(result.epochs)
+    return result
