@@ -137,7 +137,7 @@ def prepare_student(work: Path) -> dict[str, Any]:
 
 def ceiling(model_dir: Path, runtime: str, texts: list[str], seconds: float = 10.0) -> float:
     """Rows per second of batched classify (batch 32) on the loaded student, no HTTP."""
-    from distillation.export.runtimes import load_predictor
+    from distillation.export.predictors import load_predictor
 
     predictor = load_predictor(model_dir, runtime)  # type: ignore[arg-type]
     batches = [texts[i : i + 32] for i in range(0, len(texts) - 31, 32)]

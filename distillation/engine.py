@@ -40,6 +40,7 @@ from distillation.export.runtime_report import measure_runtimes
 from distillation.export.selection import EpochSelector
 from distillation.export.teacher import export_teacher
 from distillation.finetune import check_finetuned_teacher, finetune_teacher
+from distillation.layout import teacher_dir
 from distillation.losses.functions import CompositeLoss, build_losses
 from distillation.models.info import inspect_model
 from distillation.students.build import build_student
@@ -77,7 +78,7 @@ def load_teacher(
     """The teacher (fine-tuned on the training file first when the job asks, unless an earlier
     attempt of the job did), frozen; and the directory its weights are in."""
     spec = config.teacher_finetune
-    finetuned = config.work_dir / "teacher"
+    finetuned = teacher_dir(config.work_dir)
     if spec is not None and teacher_finetuned(finetuned):
         reporter.message("Using the teacher fine-tuned by an earlier attempt of this job.")
         teacher, save_dir = task.load_model(finetuned, data, attn=attn), finetuned

@@ -1,10 +1,18 @@
-"""Where a job's checkpoints live and what their metadata says, without torch.
+"""The layout of a job's work folder, the one place that names its files; without torch, so
+the API and the worker read it without loading the training stack.
 
-The layout under a job's `work_dir` (written by `checkpoint.py`):
+Under a job's `work_dir`:
 
-    checkpoints/step-<n>/checkpoint.json   this file's subject: id, step, epoch, created_at, ...
+    checkpoints/step-<n>/checkpoint.json   a checkpoint's metadata: id, step, epoch, created_at, ...
     checkpoints/step-<n>/...               weights, optimizer, scheduler, RNG, loop state
-    teacher/finetuned.json                 the teacher fine-tuned by an earlier attempt is complete
+                                           (`training.checkpoint` writes them)
+    teacher/                               the teacher fine-tuned by this job (`engine`)
+    teacher/finetuned.json                 ... complete: an earlier attempt finished it
+    teacher_cache.pt                       the teacher's outputs on the training set
+                                           (`training.teacher_cache`)
+    best/student-epoch-<n>.safetensors     the best epoch's student so far, and
+    best/best.json                         which epoch it is (`export.selection`)
+    .*-ddp-payload.pt                      what the other DDP ranks load (`training.parallel`)
 
 Only directories holding a readable `checkpoint.json` count: it is written last, inside a
 temporary directory that is renamed into place, so a half-written checkpoint is never listed.
@@ -21,13 +29,31 @@ from typing import Any
 
 CHECKPOINTS = "checkpoints"
 METADATA = "checkpoint.json"
+TEACHER_DIR = "teacher"
 FINETUNED_MARKER = "finetuned.json"
+TEACHER_CACHE = "teacher_cache.pt"
+BEST_DIR = "best"
+BEST_STATE = "best.json"
+DDP_PAYLOAD = "ddp-payload.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def checkpoint_id(step: int) -> str:
     """The id the API shows for the checkpoint of `step`."""
     return f"ckpt-{step}"
+
+
+def teacher_dir(work_dir: Path) -> Path:
+    """Where the job keeps the teacher it fine-tuned."""
+    return work_dir / TEACHER_DIR
+
+
+def teacher_cache_path(work_dir: Path) -> Path:
+    return work_dir / TEACHER_CACHE
+
+
+def best_dir(work_dir: Path) -> Path:
+    return work_dir / BEST_DIR
 
 
 def checkpoints_dir(work_dir: Path) -> Path:

@@ -24,14 +24,18 @@ from pathlib import Path
 from app.jobs import workspace
 from app.jobs.lifecycle import Lease
 from app.settings import Settings
-from distillation.export.selection import BEST_DIR
-from distillation.export.selection import STATE as BEST_STATE
-from distillation.layout import FINETUNED_MARKER, checkpoints_dir, list_checkpoints
-from distillation.training.teacher_cache import CACHE_FILE
+from distillation.layout import (
+    BEST_DIR,
+    BEST_STATE,
+    FINETUNED_MARKER,
+    TEACHER_CACHE,
+    TEACHER_DIR,
+    checkpoints_dir,
+    list_checkpoints,
+)
 
 log = logging.getLogger(__name__)
 
-TEACHER = "teacher"  # where `engine.load_teacher` keeps a fine-tuned teacher in the work folder
 KEEP_CHECKPOINTS = 2  # as many as the `Checkpointer` keeps: the newest, and one if it is unreadable
 
 
@@ -78,19 +82,19 @@ def prepare(settings: Settings, lease: Lease) -> Path:
     if not earlier:
         return work
     carried = _carry_checkpoints(earlier, work)
-    teacher = next((f / TEACHER for f in earlier if (f / TEACHER / FINETUNED_MARKER).is_file()),
+    teacher = next((f / TEACHER_DIR for f in earlier if (f / TEACHER_DIR / FINETUNED_MARKER).is_file()),
                    None)
     if teacher is not None:
-        _link_tree(teacher, work / TEACHER)
+        _link_tree(teacher, work / TEACHER_DIR)
     best = next((f / BEST_DIR for f in earlier if (f / BEST_DIR / BEST_STATE).is_file()), None)
     if best is not None:
         _link_tree(best, work / BEST_DIR)
-    cache = next((f / CACHE_FILE for f in earlier if (f / CACHE_FILE).is_file()), None)
+    cache = next((f / TEACHER_CACHE for f in earlier if (f / TEACHER_CACHE).is_file()), None)
     if cache is not None:
-        tmp = work / f".tmp-{CACHE_FILE}-{uuid.uuid4().hex[:8]}"
+        tmp = work / f".tmp-{TEACHER_CACHE}-{uuid.uuid4().hex[:8]}"
         try:
             _link(str(cache), str(tmp))
-            tmp.rename(work / CACHE_FILE)
+            tmp.rename(work / TEACHER_CACHE)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             log.warning("could not carry %s forward: %s", cache, exc)

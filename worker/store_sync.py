@@ -30,17 +30,23 @@ from app.jobs import workspace
 from app.kit.store import open_store
 from app.kit.store_dirs import download_tree, upload_tree
 from app.settings import Settings
-from distillation.export.selection import BEST_DIR
-from distillation.export.selection import STATE as BEST_STATE
-from distillation.layout import CHECKPOINTS, FINETUNED_MARKER, METADATA, list_checkpoints
-from distillation.training.teacher_cache import CACHE_FILE
-from worker.attempts import KEEP_CHECKPOINTS, TEACHER
+from distillation.layout import (
+    BEST_DIR,
+    BEST_STATE,
+    CHECKPOINTS,
+    FINETUNED_MARKER,
+    METADATA,
+    TEACHER_CACHE,
+    TEACHER_DIR,
+    list_checkpoints,
+)
+from worker.attempts import KEEP_CHECKPOINTS
 
 log = logging.getLogger(__name__)
 
 # The directories an attempt keeps whole, each with the marker that completes it.
-DIR_MARKERS = {TEACHER: FINETUNED_MARKER, BEST_DIR: BEST_STATE}
-FILES = (CACHE_FILE,)
+DIR_MARKERS = {TEACHER_DIR: FINETUNED_MARKER, BEST_DIR: BEST_STATE}
+FILES = (TEACHER_CACHE,)
 _CHECKPOINT = re.compile(rf"^({CHECKPOINTS}/step-(\d+))/")
 
 

@@ -30,7 +30,8 @@ from app.inference.batcher import Batcher, PredictInput, Rows
 from app.inference.stats import BatchHook
 from app.kit.errors import ServiceUnavailable
 from app.kit.storage import dir_mtime_ns
-from distillation.export.runtimes import Runtime, ServingPredictor, load_predictor
+from distillation.export.predictors import load_predictor
+from distillation.export.runtimes import Runtime, ServingPredictor
 
 DEFAULT_MAX_MODELS = 4
 DEFAULT_MAX_BYTES = 2 * 1024**3

@@ -98,21 +98,3 @@ def choose_default(entries: dict[str, dict[str, Any]], metric: str = "accuracy")
     if refused:
         reason += f"; not offered: {'; '.join(refused)}"
     return best, reason
-
-
-def load_predictor(model_dir: Path, runtime: Runtime, *, threads: int | None = None) -> ServingPredictor:
-    """Load the model in `runtime`; RuntimeUnavailable when its files are absent. `threads`:
-    ONNX Runtime's intra-op threads (default: the process's CPUs); torch's thread count is
-    process-wide, set by the caller (`torch.set_num_threads`)."""
-    if runtime not in available_runtimes(model_dir):
-        have = ", ".join(available_runtimes(model_dir))
-        raise RuntimeUnavailable(f"this model has no {runtime} export (it can run in: {have})")
-    if runtime == "torch":
-        from distillation.export.predict import Predictor
-
-        return Predictor.load(model_dir)
-    from distillation.export.onnx_runtime import OnnxPredictor
-
-    predictor: ServingPredictor = OnnxPredictor.load(runtime_dir(model_dir, runtime),
-                                                     threads=threads)
-    return predictor

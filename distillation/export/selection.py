@@ -32,10 +32,9 @@ from torch import nn
 
 from distillation.config import Hyperparameters, Reporter
 from distillation.export.report import LOWER_IS_BETTER
+from distillation.layout import BEST_STATE, best_dir
 from distillation.training.checkpoint import FINGERPRINT_KEYS
 
-BEST_DIR = "best"
-STATE = "best.json"
 # Per-epoch metrics are named "eval_<metric>" (see Task.epoch_metrics).
 PREFIX = "eval_"
 
@@ -57,7 +56,7 @@ class EpochSelector:
 
     def __init__(self, work_dir: Path, *, hp: Hyperparameters, report_metric: str,
                  eval_split: str, reporter: Reporter) -> None:
-        self.dir = work_dir / BEST_DIR
+        self.dir = best_dir(work_dir)
         self.requested = hp.select
         # Without a validation file the epochs are scored on training examples, which rewards
         # overfitting rather than measuring it: the last epoch is exported then.
@@ -88,7 +87,7 @@ class EpochSelector:
     def best(self) -> dict[str, Any] | None:
         """The kept epoch ({"epoch", "step", "metric", "value", ...}), if it belongs to this run."""
         try:
-            state = json.loads((self.dir / STATE).read_text())
+            state = json.loads((self.dir / BEST_STATE).read_text())
         except (OSError, ValueError):
             return None
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint \
@@ -106,10 +105,10 @@ class EpochSelector:
         tag = uuid.uuid4().hex[:8]
         save_model(student, str(self.dir / f".tmp-{tag}-{name}"))
         _replace(self.dir / f".tmp-{tag}-{name}", self.dir / name)
-        (self.dir / f".tmp-{tag}-{STATE}").write_text(json.dumps(state))
-        _replace(self.dir / f".tmp-{tag}-{STATE}", self.dir / STATE)
+        (self.dir / f".tmp-{tag}-{BEST_STATE}").write_text(json.dumps(state))
+        _replace(self.dir / f".tmp-{tag}-{BEST_STATE}", self.dir / BEST_STATE)
         for path in self.dir.iterdir():  # earlier bests, and leftovers of a write cut short
-            if path.name not in (name, STATE):
+            if path.name not in (name, BEST_STATE):
                 path.unlink(missing_ok=True)
 
     # -- after training --------------------------------------------------------------------------

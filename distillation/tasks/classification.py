@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from distillation.config import DataSpec, JobConfig, Reporter
+from distillation.layout import teacher_cache_path
 from distillation.losses.functions import LossInputs
 from distillation.models.info import CLASSIFICATION, ModelInfo
 from distillation.models.loading import load_model
@@ -32,7 +33,6 @@ from distillation.tasks.classification_data import prepare_data, with_student_vo
 from distillation.training.loop import Collator, Features, autocast, model_inputs, to_device
 from distillation.training.teacher_cache import (
     EXAMPLE_INDEX,
-    cache_path,
     dataset_fingerprint,
     teacher_cache,
 )
@@ -97,7 +97,7 @@ def teacher_logit_cache(
     prefix: str, batch_size: int, device: torch.device, reporter: Reporter,
 ) -> LogitCache:
     """The teacher's logits on `features`, through the one teacher-cache loop."""
-    fmt = LogitFormat(prefix, cache_path(work_dir))
+    fmt = LogitFormat(prefix, teacher_cache_path(work_dir))
     cache: LogitCache = teacher_cache(teacher, features, collator, fmt, work_dir=work_dir,
                                       batch_size=batch_size, device=device, reporter=reporter)
     return cache
@@ -220,7 +220,7 @@ classifier("a moving, funny film")""",
         return model_inputs(model, batch, prefix)
 
     def cache_format(self, config: JobConfig, data: TaskData) -> LogitFormat:
-        return LogitFormat(data.teacher_prefix, cache_path(config.work_dir))
+        return LogitFormat(data.teacher_prefix, teacher_cache_path(config.work_dir))
 
     def cached_teacher(self, cache: Any, batch: dict[str, Tensor]) -> Tensor:
         return cache.lookup(batch)  # type: ignore[no-any-return]

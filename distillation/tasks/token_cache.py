@@ -25,18 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from distillation.tasks.token_data import IGNORE_INDEX, target_rows
+from distillation.tasks.token_data import IGNORE_INDEX, TokenTaskView, target_rows
 from distillation.training.loop import Features
 from distillation.training.teacher_cache import dataset_fingerprint
 from distillation.training.topk_cache import TopKCache, TopKRows, compress
-
-if TYPE_CHECKING:
-    from distillation.tasks.token import TokenTask
 
 # Loss terms that compare the student with the teacher's whole distribution over the vocabulary.
 FULL_DISTRIBUTION_LOSSES = ("reverse_kl", "jsd", "mse_logits")
@@ -46,7 +43,7 @@ FULL_DISTRIBUTION_LOSSES = ("reverse_kl", "jsd", "mse_logits")
 class TopKFormat:
     """The token-level teacher cache: the top-k rows of each example's target positions."""
 
-    task: TokenTask
+    task: TokenTaskView
     k: int
     prefix: str = ""
     kind: str = "topk"

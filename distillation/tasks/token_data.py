@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -26,9 +26,6 @@ from distillation.models.loading import load_tokenizer
 from distillation.tasks.base import TRAIN_EVAL_LIMIT, Side, TaskData
 from distillation.training.loop import Features
 from distillation.training.teacher_cache import EXAMPLE_INDEX
-
-if TYPE_CHECKING:
-    from distillation.tasks.token import TokenTask
 
 IGNORE_INDEX = -100
 
@@ -48,7 +45,25 @@ class TokenColumns:
                 if c]
 
 
-def read_token_records(path: Path, task: TokenTask, spec: DataSpec, *,
+class TokenTaskView(Protocol):
+    """What the data and cache code asks of a token-level task (`token.TokenTask` is one): a
+    Protocol, so this module and `token_cache` need not import the task that imports them."""
+
+    name: ClassVar[str]
+    shift: ClassVar[bool]
+
+    def columns(self, spec: DataSpec, file_columns: Sequence[str], *,
+                validation: bool = False) -> TokenColumns: ...
+
+    def encode(self, records: Sequence[Record], columns: TokenColumns,
+               tokenizer: PreTrainedTokenizerBase, *, max_length: int) -> list[Features]: ...
+
+    def decoder_start_id(self, config: PretrainedConfig, pad_id: int) -> int | None: ...
+
+    def model_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]: ...
+
+
+def read_token_records(path: Path, task: TokenTaskView, spec: DataSpec, *,
                        validation: bool = False) -> tuple[list[Record], TokenColumns]:
     """The file's records and the columns they are read from; ValueError naming the record
     when a column is missing or empty."""
@@ -118,7 +133,7 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return int(tokenizer.pad_token_id)  # type: ignore[arg-type]
 
 
-def prepare_token_data(config: JobConfig, task: TokenTask,
+def prepare_token_data(config: JobConfig, task: TokenTaskView,
                        teacher_config: PretrainedConfig) -> TaskData:
     """Read and encode the training (and validation) file with the teacher's tokenizer."""
     tokenizer = load_tokenizer(config.teacher_path)

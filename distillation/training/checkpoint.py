@@ -42,9 +42,9 @@ from distillation.layout import (
     checkpoints_dir,
     list_checkpoints,
     step_dir,
+    teacher_cache_path,
 )
 from distillation.training.loop import LoopState, check_stop
-from distillation.training.teacher_cache import cache_path
 
 FORMAT = 1
 TRAINER = "trainer.pt"
@@ -163,7 +163,7 @@ class Checkpointer:
                 "batch_seed": state.batch_seed, "history": state.result.history,
                 "evals": state.result.evals, "window": state.window,
             }))
-            cache = cache_path(self.work_dir)
+            cache = teacher_cache_path(self.work_dir)
             meta = {
                 "id": checkpoint_id(step), "step": step,
                 "epoch": state.epoch, "created_at": int(time.time()),

@@ -20,7 +20,7 @@ from distillation.config import Cancelled, Hyperparameters, Progress, Reporter
 from distillation.training.schedules import step_progress
 
 if TYPE_CHECKING:
-    from distillation.training.parallel import Ranks
+    from distillation.training.ranks import Ranks
 
 PROGRESS_EVERY_S = 2.0
 Features = dict[str, Any]  # one encoded example: token ids, labels, ...

@@ -33,9 +33,8 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -43,68 +42,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
+from torch import nn
 
 from distillation.config import NullReporter
+from distillation.layout import DDP_PAYLOAD
+from distillation.training.checkpoint import Checkpointer
+from distillation.training.loop import fit
+from distillation.training.ranks import Ranks, rank_device
 
 # Longest a rank waits in a collective: covers rank 0's evaluation at an epoch's end.
 TIMEOUT = timedelta(minutes=60)
-PAYLOAD = "ddp-payload.pt"
-
-
-@dataclass(frozen=True)
-class Ranks:
-    """This process's place in the group."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    def shard(self, indices: Sequence[int]) -> tuple[list[int], float]:
-        """This rank's contiguous share of a global batch, and its loss weight (its share of
-        the batch times the number of ranks: DDP averages the ranks' gradients)."""
-        n, size = len(indices), self.world_size
-        start = self.rank * n // size
-        end = (self.rank + 1) * n // size
-        mine = list(indices[start:end])
-        if not mine:  # a batch smaller than the group: run something, count nothing
-            return list(indices[:1]), 0.0
-        return mine, size * len(mine) / n
-
-    def wrap(self, modules: Sequence[nn.Module], compute_loss: Any) -> nn.Module:
-        """The trained modules and the loss as one DDP module (its forward is `compute_loss`), so
-        their gradients are averaged across ranks during backward."""
-        step = _Step(modules, compute_loss)
-        ids = [self.device.index or 0] if self.device.type == "cuda" else None
-        # Unused parameters (a head a loss does not reach) must not stall the reduction.
-        return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True)
-
-    def mean_logs(self, values: dict[str, float], count: float) -> dict[str, float]:
-        """The whole batch's mean of per-rank means `values` over `count` examples each."""
-        names = sorted(values)
-        device = self.device if self.device.type == "cuda" else torch.device("cpu")
-        sums = torch.tensor([values[k] * count for k in names] + [count], dtype=torch.float64,
-                            device=device)
-        dist.all_reduce(sums)
-        total = float(sums[-1]) or 1.0
-        return {k: float(v) / total for k, v in zip(names, sums[:-1].tolist(), strict=True)}
-
-
-class _Step(nn.Module):
-    """The modules trained together, whose forward is the loss of a batch."""
-
-    def __init__(self, modules: Sequence[nn.Module], compute_loss: Any) -> None:
-        super().__init__()
-        self.parts = nn.ModuleList(modules)
-        self.compute_loss = compute_loss
-
-    def forward(self, batch: dict[str, Tensor]) -> Any:
-        return self.compute_loss(batch)
-
-
-def rank_device(device: torch.device, rank: int) -> torch.device:
-    return torch.device("cuda", rank) if device.type == "cuda" else torch.device("cpu")
 
 
 @contextmanager
@@ -119,7 +66,7 @@ def launch(world_size: int, *, device: torch.device, work_dir: Path,
                          f"{torch.cuda.device_count()} CUDA device(s)")
     backend = "nccl" if device.type == "cuda" else "gloo"
     work_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".", suffix=f"-{PAYLOAD}", dir=work_dir)
+    fd, name = tempfile.mkstemp(prefix=".", suffix=f"-{DDP_PAYLOAD}", dir=work_dir)
     os.close(fd)
     payload = Path(name)
     torch.save({"fit": fit_kwargs, "checkpoint_modules": checkpoint_modules}, payload)
@@ -203,9 +150,6 @@ def loopback_store(world_size: int) -> dist.TCPStore:
 def _run_rank(index: int, port: int, world_size: int, backend: str, device_type: str,
               payload: str, work_dir: str) -> None:
     """Rank index+1: the same loop on its share of every batch, reporting nothing."""
-    from distillation.training.checkpoint import Checkpointer
-    from distillation.training.loop import fit
-
     rank = index + 1
     device = rank_device(torch.device(device_type), rank)
     if device.type == "cuda":

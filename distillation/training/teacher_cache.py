@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from distillation.config import Hyperparameters, Reporter
+from distillation.layout import teacher_cache_path
 from distillation.training.loop import (
     Collator,
     Features,
@@ -42,13 +43,8 @@ from distillation.training.loop import (
 )
 
 EXAMPLE_INDEX = "example_index"
-CACHE_FILE = "teacher_cache.pt"
 CACHE_VERSION = 1
 _CHECKSUM_VALUES = 1024  # per tensor: enough to tell a fine-tuned teacher from its base
-
-
-def cache_path(work_dir: Path) -> Path:
-    return work_dir / CACHE_FILE
 
 
 def with_example_index(features: Sequence[Features]) -> list[Features]:
@@ -212,7 +208,7 @@ def teacher_cache(
     """The teacher's outputs on `features` (what `fmt` builds): read from the work directory
     when an earlier run of this job cached them for the same data, teacher and format, else
     computed once and saved there."""
-    path = cache_path(work_dir)
+    path = teacher_cache_path(work_dir)
     header = {"version": CACHE_VERSION, "kind": fmt.kind, **fmt.header,
               "examples": len(features), "fingerprint": fmt.fingerprint(features),
               "teacher": teacher_identity(teacher)}

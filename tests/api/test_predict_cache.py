@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from app.inference.cache import PredictorCache
-from distillation.export.runtimes import Runtime, ServingPredictor, load_predictor
+from distillation.export.predictors import load_predictor
+from distillation.export.runtimes import Runtime, ServingPredictor
 from tests.factories.api import dir_members, tar_gz
 from tests.factories.api import upload_archive as upload
 

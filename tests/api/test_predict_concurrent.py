@@ -14,7 +14,8 @@ import pytest
 from app.inference.cache import PredictorCache
 from app.inference.stats import BatchLog
 from distillation.export.predict import Predictor
-from distillation.export.runtimes import Runtime, ServingPredictor, load_predictor
+from distillation.export.predictors import load_predictor
+from distillation.export.runtimes import Runtime, ServingPredictor
 from tests.api.test_batching import Poisoned, assert_same_rows
 from tests.factories.api import assert_error, dir_members, tar_gz
 from tests.factories.api import upload_archive as upload

@@ -14,6 +14,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from distillation.config import Hyperparameters, JobConfig, LossSpec
 from distillation.engine import distill
+from distillation.layout import teacher_cache_path
 from distillation.losses.functions import KLLoss, LossInputs, build_losses
 from distillation.models.info import inspect_model, model_info
 from distillation.students.build import build_student
@@ -22,7 +23,6 @@ from distillation.tasks.classification import teacher_logit_cache
 from distillation.tasks.classification_data import prepare_data
 from distillation.training.teacher_cache import (
     EXAMPLE_INDEX,
-    cache_path,
     load_tensors,
     save_tensors,
     with_example_index,
@@ -109,8 +109,8 @@ def test_cache_on_runs_the_teacher_once_per_example_and_trains_the_same(
         assert loss_on == pytest.approx(loss_off, rel=1e-4, abs=1e-6)
     stages = [event.stage for event in on_recorder.progress_events]
     assert "cache_teacher" in stages and stages.index("cache_teacher") < stages.index("distill")
-    assert cache_path(tmp_path / "True" / "work").exists()
-    assert not cache_path(tmp_path / "False" / "work").exists()
+    assert teacher_cache_path(tmp_path / "True" / "work").exists()
+    assert not teacher_cache_path(tmp_path / "False" / "work").exists()
 
 
 def test_a_resumed_job_reuses_the_cache_file(tiny_teacher_dir: Path, tmp_path: Path) -> None:
@@ -142,7 +142,7 @@ def test_hidden_state_losses_skip_the_cache_and_say_why(
     distill(config, data, teacher, student, losses, CPU, recorder)
     assert counter.examples == 2 * 24
     assert any("Not caching" in m and "hidden states" in m for m in recorder.messages)
-    assert not cache_path(config.work_dir).exists()
+    assert not teacher_cache_path(config.work_dir).exists()
     assert "cache_teacher" not in {event.stage for event in recorder.progress_events}
 
 

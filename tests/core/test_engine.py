@@ -21,7 +21,8 @@ from distillation.config import (
 )
 from distillation.engine import run_job
 from distillation.export.predict import Predictor
-from distillation.export.runtimes import available_runtimes, choose_default, default_runtime, load_predictor
+from distillation.export.predictors import load_predictor
+from distillation.export.runtimes import available_runtimes, choose_default, default_runtime
 from distillation.losses.functions import KLLoss, LossInputs
 from distillation.students.build import build_student
 from tests.factories.jobs import toy_job

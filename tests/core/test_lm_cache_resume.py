@@ -14,12 +14,11 @@ from transformers import PreTrainedModel, set_seed
 
 from distillation.config import FinetuneSpec, Hyperparameters, JobConfig, LossSpec
 from distillation.engine import distill, run_job
-from distillation.layout import list_checkpoints
+from distillation.layout import list_checkpoints, teacher_cache_path
 from distillation.losses.functions import CompositeLoss, build_losses
 from distillation.models.info import inspect_model
 from distillation.students.build import build_student
 from distillation.tasks import CAUSAL_LM, SEQ2SEQ, TaskData, get_task
-from distillation.training.teacher_cache import cache_path
 from tests.factories.jobs import toy_job
 from tests.factories.lm import copy_records, lm_tokenizer, reverse_records, save_gpt2, save_t5
 from tests.factories.probes import TeacherCounter
@@ -89,11 +88,11 @@ def test_cache_runs_the_teacher_once_per_example_and_gives_the_full_kl_when_k_co
     assert first_on["loss_kl"] == pytest.approx(first_off["loss_kl"], rel=1e-3, abs=1e-5)
     assert first_on["loss_ce"] == pytest.approx(first_off["loss_ce"], rel=1e-6)
     # The cache file says what it holds: k capped at the vocabulary, one row per target token.
-    saved = torch.load(cache_path(tmp_path / "True" / "work"), weights_only=True)
+    saved = torch.load(teacher_cache_path(tmp_path / "True" / "work"), weights_only=True)
     assert saved["header"]["kind"] == "topk" and saved["header"]["k"] == 64
     assert saved["tensors"]["shape"].tolist() == [VOCAB, VOCAB]
     assert saved["tensors"]["offsets"].shape[0] == examples + 1
-    assert not cache_path(tmp_path / "False" / "work").exists()
+    assert not teacher_cache_path(tmp_path / "False" / "work").exists()
 
 
 def test_losses_on_the_full_distribution_skip_the_cache_and_say_why(
@@ -109,7 +108,7 @@ def test_losses_on_the_full_distribution_skip_the_cache_and_say_why(
     assert counter.examples == 2 * len(data.student.train)
     assert any("Not caching" in m and "reverse_kl needs the teacher's full distribution" in m
                for m in recorder.messages)
-    assert not cache_path(config.work_dir).exists()
+    assert not teacher_cache_path(config.work_dir).exists()
 
 
 def _resume_config(task: str, teacher: Path, tmp: Path, name: str) -> JobConfig:
@@ -135,7 +134,7 @@ def test_a_killed_lm_job_resumes_and_ends_like_an_uninterrupted_one(
     assert first.stages()[:3] == ["finetune_teacher", "cache_teacher", "distill"]
     kept = list_checkpoints(config.work_dir)
     assert [meta["step"] for _, meta in kept] == [4, 2]
-    assert kept[0][1]["teacher_cache"] == str(cache_path(config.work_dir))
+    assert kept[0][1]["teacher_cache"] == str(teacher_cache_path(config.work_dir))
 
     # When the job is run again with the same config
     second = RecordingReporter()

@@ -17,12 +17,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from distillation.export.onnx_export import ExportFailed, export_onnx
 from distillation.export.onnx_runtime import OnnxClassifier, OnnxPredictor, open_session
 from distillation.export.predict import Predictor
+from distillation.export.predictors import load_predictor
 from distillation.export.runtimes import (
     RuntimeUnavailable,
     available_runtimes,
     choose_default,
     default_runtime,
-    load_predictor,
     write_runtimes,
 )
 from tests.factories.lm import save_gpt2

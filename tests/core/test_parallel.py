@@ -18,7 +18,8 @@ from torch.multiprocessing import ProcessRaisedException
 from distillation.config import Hyperparameters, JobConfig
 from distillation.engine import run_job
 from distillation.layout import list_checkpoints
-from distillation.training.parallel import Ranks, launch
+from distillation.training.parallel import launch
+from distillation.training.ranks import Ranks
 from tests.factories.jobs import toy_job
 from tests.factories.records import sentiment_records
 from tests.factories.reporting import RecordingReporter, WorkerDied

@@ -11,8 +11,8 @@ import torch
 from distillation.config import AugmentSpec, Hyperparameters, LossSpec
 from distillation.data.augment import Augmenter, check_augmentation
 from distillation.engine import run_job
+from distillation.layout import teacher_cache_path
 from distillation.losses.functions import CELoss, LossInputs
-from distillation.training.teacher_cache import cache_path
 from tests.factories.jobs import toy_job
 from tests.factories.records import sentiment_records, write_jsonl
 from tests.factories.reporting import RecordingReporter
@@ -94,7 +94,7 @@ def test_job_distils_on_transfer_and_augmented_texts(tiny_teacher_dir: Path,
     assert 40 < counts["augmented"] <= 2 * 56  # up to two per text, a few draws change nothing
     total = sum(counts.values())
     # The teacher labelled every example once, in its cache: one row of logits each.
-    cache = torch.load(cache_path(config.work_dir), weights_only=True)
+    cache = torch.load(teacher_cache_path(config.work_dir), weights_only=True)
     assert cache["tensors"]["logits"].shape[0] == total
     assert any(f"{total:,} examples (16 labelled, 40 transfer" in m for m in recorder.messages)
     assert result.train_loss is not None and result.train_loss == result.train_loss  # not NaN
