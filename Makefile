@@ -11,11 +11,11 @@ test: setup
 	./scripts/services.sh
 	./scripts/browser.sh
 	.venv/bin/ruff check .
-	.venv/bin/mypy app worker distillation client/distill_client
+	.venv/bin/mypy distill_cli app worker distillation client/distill_client
 	.venv/bin/lint-imports
 	.venv/bin/pytest -q
 
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy app worker distillation client/distill_client
+	.venv/bin/mypy distill_cli app worker distillation client/distill_client
 	.venv/bin/lint-imports

@@ -84,7 +84,7 @@ def service_env(work: Path) -> dict[str, str]:
 
 
 def make_key(env: dict[str, str]) -> str:
-    out = subprocess.run([PY, "-m", "app.cli", "keys", "create", "--tenant", "bench"], env=env,
+    out = subprocess.run([PY, "-m", "distill_cli", "keys", "create", "--tenant", "bench"], env=env,
                          capture_output=True, text=True, check=True)
     return out.stdout.split()[-1]
 
@@ -98,7 +98,7 @@ def find_student(client: httpx.Client) -> dict[str, Any] | None:
 
 def distil_student(client: httpx.Client) -> dict[str, Any]:
     """The demo's recipe through the API (upload, job, follow): the student to serve."""
-    from app.cli.demo import _check, _follow, _split_tsv, demo_job
+    from distill_cli.demo import _check, _follow, _split_tsv, demo_job
 
     labelled, texts = _split_tsv(SST2 / "train.tsv", 8000, 8000)
     train = _check(client.post("/v1/files", data={"purpose": "train"},
@@ -119,7 +119,7 @@ def prepare_student(work: Path) -> dict[str, Any]:
     """A distilled SST-2 student in the work directory's service (distilled when absent)."""
     env = service_env(work)
     port = free_port()
-    proc = subprocess.Popen([PY, "-m", "app.cli", "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([PY, "-m", "distill_cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_up(f"http://127.0.0.1:{port}/readyz", proc)
@@ -208,7 +208,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     env = service_env(args.work)
     api_port, naive_port = free_port(), free_port()
-    api = subprocess.Popen([PY, "-m", "app.cli", "api", "--port", str(api_port)], env=env,
+    api = subprocess.Popen([PY, "-m", "distill_cli", "api", "--port", str(api_port)], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_up(f"http://127.0.0.1:{api_port}/healthz", api)

@@ -105,14 +105,14 @@ class Services:
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
 
     def run(self, *args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "app.cli", *args], env=self.env, cwd=ROOT,
+        out = subprocess.run([sys.executable, "-m", "distill_cli", *args], env=self.env, cwd=ROOT,
                              check=True, capture_output=True, text=True)
         return out.stdout
 
     def _spawn(self, name: str, args: list[str], own_env: dict[str, str] | None
                ) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-        return subprocess.Popen([sys.executable, "-m", "app.cli", *args],
+        return subprocess.Popen([sys.executable, "-m", "distill_cli", *args],
                                 env={**self.env, **(own_env or {})}, cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -17,8 +17,8 @@ TORCH_LOCAL=${DISTILL_TORCH_LOCK:-torch==2.13.0+cpu}
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 echo "$TORCH_LOCAL" > "$constraints"
-"$UV" pip compile pyproject.toml client/pyproject.toml requirements/build.in \
-  --extra dev --generate-hashes --no-emit-package torch \
+"$UV" pip compile pyproject.toml client/pyproject.toml requirements/build.in requirements/local.in \
+  --extra dev --generate-hashes --no-emit-package torch --no-emit-package distill-client \
   --find-links /opt/wheels \
   -c "$constraints" \
   --python-version 3.11 --python-platform x86_64-manylinux_2_28 \

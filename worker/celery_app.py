@@ -25,7 +25,6 @@ from celery.signals import (
 )
 
 from app.auth.logs import redact, redact_key_logs
-from app.cli.processes import METRICS_DIR_PREFIX
 from app.jobs.queue import celery_settings
 from app.kit.logs import configure_logging
 from app.settings import get_settings
@@ -97,6 +96,6 @@ def _stop_reconciler(**_: Any) -> None:
         _metrics_server.shutdown()
         # The folder `distill worker` made for this run (not one the user named).
         folder = Path(os.environ.get(metrics.MULTIPROC_ENV, ""))
-        if folder.name.startswith(METRICS_DIR_PREFIX) and folder.parent == Path(
+        if folder.name.startswith(metrics.METRICS_DIR_PREFIX) and folder.parent == Path(
                 tempfile.gettempdir()):
             shutil.rmtree(folder, ignore_errors=True)

@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client import multiprocess as prometheus_multiprocess
 
+from app.settings import Settings
 from distillation.config import Progress, Reporter
 
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The folder `distill worker` makes for its job processes' metrics when none is named.
+METRICS_DIR_PREFIX = "distill-worker-metrics-"
 STAGES = ("prepare_data", "load_teacher", "finetune_teacher", "plan_student", "cache_teacher",
           "distill", "evaluate", "export")
 TRAINING_STAGES = ("finetune_teacher", "distill")  # the stages that take optimizer steps
@@ -135,3 +140,20 @@ def process_exited(pid: int) -> None:
     """Forget a finished job process's live gauges (its counters and histograms stay)."""
     if os.environ.get(MULTIPROC_ENV):
         prometheus_multiprocess.mark_process_dead(pid)
+
+
+def worker_metrics_env(settings: Settings) -> dict[str, str]:
+    """The environment a worker whose metrics are served needs: `PROMETHEUS_MULTIPROC_DIR`, where
+    its job processes write their metrics. A folder of its own, or the one given, emptied: values
+    left by an earlier run would be added to this one's."""
+    if not settings.worker_metrics_port:
+        return {}
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    else:
+        path = Path(tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX))
+    return {MULTIPROC_ENV: str(path)}

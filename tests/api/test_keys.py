@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from typer.testing import CliRunner
 
-from app.cli.main import cli
+from distill_cli.main import cli
 from tests.factories.api import assert_error, make_key
 from tests.factories.server import ROOT, distill_env, live_api
 
@@ -79,7 +79,7 @@ def test_revoked_and_unknown_keys_answer_alike(client: Any, settings: Any) -> No
 def test_no_key_in_any_log_line(settings: Any, tmp_path: Path) -> None:
     # Given a key made by `distill keys create` and a live `distill api` logging every request
     env = distill_env(settings)
-    created = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "--tenant", "acme"],
+    created = subprocess.run([sys.executable, "-m", "distill_cli", "keys", "create", "--tenant", "acme"],
                              env=env, cwd=ROOT, capture_output=True, text=True, check=True)
     key = created.stdout.split()[-1]
     log = tmp_path / "api.log"
@@ -91,7 +91,7 @@ def test_no_key_in_any_log_line(settings: Any, tmp_path: Path) -> None:
         assert http.get(f"/v1/files?api_key={key}", headers=auth).status_code == 200
         assert http.get(f"/v1/files/{key}", headers=auth).status_code == 404
         assert http.get("/v1/models", headers={"Authorization": f"Bearer {key}x"}).status_code == 401
-        listing = subprocess.run([sys.executable, "-m", "app.cli", "keys", "list", "--tenant",
+        listing = subprocess.run([sys.executable, "-m", "distill_cli", "keys", "list", "--tenant",
                                   "acme"], env=env, cwd=ROOT, capture_output=True, text=True)
     logged = log.read_text()
     lines = [json.loads(line) for line in logged.splitlines()]  # one JSON object a line

@@ -15,8 +15,8 @@ from sqlalchemy import event
 from typer.testing import CliRunner
 
 from app.auth.service import list_keys
-from app.cli.main import cli
 from app.kit.db import engine_for, session_scope
+from distill_cli.main import cli
 from tests.factories.api import assert_error, dir_members, make_key, tar_gz
 from tests.factories.api import upload_archive as upload
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from app.cli.main import cli
+from distill_cli.main import cli
 from tests.factories.api import job_body
 from tests.factories.records import sentiment_records, write_jsonl
 from tests.factories.server import ROOT, free_port
@@ -155,8 +155,8 @@ def test_bad_input_messages(cli_env: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_the_distill_command_runs_the_client_commands(cli_env: dict[str, str]) -> None:
-    """As a user runs it: `python -m app.cli` (the `distill` script), env vars only."""
-    out = subprocess.run([sys.executable, "-m", "app.cli", "models", "list", "--json"],
+    """As a user runs it: `python -m distill_cli` (the `distill` script), env vars only."""
+    out = subprocess.run([sys.executable, "-m", "distill_cli", "models", "list", "--json"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{ROOT / 'client'}",
                               **cli_env})

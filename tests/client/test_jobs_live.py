@@ -14,7 +14,7 @@ import pytest
 from distill_client import Client, Job, JobEvent
 from typer.testing import CliRunner
 
-from app.cli.main import cli
+from distill_cli.main import cli
 from tests.factories.api import job_body
 from tests.factories.records import sentiment_records, write_jsonl
 

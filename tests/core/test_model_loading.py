@@ -160,7 +160,7 @@ def test_the_cli_keeps_the_hub_offline() -> None:
     """`distill` (serve, api, worker: all go through `main`) sets offline mode before anything
     imports huggingface_hub, which reads it once at import."""
     script = ("import sys; sys.argv = ['distill', '--help']\n"
-              "from app.cli.main import main\n"
+              "from distill_cli.main import main\n"
               "try:\n    main()\nexcept SystemExit:\n    pass\n"
               "import huggingface_hub.constants as c, os\n"
               "print(c.HF_HUB_OFFLINE, os.environ.get('TRANSFORMERS_OFFLINE'))")

@@ -33,7 +33,7 @@ def start_api(settings: Any, **env: str) -> tuple[subprocess.Popen[bytes], str]:
                 "DISTILL_BROKER_URL": settings.broker_url,
                 "DISTILL_DATA_DIR": str(settings.resolved_data_dir),
                 "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "api", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "distill_cli", "api", "--port", str(port)],
                             env=full_env, cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -45,7 +45,7 @@ def live_api(settings: Any, log: Path, **env: str) -> Iterator[LiveApi]:
     """`distill api` on a free port, its stdout and stderr in `log`; stopped (SIGTERM) on exit."""
     port = free_port()
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "api", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "distill_cli", "api", "--port", str(port)],
                                 env=distill_env(settings, **env), cwd=ROOT,
                                 start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
     api = LiveApi(proc=proc, url=f"http://127.0.0.1:{port}", log=log)

@@ -31,7 +31,7 @@ def start_worker(settings: Any, *, log: Path | None = None, **env: str) -> subpr
                 "DISTILL_HEARTBEAT_INTERVAL_S": "0.5", **env}
     out = log.open("ab") if log is not None else None
     try:
-        return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=full_env,
+        return subprocess.Popen([sys.executable, "-m", "distill_cli", "worker"], env=full_env,
                                 cwd=ROOT, start_new_session=True, stdout=out,
                                 stderr=subprocess.STDOUT if out else None)
     finally:

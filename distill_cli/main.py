@@ -15,12 +15,13 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from app.cli.files_cmd import files_cli
-from app.cli.jobs_cmd import jobs_cli
-from app.cli.models_cmd import models_cli
-from app.cli.processes import stop_process, worker_metrics_env
 from app.kit.logs import LogFormat
 from app.settings import Settings, get_settings
+from distill_cli.files_cmd import files_cli
+from distill_cli.jobs_cmd import jobs_cli
+from distill_cli.models_cmd import models_cli
+from distill_cli.processes import stop_process
+from worker.metrics import worker_metrics_env
 
 cli = typer.Typer(help="Distillation as a service: teacher in, small fast student out.",
                   no_args_is_help=True, add_completion=False)
@@ -272,7 +273,7 @@ def demo(
 ) -> None:
     """Serve, upload SST-2 (labelled rows and unlabelled texts), distil the built-in MiniLM into a
     student 4x smaller, download it, predict with it and print the report."""
-    from app.cli.demo import run_demo
+    from distill_cli.demo import run_demo
 
     run_demo(rows=None if full else rows, transfer=transfer, epochs=epochs, sst2_dir=sst2_dir,
              port=port)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.remote import (
+from distill_cli.remote import (
     DEFAULT_API_URL,
     ApiKeyOpt,
     ApiUrlOpt,

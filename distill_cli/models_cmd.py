@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from app.cli.remote import (
+from distill_cli.remote import (
     DEFAULT_API_URL,
     ApiKeyOpt,
     ApiUrlOpt,
@@ -20,7 +20,7 @@ from app.cli.remote import (
     table,
     when,
 )
-from app.cli.report import report_table
+from distill_cli.report import report_table
 
 models_cli = typer.Typer(help="Models: built-in, uploaded and distilled.", no_args_is_help=True)
 

@@ -24,9 +24,9 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from app.cli.processes import stop_process
-from app.cli.report import report_table
 from app.settings import get_settings
+from distill_cli.processes import stop_process
+from distill_cli.report import report_table
 
 console = Console()
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -128,12 +128,12 @@ def run_demo(*, rows: int | None, transfer: int, epochs: int, sst2_dir: Path | N
     base = f"http://127.0.0.1:{port}"
     console.rule("[bold]distill demo")
     console.print(f"Starting `distill serve` on {base} (data in {settings.resolved_data_dir})")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "distill_cli", "serve", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with httpx.Client(base_url=base, timeout=120) as client:
             _wait_ready(client, proc)
-            out = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create",
+            out = subprocess.run([sys.executable, "-m", "distill_cli", "keys", "create",
                                   "--tenant", "demo"], capture_output=True, text=True, check=True)
             key = out.stdout.split()[-1]
             client.headers["Authorization"] = f"Bearer {key}"

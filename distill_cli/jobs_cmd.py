@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from app.cli.follow import exit_for, follow_job, interrupted
-from app.cli.remote import (
+from distill_cli.follow import exit_for, follow_job, interrupted
+from distill_cli.remote import (
     DEFAULT_API_URL,
     ApiKeyOpt,
     ApiUrlOpt,

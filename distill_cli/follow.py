@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from app.cli.remote import console, fail
-from app.cli.report import report_table
+from distill_cli.remote import console, fail
+from distill_cli.report import report_table
 
 if TYPE_CHECKING:
     from distill_client import Client, Job, JobEvent
