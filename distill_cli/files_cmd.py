@@ -15,8 +15,8 @@ from distill_cli.remote import (
     connect,
     console,
     print_json,
+    print_page,
     reply,
-    table,
     when,
 )
 
@@ -48,14 +48,10 @@ def list_files(
     """The tenant's files, newest first."""
     with connect(api_url, api_key) as client:
         page = client.files.list(limit=limit, purpose=purpose)
-    if json_out:
-        print_json(page)
-        return
-    rows = table("id", "filename", "purpose", "format", "records", "bytes", "created (UTC)")
-    for f in page.data:
-        rows.add_row(f.id, f.filename, f.purpose, f.format, f"{f.num_records:,}",
-                      f"{f.bytes:,}", when(f.created_at))
-    console().print(rows)
+    print_page(page, json_out, ("id", "filename", "purpose", "format", "records", "bytes",
+                                "created (UTC)"),
+               lambda f: (f.id, f.filename, f.purpose, f.format, f"{f.num_records:,}",
+                          f"{f.bytes:,}", when(f.created_at)))
 
 
 @files_cli.command("get")

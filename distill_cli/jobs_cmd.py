@@ -19,8 +19,8 @@ from distill_cli.remote import (
     console,
     fail,
     print_json,
+    print_page,
     reply,
-    table,
     when,
 )
 
@@ -91,14 +91,11 @@ def list_jobs(
     """The tenant's jobs, newest first."""
     with connect(api_url, api_key) as client:
         page = client.jobs.list(limit=limit, status=status)
-    if json_out:
-        print_json(page)
-        return
-    rows = table("id", "status", "task", "stage", "progress", "model", "created (UTC)", ids=(0, 5))
-    for job in page.data:
-        rows.add_row(job.id, job.status, job.task, job.progress.stage or "-",
-                      f"{job.progress.percent:.0f}%", job.result_model or "-", when(job.created_at))
-    console().print(rows)
+    print_page(page, json_out, ("id", "status", "task", "stage", "progress", "model",
+                                "created (UTC)"),
+               lambda job: (job.id, job.status, job.task, job.progress.stage or "-",
+                            f"{job.progress.percent:.0f}%", job.result_model or "-",
+                            when(job.created_at)), ids=(0, 5))
 
 
 def _job_lines(job: Job) -> list[tuple[str, str]]:

@@ -16,6 +16,7 @@ from distill_cli.remote import (
     connect,
     console,
     print_json,
+    print_page,
     reply,
     table,
     when,
@@ -33,14 +34,10 @@ def list_models(api_url: ApiUrlOpt = DEFAULT_API_URL, api_key: ApiKeyOpt = None,
     """The built-in models and the tenant's own."""
     with connect(api_url, api_key) as client:
         page = client.models.list()
-    if json_out:
-        print_json(page)
-        return
-    rows = table("id", "source", "task", "parameters", "size (MB)", "job", "created (UTC)")
-    for m in page.data:
-        rows.add_row(m.id, m.source or "-", m.task, f"{m.parameters:,}",
-                      f"{m.size_bytes / 1e6:.1f}", m.source_job or "-", when(m.created_at))
-    console().print(rows)
+    print_page(page, json_out, ("id", "source", "task", "parameters", "size (MB)", "job",
+                                "created (UTC)"),
+               lambda m: (m.id, m.source or "-", m.task, f"{m.parameters:,}",
+                          f"{m.size_bytes / 1e6:.1f}", m.source_job or "-", when(m.created_at)))
 
 
 @models_cli.command("get")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -109,6 +109,19 @@ def reply(value: Any, json_out: bool, line: str) -> None:
         print_json(value)
     else:
         console().print(line)
+
+
+def print_page(page: Any, json_out: bool, headers: Sequence[str],
+               row: Callable[[Any], Sequence[str]], *, ids: tuple[int, ...] = (0,)) -> None:
+    """What a list command prints: the page as JSON (`--json`), else a table of `row(item)`
+    for each of its items."""
+    if json_out:
+        print_json(page)
+        return
+    rows = table(*headers, ids=ids)
+    for item in page.data:
+        rows.add_row(*row(item))
+    console().print(rows)
 
 
 def when(stamp: int | float | None) -> str:
