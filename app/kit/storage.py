@@ -37,11 +37,6 @@ def model_dir(settings: Settings, model_id: str) -> Path:
     return settings.models_dir / model_id
 
 
-def job_dir(settings: Settings, job_id: str) -> Path:
-    """A job's working directory (checkpoints, caches, export): `jobs_dir/<job_id>/`."""
-    return settings.jobs_dir / job_id
-
-
 def staging_dir(parent: Path, *, prefix: str = ".tmp-") -> Path:
     """A fresh empty directory inside `parent`, on the same file system as its final place."""
     parent.mkdir(parents=True, exist_ok=True)
@@ -49,21 +44,6 @@ def staging_dir(parent: Path, *, prefix: str = ".tmp-") -> Path:
 
 
 # -- Atomic writes and moves -------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary sibling and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_stream(path: Path, stream: BinaryIO) -> None:
