@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.kit.queues import QueueClass, parse_queues
+from app.jobs.queue_classes import QueueClass, parse_queues
 
 
 def default_data_dir() -> Path:

@@ -27,7 +27,7 @@ from sqlalchemy import bindparam, create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from app.kit.queues import DEFAULT_QUEUE
+from app.jobs.queue_classes import DEFAULT_QUEUE
 from app.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 The service estimates the job's accelerator memory per device (`distillation.students.memory`, from the
 models' configs: nothing is loaded), stores it on the job with the queue it chose, and every
 wake-up of the job (the API's, a worker's hand-back, the reconciler's) goes to that queue. The
-queue is the smallest configured class (`DISTILL_WORKER_QUEUES`, `app.kit.queues`) whose workers
+queue is the smallest configured class (`DISTILL_WORKER_QUEUES`, `app.jobs.queue_classes`) whose workers
 have the memory and `hyperparameters.devices` devices; a job that no class could ever hold is
 refused with a 400 naming the field to change, and one whose memory cannot be estimated (an
 exotic config) goes only to a class without a memory limit, else is refused (400

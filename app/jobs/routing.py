@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.jobs.queue_classes import DEFAULT_QUEUE
 from app.jobs.tables import JobRow
-from app.kit.queues import DEFAULT_QUEUE
 from app.settings import Settings
 
 __all__ = ["DEFAULT_QUEUE", "queue_for", "resources_view"]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from app.kit.queues import queues_for_worker
+from app.jobs.queue_classes import queues_for_worker
 from app.settings import Settings
 
 

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.jobs.queue_classes import parse_queues, queues_for_worker
 from app.kit.db import session_scope
-from app.kit.queues import parse_queues, queues_for_worker
 from app.workers.registry import list_workers
 from tests.factories.worker import create_job, start_worker, stop_worker, wait_for
 
