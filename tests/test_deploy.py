@@ -25,7 +25,8 @@ def exported_series() -> set[str]:
     """Every series name the API and the worker can expose."""
     from prometheus_client import REGISTRY
 
-    import app.kit.metrics  # noqa: F401  (registers the HTTP and predict metrics)
+    import app.inference.metrics  # registers the predict metrics
+    import app.kit.metrics  # noqa: F401  (registers the HTTP metrics)
     import worker.metrics  # noqa: F401  (registers the worker's)
     from app.jobs.metrics import JobsCollector
 

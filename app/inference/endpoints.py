@@ -9,10 +9,10 @@ from fastapi import APIRouter, Depends, Request
 from app.deps import CachedTenantDep, CurrentSettingsDep
 from app.inference import service
 from app.inference.cache import PredictorCache
+from app.inference.metrics import count_predict_request, observe_predict_batch, set_loaded_models
 from app.inference.schemas import PredictRequest, PredictResponse
 from app.inference.stats import BatchLog, BatchStats
 from app.kit.errors import ServiceError, TooManyRequests
-from app.kit.metrics import count_predict_request, observe_predict_batch, set_loaded_models
 from app.kit.ttl_memo import TTLMemo
 from app.settings import Settings
 

@@ -122,7 +122,7 @@ def test_a_reading_serves_close_scrapes_and_a_dead_database_does_not_hang_one(
 
 
 def test_predict_metrics_reach_the_scrape(client: Any) -> None:
-    from app.kit.metrics import count_predict_request, observe_predict_batch, set_loaded_models
+    from app.inference.metrics import count_predict_request, observe_predict_batch, set_loaded_models
 
     def scrape() -> Samples:
         return parse(client.get("/metrics").text)
