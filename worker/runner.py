@@ -33,8 +33,8 @@ from app.jobs.status import JobStatus
 from app.jobs.tables import JobRow
 from app.kit.db import session_scope
 from app.kit.logs import job_context
-from app.kit.store_dirs import unpublish_model_dir
 from app.models.service import register_distilled_model
+from app.models.store import unpublish_model_dir
 from app.settings import Settings
 from distillation.config import Cancelled, JobResult
 from distillation.engine import run_job

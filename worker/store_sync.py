@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.jobs import workspace
-from app.kit.store import open_store
-from app.kit.store_dirs import download_tree, upload_tree
 from app.settings import Settings
+from app.storage.object_store import open_store
+from app.storage.trees import download_tree, upload_tree
 from distillation.layout import (
     BEST_DIR,
     BEST_STATE,

@@ -10,13 +10,13 @@ from sqlalchemy.orm import Session
 from app.files import repository
 from app.files.schemas import PURPOSES
 from app.files.tables import FileRow
-from app.kit import storage
 from app.kit.clock import now
 from app.kit.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from app.kit.ids import new_id
-from app.kit.store import is_remote, open_store, remove_location
-from app.kit.store_dirs import local_file
 from app.settings import Settings, get_settings
+from app.storage import local
+from app.storage.object_store import is_remote, open_store, remove_location
+from app.storage.scratch import local_file
 from distillation.data.records import Limits, RecordError, Summary, TooManyRecords, scan
 
 MAX_FILENAME = 255
@@ -67,7 +67,7 @@ def create_file(
     name = _clean_filename(filename)
     summary = _check(stream, name=name, settings=settings)
     file_id = new_id("file")
-    path = str(storage.file_path(settings, file_id, PurePath(name).suffix.lower()))
+    path = str(local.file_path(settings, file_id, PurePath(name).suffix.lower()))
     stream.seek(0)
     if settings.remote_storage:
         # Its key is new and the row publishes it: nobody reads it before the commit.
@@ -75,7 +75,7 @@ def create_file(
         store.put_stream(f"files/{PurePath(path).name}", stream)
         path = store.url(f"files/{PurePath(path).name}")
     else:
-        storage.atomic_write_stream(Path(path), stream)
+        local.atomic_write_stream(Path(path), stream)
     try:
         row = FileRow(
             id=file_id,

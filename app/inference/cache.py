@@ -29,7 +29,7 @@ from pathlib import Path
 from app.inference.batcher import Batcher, PredictInput, Rows
 from app.inference.stats import BatchHook
 from app.kit.errors import ServiceUnavailable
-from app.kit.storage import dir_mtime_ns
+from app.storage.local import dir_mtime_ns
 from distillation.export.predictors import load_predictor
 from distillation.export.runtimes import Runtime, ServingPredictor
 

@@ -17,10 +17,10 @@ from app.inference.batcher import PredictInput, Rows
 from app.inference.cache import PredictorCache
 from app.kit.db import session_factory
 from app.kit.errors import InvalidRequest, NotFound, Unprocessable
-from app.kit.storage import dir_mtime_ns
 from app.kit.ttl_memo import TTLMemo
 from app.models import service as models
 from app.settings import Settings
+from app.storage.local import dir_mtime_ns
 from distillation.export.runtimes import (
     Runtime,
     RuntimeUnavailable,

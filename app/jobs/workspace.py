@@ -19,8 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from app.kit.store import open_store
 from app.settings import Settings
+from app.storage.object_store import open_store
 from distillation.layout import CHECKPOINTS, METADATA, list_checkpoints
 
 _ATTEMPT = re.compile(r"^attempt-(\d+)$")

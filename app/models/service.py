@@ -14,25 +14,26 @@ from typing import Any, BinaryIO, Literal
 
 from sqlalchemy.orm import Session
 
-from app.kit import storage
 from app.kit.clock import now
 from app.kit.errors import Conflict, InvalidRequest, NotFound
 from app.kit.ids import new_id
-from app.kit.store import is_remote, remove_location
-from app.kit.store_dirs import (
+from app.models import repository
+from app.models.archive import invalid_archive, unpack_model_archive
+from app.models.builtin import BUILTINS, get_builtin
+from app.models.store import (
     iter_stored_model_tar_gz,
     local_model_dir,
     publish_model_dir,
     stored_model_files,
     unpublish_model_dir,
 )
-from app.models import repository
-from app.models.archive import invalid_archive, unpack_model_archive
-from app.models.builtin import BUILTINS, get_builtin
 from app.models.tables import ModelRow
 from app.models.views import ModelView, from_builtin, from_row, inspect_cached
 from app.models.weights import weight_stats
 from app.settings import Settings, get_settings
+from app.storage import local
+from app.storage.object_store import is_remote, remove_location
+from app.storage.tar_gz import iter_tar_gz
 from distillation.export.runtimes import (
     ONNX_FILE,
     RUNTIME_SUBDIRS,
@@ -88,7 +89,7 @@ def create_uploaded_model(
 ) -> ModelView:
     """Register a teacher from a .tar.gz of a Hugging Face directory (checked, then stored)."""
     model_id = new_id("model")
-    staging = storage.staging_dir(settings.models_dir)
+    staging = local.staging_dir(settings.models_dir)
     try:
         unpack_model_archive(
             archive, staging,
@@ -97,7 +98,7 @@ def create_uploaded_model(
         # Runtime exports are the service's own (made and measured at a job's export): an
         # upload's `onnx/` folders (Hub snapshots often carry one) are not served.
         for name in (*RUNTIME_SUBDIRS.values(), RUNTIMES_FILE):
-            storage.remove(staging / name)
+            local.remove(staging / name)
         try:
             info = inspect_cached(staging)
             stats = weight_stats(staging)
@@ -105,7 +106,7 @@ def create_uploaded_model(
             raise invalid_archive(f"The archive is not a loadable model: {exc}") from exc
         final = publish_model_dir(settings, staging, model_id)
     finally:
-        storage.remove(staging)  # gone already when it was renamed into a local store
+        local.remove(staging)  # gone already when it was renamed into a local store
     row = ModelRow(
         id=model_id,
         tenant_id=tenant_id,
@@ -193,10 +194,10 @@ def download_model(
     if not (view.path / "config.json").is_file():
         raise _files_missing(model_id)
     if fmt == "hf":
-        return storage.iter_tar_gz(view.path, skip_dirs=RUNTIME_SUBDIRS.values())
+        return iter_tar_gz(view.path, skip_dirs=RUNTIME_SUBDIRS.values())
     if fmt not in (formats := download_formats(view.path)):
         raise _no_such_export(model_id, fmt, formats)
-    return storage.iter_tar_gz(view.path / EXPORT_DIRS[fmt])
+    return iter_tar_gz(view.path / EXPORT_DIRS[fmt])
 
 
 def _files_missing(model_id: str) -> NotFound:

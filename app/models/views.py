@@ -7,11 +7,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from app.kit.storage import dir_mtime_ns
 from app.models.builtin import BuiltinModel
 from app.models.schemas import ModelObject
 from app.models.tables import ModelRow
 from app.models.weights import weight_stats
+from app.storage.local import dir_mtime_ns
 from distillation.models.info import ModelInfo, inspect_model
 
 SYSTEM_OWNER = "system"

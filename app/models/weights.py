@@ -9,7 +9,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from app.kit.storage import dir_mtime_ns
+from app.storage.local import dir_mtime_ns
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from app.kit import store_dirs
-from app.kit.store import open_store
+from app.models import store as model_store
+from app.storage.object_store import open_store
+from app.storage.scratch import local_file
 from tests.factories.api import upload_model_dir, upload_records
 from tests.factories.records import sentiment_records
 
@@ -27,7 +28,7 @@ def test_deleting_a_file_or_model_deletes_its_scratch_copies(
     # Given a data set and a model on the store, each with local copies in the API's scratch
     file_id = upload_records(client, auth, sentiment_records(8, seed=1))
     model = upload_model_dir(client, auth, tiny_teacher_dir)
-    file_copy = store_dirs.local_file(settings, store.url(f"files/{file_id}.jsonl"))
+    file_copy = local_file(settings, store.url(f"files/{file_id}.jsonl"))
     answer = client.post(f"/v1/models/{model['id']}/predict", headers=auth,
                          json={"inputs": ["a fine film"]})
     assert answer.status_code == 200, answer.text
@@ -49,14 +50,14 @@ def test_a_model_deleted_elsewhere_drops_its_copy_on_its_next_use(settings: Any)
     store = open_store(settings)
     _put_model(store, "model-gone", 100)
     location = store.url("models/model-gone")
-    copy = store_dirs.local_model_dir(settings, location)
+    copy = model_store.local_model_dir(settings, location)
     # Given another process deleted the model from the store
     store.remove_prefix("models/model-gone")
-    store_dirs._manifests.clear()
+    model_store._manifests.clear()
 
     # When this process asks for it, it is missing, and its copy goes too
     try:
-        store_dirs.local_model_dir(settings, location)
+        model_store.local_model_dir(settings, location)
     except FileNotFoundError:
         pass
     else:
@@ -66,7 +67,7 @@ def test_a_model_deleted_elsewhere_drops_its_copy_on_its_next_use(settings: Any)
 
 def _put_model(store: Any, model_id: str, size: int) -> None:
     store.put_bytes(f"models/{model_id}/model.safetensors", b"w" * size)
-    store.put_bytes(f"models/{model_id}/{store_dirs.MANIFEST}", json.dumps(
+    store.put_bytes(f"models/{model_id}/{model_store.MANIFEST}", json.dumps(
         {"files": {"model.safetensors": size}}).encode())
 
 
@@ -83,16 +84,16 @@ def test_the_scratch_cache_stays_under_its_bound_evicting_the_least_recently_use
 
     # When they are all pulled, one after another (file-0 used again and again)
     most = 0
-    first = store_dirs.local_file(bounded, store.url("files/file-0.jsonl"))
+    first = local_file(bounded, store.url("files/file-0.jsonl"))
     for n in range(1, 12):
-        store_dirs.local_file(bounded, store.url(f"files/file-{n}.jsonl"))
+        local_file(bounded, store.url(f"files/file-{n}.jsonl"))
         most = max(most, _scratch_bytes(bounded))
         if n < 6:
-            copy = store_dirs.local_model_dir(bounded, store.url(f"models/model-{n}"))
+            copy = model_store.local_model_dir(bounded, store.url(f"models/model-{n}"))
             assert (copy / "model.safetensors").is_file()  # the copy handed out is kept
             most = max(most, _scratch_bytes(bounded))
         os.utime(first, ns=(0, 0))  # make file-0's age plain: ...
-        assert store_dirs.local_file(bounded, store.url("files/file-0.jsonl")) == first
+        assert local_file(bounded, store.url("files/file-0.jsonl")) == first
         # ... using it again marks it as recently used
 
     # Then the cache never held more than its bound, and the copy in constant use stayed

@@ -10,8 +10,9 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from app.kit.store import open_store
-from app.kit.store_dirs import MANIFEST, tree_files
+from app.models.store import MANIFEST
+from app.storage.object_store import open_store
+from app.storage.trees import tree_files
 from tests.factories.api import assert_error, upload_model_dir, upload_records
 from tests.factories.records import sentiment_records
 
@@ -55,14 +56,14 @@ def test_uploads_and_models_live_in_the_store_and_download_and_predict_from_it(
 def test_a_model_directory_without_its_manifest_is_never_served(
     client: Any, auth: dict[str, str], settings: Any, tiny_teacher_dir: Path,
 ) -> None:
-    from app.kit import store_dirs
+    from app.models import store as model_store
 
     # Given a model whose directory in the store lacks its manifest, the marker written last
     # (as a publisher that died before the end would leave it)
     model = upload_model_dir(client, auth, tiny_teacher_dir)
     store = open_store(settings)
     store.remove(f"models/{model['id']}/{MANIFEST}")
-    store_dirs._manifests.clear()  # what the API remembered of it a moment ago
+    model_store._manifests.clear()  # what the API remembered of it a moment ago
 
     # Then it is neither downloaded nor loaded for predictions, though its weights are there
     assert "model.safetensors" in store.list(f"models/{model['id']}")

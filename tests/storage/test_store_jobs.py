@@ -17,7 +17,7 @@ from sqlalchemy import update
 from app.jobs import workspace
 from app.jobs.tables import JobRow
 from app.kit.db import session_scope
-from app.kit.store import open_store
+from app.storage.object_store import open_store
 from distillation.export.selection import EpochSelector
 from tests.factories.api import job_body, sentiment_files, upload_model_dir
 from tests.factories.faults import job_events

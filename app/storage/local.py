@@ -1,27 +1,23 @@
-"""Where files, models and job outputs live under the data directory, and how they get there.
+"""Where uploaded files and models live under the data directory, and how files get there.
 
 Framework-free (no FastAPI, no SQLAlchemy) so that the API, the worker and the CLI share it.
 Writes are atomic: content goes to a temporary sibling first and is renamed into place, so a
-reader never sees half a file and a crash leaves at most a `.tmp-…` leftover. Uploaded archives
-are unpacked by `app.kit.untar`.
+reader never sees half a file and a crash leaves at most a `.tmp-…` leftover.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
-import tarfile
 import tempfile
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from pathlib import Path
 from typing import BinaryIO
 
 from app.settings import Settings
 
 CHUNK = 1024 * 1024
-_BLOCK = tarfile.BLOCKSIZE
 
 
 # -- Locations ---------------------------------------------------------------------------------
@@ -110,56 +106,3 @@ def dir_mtime_ns(directory: Path) -> int:
     stamps = [directory.stat().st_mtime_ns]
     stamps += [p.stat().st_mtime_ns for p in directory.iterdir() if not p.is_symlink()]
     return max(stamps)
-
-
-# -- tar.gz out: streamed, never held whole in memory ------------------------------------------
-
-
-class _Sink:
-    """A write-only file that collects what gzip emits, for the generator to hand out."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-
-    def write(self, data: bytes) -> int:
-        self.buffer += data
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def take(self) -> bytes:
-        data = bytes(self.buffer)
-        self.buffer.clear()
-        return data
-
-
-def iter_tar_gz(directory: Path, *, chunk_size: int = CHUNK,
-                skip_dirs: Collection[str] = ()) -> Iterator[bytes]:
-    """Stream `directory` as a .tar.gz whose members sit at the archive root (`config.json`, ...),
-    leaving out the top-level folders named in `skip_dirs`.
-
-    Written block by block (tar headers, file data in `chunk_size` pieces, padding) so that a
-    multi-gigabyte model streams in constant memory.
-    """
-    sink = _Sink()
-    # Level 1: weights barely compress at any level, and the higher ones cost CPU for nothing.
-    gz = gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=1, mtime=0)  # type: ignore[arg-type]
-    for path in regular_files(directory, skip_dirs=skip_dirs):
-        stat = path.stat()
-        info = tarfile.TarInfo(path.relative_to(directory).as_posix())
-        info.size = stat.st_size
-        info.mtime = int(stat.st_mtime)
-        info.mode = 0o644
-        gz.write(info.tobuf(format=tarfile.PAX_FORMAT))
-        with path.open("rb") as handle:
-            while chunk := handle.read(chunk_size):
-                gz.write(chunk)
-                if len(sink.buffer) >= chunk_size:
-                    yield sink.take()
-        remainder = info.size % _BLOCK
-        if remainder:
-            gz.write(tarfile.NUL * (_BLOCK - remainder))
-    gz.write(tarfile.NUL * (2 * _BLOCK))  # end-of-archive marker
-    gz.close()
-    yield sink.take()

@@ -9,7 +9,7 @@ written before a switch keep working.
 Single objects are written whole or not at all (an S3 PUT, or a multipart upload, appears at
 once when it completes). What spans several objects (a model directory, a checkpoint) is
 published by something written after it: a database row, a marker object (see
-`app.kit.store_dirs`). Only this module and `store_dirs` know fsspec.
+`app.storage.trees`). Only this module knows fsspec.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any, BinaryIO
 
 import fsspec
 
-from app.kit import storage
 from app.settings import Settings
+from app.storage import local
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -165,6 +165,6 @@ def remove_location(settings: Settings, location: str) -> None:
         key = store.key(location)
         store.remove(key)
         store.remove_prefix(key)
-        storage.remove(scratch_copy(settings, key))
+        local.remove(scratch_copy(settings, key))
     else:
-        storage.remove(Path(location))
+        local.remove(Path(location))
