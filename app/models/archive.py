@@ -2,7 +2,7 @@
 
 Refused, each with a 400 `invalid_model_archive` naming the problem: archives past a limit (members,
 unpacked size, name length, compression ratio: checked while the stream is read, see
-`app.kit.untar`), members that are links, devices or escape the directory, pickle weights (loading
+`app.models.untar`), members that are links, devices or escape the directory, pickle weights (loading
 them runs arbitrary code), Python files and `auto_map` entries (remote code), config keys that
 steer the loader, weight indexes and settings keys (`vocab_file`, `name_or_path`, ...) that point
 outside the folder, JSON files over 64 MB, and a
@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from app.kit.errors import InvalidRequest
-from app.kit.untar import ArchiveLimits, ExtractedFile, UnsafeArchive, safe_extract_tar_gz
+from app.models.untar import ArchiveLimits, ExtractedFile, UnsafeArchive, safe_extract_tar_gz
 from distillation.models.files import (
     CONFIG,
     SAFE_INDEX,

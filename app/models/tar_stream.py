@@ -5,7 +5,7 @@ anyone can look at its size (a 100 KB archive can hold a 100 MB name), and `getm
 every header of the archive before the first check. Here each 512-byte header is parsed alone
 (`TarInfo.frombuf`), an extended header's declared size is checked before its data is read, and
 the unpacked size and the compression ratio are checked as gzip emits the bytes, so a
-decompression bomb stops at the first limit it passes. `app.kit.untar` writes the members.
+decompression bomb stops at the first limit it passes. `app.models.untar` writes the members.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Unpacking an uploaded .tar.gz in one pass, the stream read by `app.kit.tar_stream` (which
+"""Unpacking an uploaded .tar.gz in one pass, the stream read by `app.models.tar_stream` (which
 applies the size, ratio and header limits as bytes arrive).
 
 Only regular files and folders are written, under cleaned names, into a scratch folder that
 becomes the destination only when the whole archive passed; the member count and name lengths
-are checked here as each header arrives. Framework-free, like the rest of `app.kit`.
+are checked here as each header arrives. Framework-free: the limits are `app.models.archive`'s.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from app.kit.tar_stream import CHUNK, ArchiveLimits, TarStream, UnsafeArchive, next_header, padded
+from app.models.tar_stream import CHUNK, ArchiveLimits, TarStream, UnsafeArchive, next_header, padded
 
 __all__ = ["ArchiveLimits", "ExtractedFile", "UnsafeArchive", "clean_name", "safe_extract_tar_gz"]
 
