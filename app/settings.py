@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, description="Upload size limit.")
     max_model_upload_bytes: int = Field(default=2 * 1024**3, description="Model archive limit.")
+    max_request_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1, description="Bytes of any other request body (the JSON "
+        "of a job or a predict call): a larger one is refused (413) before it is read or "
+        "parsed, ahead of the key check. The default holds the largest predict call "
+        "(`predict_max_inputs` × `predict_max_chars`, non-ASCII characters \\u-escaped)."
+    )
     allow_local_model_paths: bool = Field(
         default=False, description="Accept local directories as model refs (trusted setups only)."
     )
