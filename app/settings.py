@@ -91,7 +91,16 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=15.0, description="Reconciler period.")
     events_poll_interval_s: float = Field(
         default=1.0, gt=0, description="How often a live event stream (`/events?stream=true`) "
-        "reads the job and its new events from the database."
+        "checks its job for changes: one query per API process for every open stream, and a "
+        "stream reads its job and new events only when they changed."
+    )
+    events_max_streams: int = Field(
+        default=400, ge=1, description="Live event streams one API process holds open at once; "
+        "one more is refused (429, with Retry-After)."
+    )
+    events_max_streams_per_tenant: int = Field(
+        default=20, ge=1, description="Live event streams one tenant may hold open on one API "
+        "process; one more is refused (429, with Retry-After)."
     )
     events_ping_interval_s: float = Field(
         default=15.0, gt=0, description="Seconds between keep-alive comments on a live event "
