@@ -67,5 +67,5 @@ def readyz(settings: SettingsDep) -> dict[str, Any] | JSONResponse:
 
 @router.get(METRICS_PATH, include_in_schema=False)
 def metrics() -> Response:
-    """Prometheus text format: HTTP, predict and queue metrics (README: "Operating it")."""
+    """Prometheus text format: HTTP, predict and queue metrics (docs/operating.md, "Metrics and logs")."""
     return Response(render_metrics(), media_type=CONTENT_TYPE_LATEST)
