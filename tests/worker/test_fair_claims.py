@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,15 @@ from app.jobs.status import JobStatus
 from app.jobs.tables import JobRow
 from app.kit.db import session_scope
 from app.settings import get_settings
-from tests.factories.worker import reconcile_now
+from app.workers.registry import list_workers
+from tests.factories.worker import (
+    FINAL,
+    create_job,
+    reconcile_now,
+    start_worker,
+    stop_worker,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -195,3 +204,48 @@ def test_the_reconciler_wakes_a_held_back_job_when_a_dead_workers_job_fails(
     with session_scope(limited.sqlalchemy_url) as session:
         job = lifecycle.claim_next(session, queue="training", worker_id="w", max_running=1)
         assert job is not None and job.id == a[1]
+
+
+def registered(settings: Any) -> list[Any]:
+    with session_scope(settings.sqlalchemy_url) as session:
+        return list_workers(session, alive_within_s=60)
+
+
+def times(settings: Any, job_id: str) -> tuple[float, float]:
+    with session_scope(settings.sqlalchemy_url) as session:
+        started, finished = session.execute(select(JobRow.started_at, JobRow.finished_at)
+                                            .where(JobRow.id == job_id)).one()
+    return started, finished
+
+
+def test_real_workers_run_a_second_tenants_job_while_the_first_tenants_backlog_waits(
+    client: Any, auth: dict[str, str], other_auth: dict[str, str], settings: Any,
+    tiny_teacher_dir: Path,
+) -> None:
+    # Given two real workers, with one running job per tenant
+    procs = [start_worker(settings, DISTILL_RECONCILE_INTERVAL_S="3600",
+                          DISTILL_MAX_RUNNING_JOBS_PER_TENANT="1") for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 120
+        while len(registered(settings)) < 2:
+            assert time.monotonic() < deadline, "the workers never registered"
+            time.sleep(0.5)
+
+        # When tenant A submits a long job and a short one, then tenant B a short one
+        a_long, _ = create_job(client, auth, tiny_teacher_dir, train=256, max_steps=200,
+                               batch_size=4)
+        a_short, _ = create_job(client, auth, tiny_teacher_dir)
+        b_short, _ = create_job(client, other_auth, tiny_teacher_dir)
+        done = {job_id: wait_for(client, headers, job_id, FINAL)
+                for job_id, headers in ((b_short, other_auth), (a_long, auth),
+                                        (a_short, auth))}
+    finally:
+        for proc in procs:
+            stop_worker(proc)
+
+    # Then every job ran once, B's while A's second waited for A's first to end
+    assert {(j["status"], j["attempts"]) for j in done.values()} == {("succeeded", 1)}
+    b_started, _ = times(settings, b_short)
+    _, a_long_finished = times(settings, a_long)
+    a_short_started, _ = times(settings, a_short)
+    assert b_started < a_long_finished <= a_short_started
