@@ -168,6 +168,11 @@ class Settings(BaseSettings):
     max_queued_jobs_per_tenant: int = Field(
         default=100, ge=1, description="Jobs one tenant may have queued at once."
     )
+    max_running_jobs_per_tenant: int = Field(
+        default=2, ge=0, description="Jobs one tenant may have running (or cancelling) at once: "
+        "a worker claims another tenant's job instead, and the tenant's next job waits queued "
+        "until one of its running jobs ends (0: no limit)."
+    )
     rate_limit_per_minute: int = Field(
         default=600, ge=0, description="Requests per API key per minute (0: no limit)."
     )
