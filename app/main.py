@@ -15,11 +15,17 @@ from app.health.endpoints import router as health_router
 from app.inference.endpoints import router as inference_router
 from app.jobs.endpoints import router as jobs_router
 from app.jobs.metrics import install_jobs_collector
+from app.kit.body_limit import BodyLimitMiddleware
 from app.kit.http_errors import ERROR_RESPONSES, install_error_handlers
 from app.kit.metrics import instrument_http
 from app.kit.request_id import RequestIdMiddleware
 from app.models.endpoints import router as models_router
+from app.settings import get_settings
 from app.ui.endpoints import install_ui
+
+# The routes that stream a multipart body to disk under their own, larger limits
+# (`app.files.multipart`); every other body is capped by `BodyLimitMiddleware`.
+UPLOAD_ROUTES = {("POST", "/v1/files"), ("POST", "/v1/models")}
 
 
 def create_app() -> FastAPI:
@@ -31,6 +37,9 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     redact_key_logs()  # logging is configured by the time uvicorn loads the app
+    # Middleware added later wraps the earlier: the cap runs inside the metrics and request id.
+    app.add_middleware(BodyLimitMiddleware, exempt=UPLOAD_ROUTES,
+                       max_bytes=lambda: get_settings().max_request_body_bytes)
     instrument_http(app)
     app.add_middleware(RequestIdMiddleware)  # outermost: every line of the request carries it
     install_jobs_collector()

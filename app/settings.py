@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, description="Upload size limit.")
     max_model_upload_bytes: int = Field(default=2 * 1024**3, description="Model archive limit.")
+    max_request_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1, description="Bytes of any other request body (the JSON "
+        "of a job or a predict call): a larger one is refused (413) before it is read or "
+        "parsed, ahead of the key check. The default holds the largest predict call "
+        "(`predict_max_inputs` × `predict_max_chars`, non-ASCII characters \\u-escaped)."
+    )
     allow_local_model_paths: bool = Field(
         default=False, description="Accept local directories as model refs (trusted setups only)."
     )
@@ -95,7 +101,16 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=15.0, description="Reconciler period.")
     events_poll_interval_s: float = Field(
         default=1.0, gt=0, description="How often a live event stream (`/events?stream=true`) "
-        "reads the job and its new events from the database."
+        "checks its job for changes: one query per API process for every open stream, and a "
+        "stream reads its job and new events only when they changed."
+    )
+    events_max_streams: int = Field(
+        default=400, ge=1, description="Live event streams one API process holds open at once; "
+        "one more is refused (429, with Retry-After)."
+    )
+    events_max_streams_per_tenant: int = Field(
+        default=20, ge=1, description="Live event streams one tenant may hold open on one API "
+        "process; one more is refused (429, with Retry-After)."
     )
     events_ping_interval_s: float = Field(
         default=15.0, gt=0, description="Seconds between keep-alive comments on a live event "
@@ -152,6 +167,11 @@ class Settings(BaseSettings):
     )
     max_queued_jobs_per_tenant: int = Field(
         default=100, ge=1, description="Jobs one tenant may have queued at once."
+    )
+    max_running_jobs_per_tenant: int = Field(
+        default=2, ge=0, description="Jobs one tenant may have running (or cancelling) at once: "
+        "a worker claims another tenant's job instead, and the tenant's next job waits queued "
+        "until one of its running jobs ends (0: no limit)."
     )
     rate_limit_per_minute: int = Field(
         default=600, ge=0, description="Requests per API key per minute (0: no limit)."

@@ -191,6 +191,11 @@ class Reporter(Protocol):
 
     def should_stop(self) -> bool: ...
 
+    def flush(self) -> None:
+        """Make what was reported so far durable (a reporter may batch its writes): called
+        before each checkpoint, so a run resumed from it has no gap in its history."""
+        ...
+
     def should_pause(self) -> bool:
         """True when the run should save a checkpoint at its next optimizer step and stop there
         (its worker is shutting down); asked after every step of a loop that checkpoints. A
@@ -202,6 +207,9 @@ class NullReporter:
     """A reporter that records nothing (tests, benchmarks)."""
 
     def progress(self, progress: Progress) -> None:
+        pass
+
+    def flush(self) -> None:
         pass
 
     def metrics(self, step: int, data: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """docker-compose.yml, deploy/prometheus.yml and the Grafana dashboard agree with each other and
 with the code: services, volumes and mounted files exist, Prometheus scrapes the ports the API and
 the worker serve metrics on, and every panel's PromQL names a series the code exports (and is
-written out in the README). `docker-compose config` runs too where it is installed."""
+written out in docs/operating.md, "Metrics and logs"). `docker-compose config` runs too where it
+is installed."""
 
 from __future__ import annotations
 
@@ -75,16 +76,16 @@ def test_prometheus_scrapes_the_ports_the_services_serve_metrics_on() -> None:
     assert mounted == ["./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro"]
 
 
-def test_every_panel_queries_exported_series_and_is_in_the_readme() -> None:
+def test_every_panel_queries_exported_series_and_is_in_the_docs() -> None:
     known = exported_series()
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "operating.md").read_text()
     exprs = dashboard_exprs()
     assert len(exprs) >= 15
     for expr in exprs:
         without_labels = re.sub(r"\{[^}]*\}", "", expr)
         names = set(re.findall(r"\b((?:distill|http)_[a-z_]+|up)\b", without_labels))
         assert names and names <= known, (expr, names - known)
-        assert f"`{expr}`" in readme, expr
+        assert f"`{expr}`" in page, expr
     # Every metric the code exports is on some panel
     used = {n for e in exprs for n in re.findall(r"\b(?:distill|http)_[a-z_]+", e)}
     bases = {re.sub(r"_(total|bucket|count|sum)$", "", n) for n in used}

@@ -109,6 +109,9 @@ class MeteredReporter:
     def metrics(self, step: int, data: dict[str, Any]) -> None:
         self.inner.metrics(step, data)
 
+    def flush(self) -> None:
+        self.inner.flush()
+
     def message(self, text: str, *, level: str = "info",
                 data: dict[str, Any] | None = None) -> None:
         self.inner.message(text, level=level, data=data)

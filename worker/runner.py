@@ -82,16 +82,24 @@ def _lost_database(settings: Settings, lease: Lease, exc: BaseException) -> None
                                 "checkpoints are kept for the next attempt.")
 
 
-def execute_job(job_id: str, *, settings: Settings) -> str | None:
-    """Run `job_id` if this worker can claim it; returns the final status, or None if not claimed
-    (or handed back, or taken over)."""
+def execute_job(woken_for: str, *, settings: Settings, queue: str | None = None) -> str | None:
+    """Answer the wake-up for job `woken_for` (delivered on `queue`, by default that job's): claim
+    the best claimable job of the queue (`fairness`: that job or another) and run it; returns
+    its final status, or None if none was claimed (or the job was handed back, or taken over)."""
     worker_id = new_worker_id()
     with session_scope(settings.sqlalchemy_url) as session:
-        job = lifecycle.claim(session, job_id=job_id, worker_id=worker_id)
+        if queue is None:
+            queue = lifecycle.wakeup_queue(session, job_id=woken_for, settings=settings)
+        job = lifecycle.claim_next(session, queue=queue, worker_id=worker_id, also=woken_for,
+                                   max_running=settings.max_running_jobs_per_tenant)
         if job is None:
-            log.info("job %s is not queued (already claimed, finished or cancelled); skipping",
-                     job_id)
+            log.info("woken for job %s: nothing to claim in queue %s (claimed, finished or "
+                     "cancelled, or its tenants at their running limit)", woken_for, queue)
             return None
+        job_id = job.id
+        if job_id != woken_for:
+            log.info("woken for job %s: claimed job %s of queue %s first (fair order)",
+                     woken_for, job_id, queue)
         lease = Lease(job_id=job_id, worker_id=worker_id, attempt=job.attempts)
         repository.add_event(session, job_id=job_id,
                              message=f"Worker {worker_id} started attempt {job.attempts}.")
@@ -106,12 +114,24 @@ def execute_job(job_id: str, *, settings: Settings) -> str | None:
         status = _run(job, lease, reporter, settings=settings)
         log.info("job %s: attempt %d ended: %s", job_id, lease.attempt, status or "interrupted")
     metrics.job_ended(status, time.monotonic() - started)
+    _wake_tenant(settings, job.tenant_id)
     if status is not None:
         # Finished for good, by this attempt: nobody needs the job's files any more. A run cut
         # short (a lost lease, the database, a shutdown, the worker's death) keeps them for the
         # attempt that goes on.
         workspace.remove(settings, job_id)
     return status
+
+
+def _wake_tenant(settings: Settings, tenant_id: str) -> None:
+    """This attempt no longer runs: a job of its tenant the running limit held back may run now.
+    If the database is away, the reconciler re-sends its wake-up instead."""
+    try:
+        with session_scope(settings.sqlalchemy_url) as session:
+            lifecycle.wake_held_back(session, tenant_id=tenant_id, settings=settings)
+    except SQLAlchemyError:
+        log.warning("could not wake the held-back jobs of tenant %s; the reconciler will",
+                    tenant_id, exc_info=True)
 
 
 def _run(job: JobRow, lease: Lease, reporter: DbReporter, *, settings: Settings) -> str | None:

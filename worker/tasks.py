@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from app.jobs import lifecycle
+from celery import Task
+
+from app.jobs import fairness, lifecycle
 from app.jobs.queue import RUN_JOB_TASK, TRAINING_QUEUE
 from app.kit.db import session_scope
 from app.kit.logs import job_context
@@ -10,20 +12,27 @@ from app.settings import get_settings
 from worker.celery_app import celery_app
 
 
-@celery_app.task(name=RUN_JOB_TASK, queue=TRAINING_QUEUE)
-def run_job(job_id: str) -> None:
-    """Claim the job and run it; a duplicate or late message finds it claimed and does nothing."""
+@celery_app.task(name=RUN_JOB_TASK, queue=TRAINING_QUEUE, bind=True)
+def run_job(self: Task, job_id: str) -> None:
+    """Claim the best job of the queue the message came on (that job or another: `fairness`) and
+    run it; a message that finds nothing to claim does nothing."""
+    delivery = self.request.delivery_info or {}
     with job_context(job_id=job_id):
-        _run_job(job_id)
+        _run_job(job_id, delivered_on=delivery.get("routing_key"))
 
 
-def _run_job(job_id: str) -> None:
+def _run_job(job_id: str, *, delivered_on: str | None = None) -> None:
     settings = get_settings()
-    # A message for a job that is no longer queued (cancelled, or a duplicate) is dropped before
-    # the training core (torch) is imported: stale messages cost the queue milliseconds.
+    # A message that finds nothing to claim (its job cancelled or claimed, a duplicate, tenants
+    # at their limit) is dropped before the training core (torch) is imported: stale messages
+    # cost the queue milliseconds.
     with session_scope(settings.sqlalchemy_url) as session:
-        if not lifecycle.is_queued(session, job_id=job_id):
+        queue = lifecycle.wakeup_queue(session, job_id=job_id, settings=settings)
+        if delivered_on is not None and delivered_on in {q.name for q in settings.queue_classes}:
+            queue = delivered_on  # where the message came from: a queue this worker consumes
+        if fairness.next_job(session, queue=queue, also=job_id,
+                             max_running=settings.max_running_jobs_per_tenant) is None:
             return
     from worker.runner import execute_job
 
-    execute_job(job_id, settings=settings)
+    execute_job(job_id, settings=settings, queue=queue)

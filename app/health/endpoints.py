@@ -1,8 +1,10 @@
 """`/healthz` (the process is up), `/readyz` (database and broker reachable) and `/metrics`
-(Prometheus); no key needed."""
+(Prometheus); no key needed, so `/readyz` says only which component is down: the error, which
+names hosts and user names, goes to the server's log."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter
@@ -15,6 +17,7 @@ from app.kit.db import engine_for
 from app.kit.metrics import METRICS_PATH, render_metrics
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger(__name__)
 
 
 @router.get("/healthz")
@@ -48,9 +51,12 @@ def readyz(settings: SettingsDep) -> dict[str, Any] | JSONResponse:
         "database": _check_database(settings.sqlalchemy_url),
         "broker": _check_broker(settings.celery_broker_url),
     }
-    body = {name: ("ok" if err is None else err) for name, err in checks.items()}
+    body = {name: ("ok" if err is None else "unavailable") for name, err in checks.items()}
     if any(checks.values()):
         failed = ", ".join(name for name, err in checks.items() if err)
+        for name, err in checks.items():
+            if err:
+                log.warning("readiness check failed: %s: %s", name, err)
         return JSONResponse(
             {"error": {"code": "not_ready", "message": f"not reachable: {failed}", "param": None},
              "checks": body},
@@ -61,5 +67,5 @@ def readyz(settings: SettingsDep) -> dict[str, Any] | JSONResponse:
 
 @router.get(METRICS_PATH, include_in_schema=False)
 def metrics() -> Response:
-    """Prometheus text format: HTTP, predict and queue metrics (README: "Operating it")."""
+    """Prometheus text format: HTTP, predict and queue metrics (docs/operating.md, "Metrics and logs")."""
     return Response(render_metrics(), media_type=CONTENT_TYPE_LATEST)

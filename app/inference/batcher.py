@@ -135,7 +135,7 @@ class Batcher:
     # -- the model's thread ----------------------------------------------------------------------
     def _serve(self) -> None:
         if self._threads:
-            # Per thread under OpenMP: set where the model runs (see README, "Predict").
+            # Per thread under OpenMP: set where the model runs (see docs/serving.md, "Predict").
             torch.set_num_threads(self._threads)
         waiting: deque[_Call] = deque()
         while waiting or not self._closing:

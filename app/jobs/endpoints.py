@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
 
 from app.auth.limits import charge_refused_job
@@ -12,7 +12,7 @@ from app.deps import SessionDep, SettingsDep, TenantDep
 from app.jobs import service
 from app.jobs.admission import validation_slot
 from app.jobs.schemas import CheckpointOut, JobCreate, JobEventOut, JobOut
-from app.jobs.stream import event_stream_response
+from app.jobs.stream import event_stream_response, job_watcher
 from app.kit.errors import InvalidRequest
 from app.kit.pagination import ListResponse, page
 
@@ -74,6 +74,7 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
             responses={200: {"content": {"text/event-stream": {}}}})
 def list_events(
     job_id: str,
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     tenant: TenantDep,
@@ -98,12 +99,12 @@ def list_events(
     # Checks the job is the tenant's (404) and the id is well-formed (400) before streaming.
     service.list_events(session=session, tenant=tenant, job_id=job_id, after=resume, limit=1)
     # The request's session would otherwise keep its connection until the stream ends (FastAPI
-    # closes dependencies after the response); each poll opens its own instead.
+    # closes dependencies after the response); each read opens its own instead.
     session.close()
+    watcher = job_watcher(request.app.state, settings)
+    slot = watcher.reserve(tenant.id)  # 429 over the caps
     return event_stream_response(
-        url=settings.sqlalchemy_url, tenant_id=tenant.id, job_id=job_id,
-        after=resume,
-        poll_interval_s=settings.events_poll_interval_s,
+        watcher=watcher, slot=slot, tenant_id=tenant.id, job_id=job_id, after=resume,
         ping_interval_s=settings.events_ping_interval_s,
     )
 

@@ -10,6 +10,10 @@ the outcome) goes through `hold`, which refreshes the lease only while it still 
 the job's row locked to the end of the transaction: what the transaction writes next is written
 by the owner, and a worker whose job was re-queued or claimed by another has every write refused.
 
+Fair claiming. A wake-up wakes a worker for its queue: it claims the best claimable job there,
+not necessarily the one the message names, and never a job whose tenant already has
+`max_running_jobs_per_tenant` jobs running (`fairness.py`).
+
 Time. Leases run on the database's clock (`db_now`): claims, heartbeats and the reconciler's
 staleness checks, so a worker whose own clock is off is judged on the reconciler's clock.
 """
@@ -23,7 +27,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, select, update
 from sqlalchemy.orm import Session
 
-from app.jobs import repository, routing, workspace
+from app.jobs import fairness, repository, routing, workspace
 from app.jobs.queue import send_wakeup, waiting_wakeups
 from app.jobs.status import IN_PROGRESS, JobStatus
 from app.jobs.tables import JobRow
@@ -44,10 +48,6 @@ class Lease:
     job_id: str
     worker_id: str
     attempt: int
-
-
-def is_queued(session: Session, *, job_id: str) -> bool:
-    return session.scalar(select(JobRow.status).where(JobRow.id == job_id)) == JobStatus.QUEUED
 
 
 def request_cancel(session: Session, *, job_id: str) -> JobStatus | None:
@@ -78,9 +78,21 @@ def request_cancel(session: Session, *, job_id: str) -> JobStatus | None:
     return JobStatus(new)
 
 
-def claim(session: Session, *, job_id: str, worker_id: str) -> JobRow | None:
-    """Atomically move a `queued` job to `running` for this worker, as its next attempt; None if
-    someone else has it. The lease is `Lease(job.id, worker_id, job.attempts)`."""
+def claim(session: Session, *, job_id: str, worker_id: str, max_running: int = 0) -> JobRow | None:
+    """Atomically move a `queued` job to `running` for this worker, as its next attempt, while its
+    tenant has fewer than `max_running` jobs running (0: no limit); None if someone else has it
+    or the tenant is at its limit. The lease is `Lease(job.id, worker_id, job.attempts)`."""
+    if max_running:
+        tenant_id = session.scalar(select(JobRow.tenant_id).where(
+            JobRow.id == job_id, JobRow.status == JobStatus.QUEUED))
+        if tenant_id is None:
+            session.rollback()
+            return None
+        # Counted under the tenant's lock: a racing claim for the tenant counts this one.
+        fairness.lock_tenant(session, tenant_id=tenant_id)
+        if fairness.running_jobs(session, tenant_id=tenant_id) >= max_running:
+            session.rollback()
+            return None
     result = session.execute(
         update(JobRow)
         .where(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED)
@@ -92,6 +104,37 @@ def claim(session: Session, *, job_id: str, worker_id: str) -> JobRow | None:
         return None
     session.commit()
     return session.get(JobRow, job_id, populate_existing=True)
+
+
+_CLAIM_TRIES = 10
+
+
+def claim_next(session: Session, *, queue: str, worker_id: str, max_running: int = 0,
+               also: str | None = None) -> JobRow | None:
+    """Claim the best claimable queued job of `queue` (or `also`, the job the wake-up named) for
+    this worker (`fairness.next_job`'s order, `claim`'s limit); None when there is none."""
+    for _ in range(_CLAIM_TRIES):  # each miss is a job another worker claimed meanwhile
+        job_id = fairness.next_job(session, queue=queue, max_running=max_running, also=also)
+        if job_id is None:
+            session.rollback()
+            return None
+        job = claim(session, job_id=job_id, worker_id=worker_id, max_running=max_running)
+        if job is not None:
+            return job
+    return None
+
+
+def wake_held_back(session: Session, *, tenant_id: str, settings: Settings) -> list[str]:
+    """One of the tenant's jobs stopped running: wake a worker for each queue where the limit may
+    hold one of its jobs back (their wake-ups were taken without a claim); the jobs named."""
+    woken = []
+    for queue, job_id in fairness.held_back(session, tenant_id=tenant_id,
+                                            settings=settings).items():
+        if send_wakeup(job_id, settings=settings, queue=queue):
+            mark_enqueued(session, job_id=job_id)
+            woken.append(job_id)
+    session.commit()
+    return woken
 
 
 def _owned(lease: Lease, statuses: tuple[str, ...] = IN_PROGRESS) -> tuple[ColumnElement[bool], ...]:
@@ -167,12 +210,14 @@ def release(session: Session, lease: Lease, *, message: str) -> str | None:
     return None
 
 
-def stale_queued(session: Session, *, older_than_s: float) -> list[str]:
-    """Queued jobs whose wake-up message went out more than `older_than_s` ago (maybe lost)."""
-    return list(session.scalars(
-        select(JobRow.id).where(JobRow.status == JobStatus.QUEUED,
-                                JobRow.enqueued_at < db_now() - older_than_s)
-    ))
+def stale_queued(session: Session, *, older_than_s: float, max_running: int = 0) -> list[str]:
+    """Queued jobs whose wake-up message went out more than `older_than_s` ago (maybe lost),
+    but for those of tenants at `max_running` (held back, not lost: see `fairness`)."""
+    statement = select(JobRow.id).where(JobRow.status == JobStatus.QUEUED,
+                                        JobRow.enqueued_at < db_now() - older_than_s)
+    if (under := fairness.under_limit(max_running)) is not None:
+        statement = statement.where(under)
+    return list(session.scalars(statement))
 
 
 def mark_enqueued(session: Session, *, job_id: str) -> None:
@@ -234,17 +279,24 @@ def reconcile(session: Session, *, settings: Settings) -> dict[str, list[str]]:
     Returns the job ids it re-sent, re-queued, failed or cancelled. Safe to run anywhere, any
     number of times."""
     done: dict[str, list[str]] = {"resent": [], "queued": [], "failed": [], "cancelled": []}
+    freed: set[str] = set()  # tenants with a job that stopped running for good
     for job in stale_running(session, older_than_s=settings.stale_heartbeat_after_s):
         status = recover_stale(session, job=job, max_attempts=settings.max_attempts)
         if status is not None:
             done[status].append(job.id)
+            if status != JobStatus.QUEUED:
+                freed.add(job.tenant_id)
     session.commit()
+    for tenant_id in sorted(freed):
+        done["resent"] += wake_held_back(session, tenant_id=tenant_id, settings=settings)
     for job_id in done["failed"] + done["cancelled"]:
         workspace.remove(settings, job_id)  # finished for good: no attempt needs its files
     for job_id in done["queued"]:
         send_wakeup(job_id, settings=settings, queue=wakeup_queue(session, job_id=job_id,
                                                                    settings=settings))
-    stale = stale_queued(session, older_than_s=settings.queued_resend_after_s)
+    stale = [job_id for job_id in stale_queued(
+        session, older_than_s=settings.queued_resend_after_s,
+        max_running=settings.max_running_jobs_per_tenant) if job_id not in done["resent"]]
     # A message still waiting in the queue is not lost, only behind busy workers: one
     # outstanding wake-up per job (a broker that cannot be read gets one per interval).
     waiting = waiting_wakeups(settings) if stale else set()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.jobs.tables import IdempotencyKeyRow, JobEventRow, JobRow
@@ -67,3 +68,18 @@ def get_idempotency_key(session: Session, *, tenant_id: str, key: str) -> Idempo
             IdempotencyKeyRow.tenant_id == tenant_id, IdempotencyKeyRow.key == key
         )
     )
+
+
+# Job columns that are not in the job object: a change to these alone (a heartbeat every few
+# seconds) wakes no live stream. Any other column, a new one included, wakes them.
+_NOT_IN_JOB_OBJECT = {"request", "tenant_id", "heartbeat_at", "enqueued_at", "worker_id"}
+
+
+def change_marks(session: Session, *, job_ids: Collection[str]) -> dict[str, tuple[Any, ...]]:
+    """For each job that still exists, the values that change whenever its job object does or an
+    event is added (its shown columns and its last event's seq), in one query for all of them."""
+    shown = [c for c in JobRow.__table__.c if c.name not in _NOT_IN_JOB_OBJECT]
+    last_seq = (select(func.max(JobEventRow.seq)).where(JobEventRow.job_id == JobRow.id)
+                .scalar_subquery())
+    rows = session.execute(select(JobRow.id, *shown, last_seq).where(JobRow.id.in_(job_ids)))
+    return {row[0]: tuple(row[1:]) for row in rows}

@@ -5,27 +5,32 @@ with the job object; then each job event, oldest first, as `job.event` with its 
 `job.update` again whenever the job object changes; and once the job has finished and every event
 has been sent, `end` with its final status, after which the stream closes.
 
-An open stream costs neither a database connection nor a server thread while it waits: the
-generator is async, and each poll (about once a second) opens a fresh session in a worker thread
-and closes it before the generator sleeps. A client that goes away cancels the generator at its
-next `await` (sse-starlette watches for the disconnect), so nothing polls for a dead stream.
+An open stream costs neither a database connection nor a server thread while it waits: it
+awaits its `Watch`, which the process's one poller (`app.jobs.watcher`) sets when the job or its
+events change, and only then reads its rows, in a short-lived session. A client that goes away
+cancels the generator at its await (sse-starlette watches for the disconnect), which lets go of
+the watch and of the stream's place under the caps.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
-import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
 from app.jobs import repository
 from app.jobs.schemas import JobEventOut, JobOut
 from app.jobs.service import event_to_out, to_out
 from app.jobs.status import FINISHED
+from app.jobs.watcher import JobWatcher, Slot
 from app.kit.db import session_factory
+from app.settings import Settings
 
 # Events per poll; a full page is followed at once by the next one, without the pause.
 PAGE = 500
@@ -55,41 +60,75 @@ def read_snapshot(*, url: str, tenant_id: str, job_id: str, after_seq: int | Non
 
 
 async def job_events(
-    *, url: str, tenant_id: str, job_id: str, after_seq: int | None, poll_interval_s: float
+    *, watcher: JobWatcher, tenant_id: str, job_id: str, after_seq: int | None
 ) -> AsyncIterator[ServerSentEvent]:
     """The stream's events, until the job has finished (or the client has gone)."""
     last_update: str | None = None
-    while True:
-        snap = await anyio.to_thread.run_sync(
-            partial(read_snapshot, url=url, tenant_id=tenant_id, job_id=job_id,
-                    after_seq=after_seq))
-        if snap.job is None:
-            return
-        update = snap.job.model_dump_json()
-        if update != last_update:
-            last_update = update
-            yield ServerSentEvent(update, event="job.update", sep=SEP)
-        for event in snap.events:
-            after_seq = repository.event_seq(event.id)
-            yield ServerSentEvent(event.model_dump_json(), id=event.id, event="job.event", sep=SEP)
-        if snap.more:
-            continue
-        if snap.job.status in FINISHED:
-            yield ServerSentEvent(json.dumps({"status": snap.job.status}), event="end", sep=SEP)
-            return
-        await anyio.sleep(poll_interval_s)
+    with watcher.watch(job_id) as watch:
+        while True:
+            watch.woken.clear()  # before the read: a change during it wakes the stream again
+            snap = await watcher.read(
+                partial(read_snapshot, url=watcher.url, tenant_id=tenant_id, job_id=job_id,
+                        after_seq=after_seq))
+            if snap.job is None:
+                return
+            update = snap.job.model_dump_json()
+            if update != last_update:
+                last_update = update
+                yield ServerSentEvent(update, event="job.update", sep=SEP)
+            for event in snap.events:
+                after_seq = repository.event_seq(event.id)
+                yield ServerSentEvent(event.model_dump_json(), id=event.id, event="job.event",
+                                      sep=SEP)
+            if snap.more:
+                continue
+            if snap.job.status in FINISHED:
+                yield ServerSentEvent(json.dumps({"status": snap.job.status}), event="end",
+                                      sep=SEP)
+                return
+            await watch.woken.wait()
+
+
+_watcher_lock = threading.Lock()
+
+
+def job_watcher(state: Any, settings: Settings) -> JobWatcher:
+    """The app's one `JobWatcher` (kept on `app.state`; endpoints run in several threads)."""
+    with _watcher_lock:
+        watcher: JobWatcher | None = getattr(state, "job_watcher", None)
+        if watcher is None:
+            watcher = state.job_watcher = JobWatcher(
+                url=settings.sqlalchemy_url, interval_s=settings.events_poll_interval_s,
+                max_streams=settings.events_max_streams,
+                max_per_tenant=settings.events_max_streams_per_tenant)
+        return watcher
+
+
+class _HeldEventSourceResponse(EventSourceResponse):
+    """Gives the stream's place under the caps back however the response ends."""
+
+    def __init__(self, *args: Any, slot: Slot, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slot.release()
 
 
 def event_stream_response(
-    *, url: str, tenant_id: str, job_id: str, after: str | None, poll_interval_s: float,
+    *, watcher: JobWatcher, slot: Slot, tenant_id: str, job_id: str, after: str | None,
     ping_interval_s: float,
 ) -> EventSourceResponse:
     """`text/event-stream` of `job_events` after the event id `after` (already checked), with
-    `: ping` comments to keep idle proxies open."""
+    `: ping` comments to keep idle proxies open; `slot` (from `watcher.reserve`) is released
+    when it ends."""
     after_seq = repository.event_seq(after) if after else None
-    return EventSourceResponse(
-        job_events(url=url, tenant_id=tenant_id, job_id=job_id, after_seq=after_seq,
-                   poll_interval_s=poll_interval_s),
+    return _HeldEventSourceResponse(
+        job_events(watcher=watcher, tenant_id=tenant_id, job_id=job_id, after_seq=after_seq),
+        slot=slot,
         ping=ping_interval_s,
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep=SEP),
         sep=SEP,  # sse-starlette also sets `Cache-Control: no-store`, `X-Accel-Buffering: no`

@@ -23,7 +23,7 @@ from distillation.config import DataSpec, LossSpec
 from distillation.data.augment import check_augmentation
 from distillation.data.checks import check_label_sets, classification_labels
 from distillation.data.records import iter_file
-from distillation.losses.functions import check_losses
+from distillation.losses.checks import check_losses
 from distillation.models.info import BASE_TASK
 from distillation.students.build import check_architecture
 from distillation.students.prune import pruning_problems

@@ -37,7 +37,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
                          (401, "Missing or unknown API key"),
                          (404, "No such object for this tenant"),
                          (409, "Conflict with the object's state"),
-                         (413, "Upload over the size limit"),
+                         (413, "Request body or upload over the size limit"),
                          (422, "Malformed request (the field is in `param`)"),
                          (429, "Over a rate or queue limit (see Retry-After)"),
                          (503, "The database is unavailable for a moment; retry")]
@@ -84,7 +84,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed", 401: "invalid_api_key"}
+    codes = {404: "not_found", 405: "method_not_allowed", 401: "invalid_api_key",
+             413: "payload_too_large"}
     code = codes.get(exc.status_code, "http_error")
     return JSONResponse(
         error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers

@@ -145,7 +145,9 @@ class Checkpointer:
 
     # -- saving --------------------------------------------------------------------------------
     def save(self, state: LoopState) -> Path:
-        # A run told to stop (cancelled, or its worker no longer owns the job) writes no more.
+        # What was reported up to here is written first (a refused write means the worker no
+        # longer owns the job); a run told to stop (cancelled, or its job taken) writes no more.
+        self.reporter.flush()
         check_stop(self.reporter)
         step = state.result.steps
         final = step_dir(self.work_dir, step)

@@ -15,7 +15,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from distillation.config import Hyperparameters, JobConfig, StudentSpec
 from distillation.engine import run_job
-from distillation.training.teacher_cache import cache_path
+from distillation.layout import teacher_cache_path
 from tests.factories.jobs import toy_job
 from tests.factories.records import sentiment_records, write_jsonl
 from tests.factories.reporting import RecordingReporter, WorkerDied
@@ -84,7 +84,7 @@ def test_the_teacher_and_its_cache_read_the_teachers_own_ids(
 ) -> None:
     config, recorder, _ = uninterrupted
     assert recorder.stages() == ["cache_teacher", "distill", "evaluate", "export"]
-    cached = torch.load(cache_path(config.work_dir), weights_only=True)["tensors"]["logits"]
+    cached = torch.load(teacher_cache_path(config.work_dir), weights_only=True)["tensors"]["logits"]
 
     teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from distillation.config import Hyperparameters, JobConfig, JobResult
 from distillation.engine import run_job
-from distillation.export.selection import BEST_DIR, STATE, EpochSelector
+from distillation.export.selection import EpochSelector
+from distillation.layout import BEST_DIR, BEST_STATE
 from distillation.tasks.classification import ClassificationTask
 from tests.factories.jobs import toy_job
 from tests.factories.records import sentiment_records, write_jsonl
@@ -118,7 +119,7 @@ def test_a_resumed_job_still_exports_the_best_epoch_of_its_first_attempt(
     config = make_config(tiny_teacher_dir, tmp_path)
     with pytest.raises(WorkerDied):
         run_job(config, RecordingReporter(die_at_step=11))
-    assert json.loads((config.work_dir / BEST_DIR / STATE).read_text())["epoch"] == 2
+    assert json.loads((config.work_dir / BEST_DIR / BEST_STATE).read_text())["epoch"] == 2
 
     # When it runs again: epochs 1 and 2 are not evaluated again, only epoch 3
     second = RecordingReporter()
@@ -151,7 +152,7 @@ def test_selector_handles_lower_is_better_and_ignores_another_runs_state(tmp_pat
         "best", 2, "perplexity", 4.0)
     assert float(student.weight[0, 0].detach()) == 2.0
     assert sorted(p.name for p in (tmp_path / BEST_DIR).iterdir()) == [
-        STATE, "student-epoch-2.safetensors"]
+        BEST_STATE, "student-epoch-2.safetensors"]
 
     # and a run with other training settings does not take that state for its own
     other = EpochSelector(tmp_path, hp=Hyperparameters(epochs=3, seed=7),

@@ -50,6 +50,9 @@ class RecordingReporter:
     def should_pause(self) -> bool:
         return False
 
+    def flush(self) -> None:
+        pass
+
     # -- what the tests read ---------------------------------------------------------------------
     @property
     def messages(self) -> list[str]:

@@ -115,3 +115,19 @@ def test_a_cancel_racing_a_worker_that_claims_and_hands_back_is_never_lost(setti
         # Then it took: the job never finished by itself, so the cancel cannot find it finished
         assert new in (JobStatus.CANCELLED, JobStatus.CANCELLING), f"round {round_}: lost"
         assert column(url, "status")[0] in (JobStatus.CANCELLED, JobStatus.CANCELLING)
+
+
+def test_the_running_limit_holds_on_both_databases(database: str) -> None:
+    job_id = queued_job(database)
+    with session_scope(database) as session:
+        tenant_id = session.get_one(JobRow, job_id).tenant_id
+        session.add(JobRow(id="job-next", tenant_id=tenant_id, status=JobStatus.QUEUED,
+                           task="sequence-classification", request={}, progress={}, metrics={},
+                           created_at=time.time() + 1, enqueued_at=time.time(), attempts=0))
+    claimed = []
+    with session_scope(database) as session:
+        for worker_id in ("w-1", "w-2"):
+            job = lifecycle.claim_next(session, queue="training", worker_id=worker_id,
+                                       max_running=1)
+            claimed.append(job.id if job is not None else None)
+    assert claimed == [job_id, None]
