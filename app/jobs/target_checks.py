@@ -20,19 +20,17 @@ from app.kit.errors import InvalidRequest
 from app.models.service import ResolvedModel
 from app.settings import Settings
 from distillation.data.records import iter_file
-from distillation.models.info import CLASSIFICATION
 from distillation.models.loading import load_config
-from distillation.students.prune import SUPPORTED_KIND, pruned_size_of_texts
-from distillation.students.sizing import TargetUnreachable, check_target
+from distillation.students.prune import pruned_size_of_texts, prunes
+from distillation.students.sizing import TargetUnreachable, check_target, target_task_problem
 from distillation.tasks import get_task
 
 
 def _prunes(request: JobCreate, teacher: ResolvedModel, *, settings: Settings) -> bool:
-    if request.student.prune_vocabulary is not None:
-        return request.student.prune_vocabulary
-    return (get_task(request.task).vocabulary_pruning_refusal is None
-            and vocabulary_of(teacher, param="teacher.model", settings=settings).kind
-            == SUPPORTED_KIND)
+    return prunes(request.student.prune_vocabulary, sized_to_target=True,
+                  task=get_task(request.task),
+                  tokenizer_kind=lambda: vocabulary_of(teacher, param="teacher.model",
+                                                       settings=settings).kind)
 
 
 def _texts(request: JobCreate, files: list[FileRow | None], *,
@@ -57,11 +55,9 @@ def check_student_target(request: JobCreate, teacher: ResolvedModel,
                          files: list[FileRow | None], *, settings: Settings) -> None:
     """InvalidRequest naming `student.target.<key>` when the target is out of reach."""
     assert request.student.target is not None
-    if request.task != CLASSIFICATION:
-        raise InvalidRequest(
-            f"student.target is for sequence-classification jobs; give a {request.task} job's "
-            "student as student.architecture or student.model.",
-            param="student.target", code="unsupported_option")
+    problem = target_task_problem(request.task)
+    if problem is not None:
+        raise InvalidRequest(problem, param="student.target", code="unsupported_option")
     target = request.student.target.model_dump(exclude_none=True)
     config = load_config(teacher.path)
     vocab = int(config.vocab_size)

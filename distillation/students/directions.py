@@ -14,10 +14,9 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from distillation.config import JobConfig, Reporter, StudentSpec
-from distillation.models.info import CLASSIFICATION
 from distillation.students.build import activation_directions, build_student
 from distillation.students.prune import pruned_size
-from distillation.students.sizing import Candidate, pick
+from distillation.students.sizing import Candidate, pick, target_task_problem
 from distillation.tasks import Task, TaskData
 from distillation.training.loop import Collator, Features, check_stop, model_inputs, to_device
 
@@ -103,8 +102,9 @@ def plan_student(
                                              device=device)
     if spec.target is None:
         return spec, directions, None
-    if task.name != CLASSIFICATION:
-        raise ValueError(f"student.target is for {CLASSIFICATION} jobs, not {task.name}")
+    problem = target_task_problem(task.name)
+    if problem is not None:
+        raise ValueError(problem)
     vocab = pruned_size(data, teacher.config) if prune else int(teacher.config.vocab_size)
     rows = sample(data.teacher.train, SCORE_SAMPLE)
     classes = teacher_classes(teacher, rows, data.teacher.collator, device=device)

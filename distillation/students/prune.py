@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -234,14 +234,21 @@ def prune_job_vocabulary(config: JobConfig, task: Task, data: TaskData, student:
     return PrunedVocabulary(pruned, before, len(kept))
 
 
-def should_prune(config: JobConfig, task: Task) -> bool:
-    """Whether the job prunes: as `student.prune_vocabulary` says; unset, for a student sized
-    to a target, when the task and the teacher's tokenizer allow it."""
-    wanted = config.student.prune_vocabulary
+def prunes(wanted: bool | None, *, sized_to_target: bool, task: Task,
+           tokenizer_kind: Callable[[], str | None]) -> bool:
+    """The one rule for whether a job prunes its vocabulary (at creation and in the run): as
+    `student.prune_vocabulary` says; unset, for a student sized to a target, when the task and
+    the teacher's tokenizer (`tokenizer_kind()`, asked only then) allow it."""
     if wanted is not None:
         return wanted
-    return (config.student.target is not None and task.vocabulary_pruning_refusal is None
-            and tokenizer_kind(config.teacher_path) == SUPPORTED_KIND)
+    return (sized_to_target and task.vocabulary_pruning_refusal is None
+            and tokenizer_kind() == SUPPORTED_KIND)
+
+
+def should_prune(config: JobConfig, task: Task) -> bool:
+    """Whether the job prunes (`prunes`, on the job's config)."""
+    return prunes(config.student.prune_vocabulary, sized_to_target=config.student.target is not None,
+                  task=task, tokenizer_kind=lambda: tokenizer_kind(config.teacher_path))
 
 
 def pruned_size(data: TaskData, config: PretrainedConfig) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, PretrainedConfig
 
+from distillation.models.info import CLASSIFICATION
 from distillation.students.build import sized_config
 
 # Fractions of the teacher's hidden size the candidates try (rounded to whole heads).
@@ -54,6 +55,15 @@ class Candidate:
         speed = f", {self.latency_ms:.1f} ms" if self.latency_ms is not None else ""
         return (f"{self.num_layers} layers × {self.hidden_size} ({self.parameters:,} "
                 f"parameters{speed})")
+
+
+def target_task_problem(task: str) -> str | None:
+    """Why a `task` job cannot size its student to a target (None: it can): the one statement of
+    the rule, checked at job creation and again when the student is planned."""
+    if task == CLASSIFICATION:
+        return None
+    return (f"student.target is for {CLASSIFICATION} jobs; give a {task} job's student as "
+            "student.architecture or student.model.")
 
 
 class TargetUnreachable(ValueError):
