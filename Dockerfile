@@ -10,13 +10,18 @@ ARG TORCH_SPEC=torch==2.13.0
 RUN pip install "$TORCH_SPEC"
 
 WORKDIR /srv/distill
+# Every other dependency exactly as tested (requirements.lock, checked against its hashes; see
+# scripts/lock.sh), then the client and the service themselves without resolving anything again.
+COPY requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md alembic.ini ./
+COPY distill_cli ./distill_cli
 COPY app ./app
 COPY worker ./worker
 COPY distillation ./distillation
 COPY migrations ./migrations
 COPY client ./client
-RUN pip install ./client .
+RUN pip install --no-deps --no-build-isolation ./client . && pip check
 
 RUN useradd --create-home --uid 1000 distill && mkdir -p /data && chown distill /data
 USER distill
