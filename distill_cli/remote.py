@@ -3,6 +3,11 @@
 
 `distill_client` is imported inside the functions: the server commands (`distill api`,
 `worker`, `serve`) start without it, and a command that never talks to a server pays nothing.
+
+Each command still spells out its options (`api_url`, `api_key`, `json_out`) and its
+`with connect(...)` block, on purpose: typer builds `--help` and the parsing from each function's
+own signature, and a command reads top to bottom as the one call it makes. What they print is
+shared: `reply` (one changed object), `print_page` (a list), `print_json`.
 """
 
 from __future__ import annotations
