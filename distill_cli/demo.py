@@ -29,7 +29,7 @@ from distill_cli.processes import stop_process
 from distill_cli.report import report_table
 
 console = Console()
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # distill_cli/ is at the project root
 DEFAULT_SST2 = PROJECT_ROOT.parent / "shared" / "data" / "sst2"
 SENTENCES = [
     "a gorgeous , witty , seductive movie .",

@@ -162,3 +162,12 @@ def test_the_distill_command_runs_the_client_commands(cli_env: dict[str, str]) -
                               **cli_env})
     assert out.returncode == 0, out.stderr
     assert any(m["id"] == "all-minilm-l6-v2" for m in json.loads(out.stdout)["data"])
+
+
+def test_the_demo_finds_the_project_and_sst2_beside_it() -> None:
+    # `make demo` reads ../shared/data/sst2 beside the checkout by default: the path is computed
+    # from the command's own file, so a move of the package must not leave it one folder off
+    from distill_cli.demo import DEFAULT_SST2, PROJECT_ROOT
+
+    assert (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "distill_cli").is_dir()
+    assert DEFAULT_SST2 == PROJECT_ROOT.parent / "shared" / "data" / "sst2"
