@@ -170,4 +170,4 @@ def test_the_demo_finds_the_project_and_sst2_beside_it() -> None:
     from distill_cli.demo import DEFAULT_SST2, PROJECT_ROOT
 
     assert (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "distill_cli").is_dir()
-    assert DEFAULT_SST2 == PROJECT_ROOT.parent / "shared" / "data" / "sst2"
+    assert PROJECT_ROOT.parent / "shared" / "data" / "sst2" == DEFAULT_SST2
