@@ -45,7 +45,7 @@ def finished(
 ) -> tuple[JobConfig, JobResult, RecordingReporter]:
     tmp = tmp_path_factory.mktemp("job")
     validation = write_jsonl(tmp / "validation.jsonl", sentiment_records(24, seed=1))
-    config = make_config(tiny_teacher_dir, tmp, validation_file=validation)
+    config = make_config(tiny_teacher_dir, tmp, validation_file=validation, export_runtimes=True)
     recorder = RecordingReporter()
     return config, run_job(config, recorder), recorder
 
@@ -274,8 +274,9 @@ def test_a_failed_onnx_export_leaves_a_torch_only_job(
         raise RuntimeError("unsupported operator aten::mystery")
 
     monkeypatch.setattr(torch.onnx, "export", refuse)
-    config = make_config(tiny_teacher_dir, tmp_path, hyperparameters=Hyperparameters(
-        epochs=1, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0, max_steps=2))
+    config = make_config(tiny_teacher_dir, tmp_path, export_runtimes=True,
+                         hyperparameters=Hyperparameters(epochs=1, batch_size=8, learning_rate=5e-3,
+                                                         warmup_ratio=0.0, max_steps=2))
     recorder = RecordingReporter()
 
     result = run_job(config, recorder)
