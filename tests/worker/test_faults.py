@@ -52,7 +52,11 @@ SHORT_JOB = {"train": 80, "validation": 16, "epochs": 2, "batch_size": 4, "log_e
 
 def started_worker(settings: Any, log: Path, **env: str) -> subprocess.Popen[bytes]:
     """A `distill worker` that is ready to take messages."""
-    proc = start_worker(settings, log=log, **env)
+    return wait_ready(start_worker(settings, log=log, **env), log)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], log: Path) -> subprocess.Popen[bytes]:
+    """`proc`, once its log says it is ready to take messages."""
     deadline = time.monotonic() + 180
     while not (log.exists() and " ready." in log.read_text(errors="replace")):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
@@ -151,10 +155,13 @@ def test_one_wakeup_delivered_twice_to_two_workers_trains_the_job_once(
     client: Any, auth: dict[str, str], settings: Any, tiny_teacher_dir: Path, tmp_path: Path,
     redis_db: int,
 ) -> None:
-    # Given two idle workers
-    workers = [started_worker(settings, tmp_path / f"worker-{n}.log",
-                              DISTILL_RECONCILE_INTERVAL_S="3600") for n in (1, 2)]
+    # Given two idle workers (started side by side)
+    logs = [tmp_path / f"worker-{n}.log" for n in (1, 2)]
+    workers = [start_worker(settings, log=log, DISTILL_RECONCILE_INTERVAL_S="3600")
+               for log in logs]
     try:
+        for proc, log in zip(workers, logs, strict=True):
+            wait_ready(proc, log)
         # When a job's wake-up reaches the broker twice, one copy for each worker
         job_id, _ = create_job(client, auth, tiny_teacher_dir, max_steps=3)
         assert send_wakeup(job_id, settings=settings)
@@ -206,10 +213,11 @@ def test_a_worker_frozen_past_its_lease_finds_its_job_taken_and_writes_nothing_m
                        **hold_env(15, tmp_path / "never-released"))
     job_id, _ = create_job(client, auth, tiny_teacher_dir, **SHORT_JOB,
                            checkpoint_every_steps=10)
-    b = started_worker(settings, b_log, DISTILL_RECONCILE_INTERVAL_S="3600",
-                       **hold_env(B_HOLD, b_release))
+    b = start_worker(settings, log=b_log, DISTILL_RECONCILE_INTERVAL_S="3600",
+                     **hold_env(B_HOLD, b_release))
     try:
         wait_for_step(client, auth, job_id, 15)
+        wait_ready(b, b_log)
         a_owner, _ = owner(settings, job_id)
         assert a_owner is not None
         a_job_process = int(a_owner.split(":")[1])
