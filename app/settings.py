@@ -228,6 +228,14 @@ class Settings(BaseSettings):
         """The configured queues, smallest first."""
         return parse_queues(self.worker_queues)
 
+    export_runtimes: bool = Field(
+        default=True, description="Export every finished classification student to its ONNX "
+        "runtimes (fp32 and int8), each evaluated and timed on the job's evaluation split, and "
+        "serve the fastest that keeps its accuracy by default. Off: the student is kept in "
+        "torch only (its report says the runtimes were not exported), which saves the export's "
+        "seconds per job where ONNX serving and downloads are not wanted."
+    )
+
     # Operating it: logs and metrics.
     log_format: Literal["json", "console"] | None = Field(
         default=None, description="Log lines as `json` (one object a line) or `console` (for a "

@@ -156,6 +156,8 @@ class JobConfig:
     teacher_name: str = "teacher"  # shown in the model card
     # Timed runs (after warm-up) behind the report's CPU latency and throughput medians.
     benchmark_runs: int = 10
+    # Export a classifier student to its ONNX runtimes (fp32, int8), each measured; off: torch only.
+    export_runtimes: bool = True
 
     @property
     def teacher_output_dir(self) -> Path:

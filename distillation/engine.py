@@ -5,8 +5,9 @@ One pipeline, read top to bottom; where the tasks differ it asks the job's `Task
 asked), `cache_teacher` (when the teacher's outputs are worth caching), `distill` (evaluating the
 student after every epoch), `evaluate` (both models: the task's metrics, then CPU speed),
 `export` (the Hugging Face directory, then the ONNX runtimes of a classifier, each measured:
-`runtime_report`). The engine knows nothing of where the config came from or where the reports go;
-`reporter.should_stop()` is asked before every batch and a stop raises `Cancelled`.
+`runtime_report`; torch only when the config's `export_runtimes` is off). The engine knows nothing
+of where the config came from or where the reports go; `reporter.should_stop()` is asked before
+every batch and a stop raises `Cancelled`.
 
 Resume: checkpoints every `checkpoint_every_steps`, a fine-tuned teacher kept for the next
 attempt, the teacher cache reused from the work directory, the best epoch's student kept there

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.factories.api import REDIS_URL, make_key
+from tests.factories.api import NO_RUNTIME_EXPORT, REDIS_URL, make_key
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -57,9 +57,11 @@ def redis_db() -> Iterator[int]:
 
 @pytest.fixture
 def settings(pg_url: str, redis_db: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Settings pointing at the test database, Redis and a fresh data directory."""
+    """Settings pointing at the test database, Redis and a fresh data directory (jobs exported
+    to torch only: `NO_RUNTIME_EXPORT`)."""
     from app.settings import get_settings
 
+    monkeypatch.setenv("DISTILL_EXPORT_RUNTIMES", NO_RUNTIME_EXPORT["DISTILL_EXPORT_RUNTIMES"])
     monkeypatch.setenv("DISTILL_DATABASE_URL", pg_url)
     monkeypatch.setenv("DISTILL_BROKER_URL", f"{REDIS_URL}/{redis_db}")
     monkeypatch.setenv("DISTILL_DATA_DIR", str(tmp_path / "data"))
@@ -70,6 +72,16 @@ def settings(pg_url: str, redis_db: int, tmp_path: Path, monkeypatch: pytest.Mon
     redis.Redis.from_url(f"{REDIS_URL}/{redis_db}").flushdb()
     yield get_settings()
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def export_runtimes(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The settings with the ONNX runtimes exported, in this process and the workers it starts."""
+    from app.settings import get_settings
+
+    monkeypatch.setenv("DISTILL_EXPORT_RUNTIMES", "true")
+    get_settings.cache_clear()
+    return get_settings()
 
 
 def _truncate_all(url: str) -> None:

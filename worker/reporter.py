@@ -19,6 +19,9 @@ of the run (`flush`) write the waiting ones first, so the events keep their orde
 `pause()` (the worker is shutting down) asks the core for a checkpoint at its next optimizer
 step and a stop there; outside the distill stage, which is the one that checkpoints, it stops
 at once.
+
+Fault tests may hold a job at a step until they release it (`step_hold`, off unless a test's
+environment turns it on).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from app.jobs.status import JobStatus
 from app.kit.db import session_scope
 from app.settings import Settings
 from distillation.config import Cancelled, Progress
+from worker import step_hold
 from worker.db_retry import write_with_retry
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,7 @@ class DbReporter:
         self._last_stage: str | None = None
         self.train_progress: dict[str, Any] = {}  # the distill stage's last step counters
         self.lost_writes = 0  # writes given up on during an outage, not yet reported
+        self._hold = step_hold.HOLD  # a fault test's hold; None outside tests
         # In the job's context: its log lines name the job and the attempt.
         self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._beat,),
                                         name=f"heartbeat-{self.job_id}", daemon=True)
@@ -165,6 +170,23 @@ class DbReporter:
                >= self.settings.metrics_write_interval_s)
         if eval_metrics or due:
             self._write_metrics()
+        if (self._hold is not None and self._last_stage == CHECKPOINTED_STAGE
+                and "learning_rate" in data and self._hold.due(step)):
+            self._hold_at(step, self._hold)
+
+    def _hold_at(self, step: int, hold: step_hold.StepHold) -> None:
+        """A fault test's hold (`step_hold`): this step's metrics and progress written, wait for
+        the test's release, a stop or a pause; once a run."""
+        self._hold = None
+        self.flush()
+        total = max(1, int(self.train_progress.get("total_steps") or step))
+        progress = {**self.train_progress, "step": step,
+                    "percent": round(min(100.0, 100.0 * step / total), 2)}
+        self._write(f"progress (held at step {step})",
+                    lambda session: lifecycle.require(session, self.lease, progress=progress))
+        log.warning("job %s: held at step %d until %s exists (test hook)", self.job_id, step,
+                    hold.release)
+        hold.wait(lambda: self._stopped.is_set() or self._pausing.is_set())
 
     def flush(self) -> None:
         """Write the metrics events still waiting (before another event, or at the run's end)."""

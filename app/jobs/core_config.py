@@ -85,4 +85,5 @@ def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobCo
         hyperparameters=Hyperparameters(**request.hyperparameters.model_dump()),
         output_dir=workspace.output_dir(settings, job.id, job.attempts),
         work_dir=workspace.work_dir(settings, job.id, job.attempts),
+        export_runtimes=settings.export_runtimes,
     )

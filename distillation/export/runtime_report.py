@@ -1,6 +1,7 @@
 """The export stage's runtimes: a classifier student exported to ONNX (fp32 and int8), each runtime
 measured on the job's evaluation split as the evaluate stage measures torch, and the default
 chosen (`runtimes.choose_default`). Written to `runtimes.json` and the report's `runtimes`.
+With the config's `export_runtimes` off, a classifier is torch only, as every other task is.
 
 Everything is measured through the task's own `evaluate` and the report's `measure_speed`: an
 ONNX runtime enters them as a module (`OnnxClassifier`), so no metric is computed twice.
@@ -49,9 +50,11 @@ def measure_runtimes(
                                       batch_size=hp.eval_batch_size,
                                       on_batch=lambda: check_stop(reporter))
     entries = {"torch": runtime_entry(torch_metrics, torch_speed, size_bytes)}
-    if task.name != CLASSIFICATION:
-        info = torch_only(entries["torch"], f"{task.name} students run in torch only (the ONNX "
-                                            "runtimes are for encoder classifiers)")
+    if task.name != CLASSIFICATION or not config.export_runtimes:
+        reason = (f"{task.name} students run in torch only (the ONNX runtimes are for encoder "
+                  "classifiers)" if task.name != CLASSIFICATION else
+                  "the ONNX runtimes were not exported (export_runtimes is off)")
+        info = torch_only(entries["torch"], reason)
         write_runtimes(model_dir, info)
         return info, []
     started = time.monotonic()

@@ -1,5 +1,7 @@
-"""Client and CLI tests run against a real `distill api` (one per module, on the test Postgres,
-Redis and a data directory of the module's) and, where jobs must run, a real `distill worker`."""
+"""Client and CLI tests run against a real `distill api` (one for the package, on the test
+Postgres, Redis and a data directory of the package's: each test truncates the tables and flushes
+Redis, so nothing one test leaves is seen by the next) and, where jobs must run, a real `distill
+worker` (one per module that asks for it: the others count on no worker taking their jobs)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from tests.factories.server import LiveApi, live_api
 from tests.factories.worker import shared_dir_settings, start_worker, stop_worker
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("client_data")
 
@@ -26,16 +28,16 @@ def _settings(pg_url: str, redis_db: int, data_dir: Path) -> Any:
     return Settings(database_url=pg_url, broker_url=f"{REDIS_URL}/{redis_db}", data_dir=data_dir)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def api(pg_url: str, redis_db: int, data_dir: Path) -> Iterator[LiveApi]:
-    """A live `distill api` for the module (tests truncate the tables, not the process)."""
+    """A live `distill api` for the package (tests truncate the tables, not the process)."""
     with live_api(_settings(pg_url, redis_db, data_dir), data_dir / "api.log") as server:
         yield server
 
 
 @pytest.fixture
 def settings(pg_url: str, redis_db: int, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """As conftest's, on the module's data directory (shared with its API and worker)."""
+    """As conftest's, on the package's data directory (shared with its API and workers)."""
     yield from shared_dir_settings(pg_url, redis_db, data_dir, monkeypatch)
 
 

@@ -45,7 +45,7 @@ def finished(
 ) -> tuple[JobConfig, JobResult, RecordingReporter]:
     tmp = tmp_path_factory.mktemp("job")
     validation = write_jsonl(tmp / "validation.jsonl", sentiment_records(24, seed=1))
-    config = make_config(tiny_teacher_dir, tmp, validation_file=validation)
+    config = make_config(tiny_teacher_dir, tmp, validation_file=validation, export_runtimes=True)
     recorder = RecordingReporter()
     return config, run_job(config, recorder), recorder
 
@@ -274,8 +274,9 @@ def test_a_failed_onnx_export_leaves_a_torch_only_job(
         raise RuntimeError("unsupported operator aten::mystery")
 
     monkeypatch.setattr(torch.onnx, "export", refuse)
-    config = make_config(tiny_teacher_dir, tmp_path, hyperparameters=Hyperparameters(
-        epochs=1, batch_size=8, learning_rate=5e-3, warmup_ratio=0.0, max_steps=2))
+    config = make_config(tiny_teacher_dir, tmp_path, export_runtimes=True,
+                         hyperparameters=Hyperparameters(epochs=1, batch_size=8, learning_rate=5e-3,
+                                                         warmup_ratio=0.0, max_steps=2))
     recorder = RecordingReporter()
 
     result = run_job(config, recorder)
@@ -287,3 +288,28 @@ def test_a_failed_onnx_export_leaves_a_torch_only_job(
     assert result.report["warnings"] == [w for w in recorder.warnings if "ONNX" in w]
     assert available_runtimes(config.output_dir) == ["torch"]
     assert "torch only: the ONNX export failed" in (config.output_dir / "README.md").read_text()
+
+
+def test_with_the_export_switched_off_a_classifier_is_torch_only(
+    tiny_teacher_dir: Path, tmp_path: Path,
+) -> None:
+    # Given a classification job whose config turns the runtimes' export off
+    config = make_config(tiny_teacher_dir, tmp_path, export_runtimes=False,
+                         hyperparameters=Hyperparameters(epochs=1, batch_size=8, learning_rate=5e-3,
+                                                         warmup_ratio=0.0, max_steps=2))
+    recorder = RecordingReporter()
+
+    result = run_job(config, recorder)
+
+    # Then the student is the torch model alone, saying why, with no warning and no ONNX files
+    runtimes = result.report["runtimes"]
+    assert runtimes["default"] == "torch" and list(runtimes["runtimes"]) == ["torch"]
+    assert "not exported" in runtimes["reason"]
+    assert json.loads((config.output_dir / "runtimes.json").read_text()) == runtimes
+    assert recorder.warnings == [] and result.report["warnings"] == []
+    assert available_runtimes(config.output_dir) == ["torch"]
+    assert not list(config.output_dir.rglob("*.onnx"))
+    assert "torch only: the ONNX runtimes were not exported" in (
+        config.output_dir / "README.md").read_text()
+    assert Predictor.load(config.output_dir).classify(["a dull plot"])[0]["label"] in {
+        "negative", "positive"}

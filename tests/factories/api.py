@@ -14,6 +14,9 @@ import redis
 from tests.factories.records import sentiment_records
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+# Jobs in tests are exported to torch only (the ONNX export costs seconds a job): the `settings`
+# fixtures and `start_worker` set this; tests about runtimes, ONNX and its downloads turn it on.
+NO_RUNTIME_EXPORT = {"DISTILL_EXPORT_RUNTIMES": "false"}
 
 
 def upload_records(client: Any, auth: dict[str, str], rows: list[dict[str, Any]], *,

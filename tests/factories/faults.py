@@ -1,7 +1,8 @@
 """Faults for the fault suite, all real: a TCP proxy in front of Postgres that can be stopped
 (the database goes away under the API and the workers, then comes back), a worker process whose
-clock runs behind, and readers of what a job's events say about its attempts (training runs,
-steps trained). A live `distill api` is `tests.factories.server.live_api`."""
+clock runs behind, a worker that holds its job at a step until the test releases it, and readers
+of what a job's events say about its attempts (training runs, steps trained). A live `distill api`
+is `tests.factories.server.live_api`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,27 @@ class TcpProxy:
             for sock in (src, dst):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+def hold_env(step: int, release: Path) -> dict[str, str]:
+    """A worker's environment that holds each job at optimizer step `step` (its metrics and
+    progress written) until the file `release` exists (`worker/step_hold.py`): a short job is
+    still running when the test's fault hits, however fast or slow the machine."""
+    from worker import step_hold
+
+    return {step_hold.HOOKS_ENV: "1", step_hold.STEP_ENV: str(step),
+            step_hold.RELEASE_ENV: str(release)}
+
+
+def wait_for_log(log: Path, *markers: str, after: int = 0, timeout: float = 60) -> str:
+    """The text of `log` past offset `after` once it holds every one of `markers`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_bytes()[after:].decode(errors="replace") if log.exists() else ""
+        if all(marker in text for marker in markers):
+            return text
+        assert time.monotonic() < deadline, f"{log} never said {markers}: {text[-3000:]}"
+        time.sleep(0.2)
 
 
 def clock_behind_env(tmp: Path, seconds: float) -> dict[str, str]:

@@ -17,7 +17,8 @@ def toy_job(teacher: Path, tmp: Path, records: list[dict[str, Any]], *,
             **overrides: Any) -> JobConfig:
     """A job distilling `teacher` on `records` (written to `tmp/train.jsonl`), output and work
     directories under `tmp`; `overrides` set any other field. The student is one layer deep
-    (and 32 wide, for a classifier)."""
+    (and 32 wide, for a classifier), and kept in torch only unless `export_runtimes=True` (the
+    ONNX export costs seconds a job; tests/core/test_engine.py turns it on)."""
     tmp.mkdir(parents=True, exist_ok=True)
     arch = {"num_layers": 1, "hidden_size": 32} if task == CLASSIFICATION else {"num_layers": 1}
     values: dict[str, Any] = {
@@ -30,6 +31,7 @@ def toy_job(teacher: Path, tmp: Path, records: list[dict[str, Any]], *,
         "losses": [LossSpec("kl", 0.5), LossSpec("ce", 0.5)],
         "hyperparameters": hyperparameters,
         "benchmark_runs": 1,
+        "export_runtimes": False,
         **overrides,
     }
     return JobConfig(**values)

@@ -15,7 +15,7 @@ import pytest
 
 from app.jobs.lifecycle import reconcile
 from app.kit.db import session_scope
-from tests.factories.api import job_body, sentiment_files, upload_model_dir
+from tests.factories.api import NO_RUNTIME_EXPORT, job_body, sentiment_files, upload_model_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = {"succeeded", "failed", "cancelled"}
@@ -23,9 +23,10 @@ FINAL = {"succeeded", "failed", "cancelled"}
 
 def start_worker(settings: Any, *, log: Path | None = None, **env: str) -> subprocess.Popen[bytes]:
     """A real `distill worker` (its own process group) on the settings' database, broker and
-    data directory; `env` overrides `DISTILL_*` variables (heartbeat 0.5 s by default); its
-    output goes to `log` when given (appended)."""
-    full_env = {**os.environ, "DISTILL_DATABASE_URL": settings.database_url,
+    data directory; `env` overrides `DISTILL_*` variables (heartbeat 0.5 s by default, no ONNX
+    export unless this process's environment or `env` turns it on); its output goes to `log`
+    when given (appended)."""
+    full_env = {**NO_RUNTIME_EXPORT, **os.environ, "DISTILL_DATABASE_URL": settings.database_url,
                 "DISTILL_BROKER_URL": settings.broker_url,
                 "DISTILL_DATA_DIR": str(settings.resolved_data_dir),
                 "DISTILL_HEARTBEAT_INTERVAL_S": "0.5", **env}
@@ -91,6 +92,7 @@ def shared_dir_settings(pg_url: str, redis_db: int, data_dir: Path,
     from tests.conftest import _truncate_all
     from tests.factories.api import REDIS_URL
 
+    monkeypatch.setenv("DISTILL_EXPORT_RUNTIMES", NO_RUNTIME_EXPORT["DISTILL_EXPORT_RUNTIMES"])
     monkeypatch.setenv("DISTILL_DATABASE_URL", pg_url)
     monkeypatch.setenv("DISTILL_BROKER_URL", f"{REDIS_URL}/{redis_db}")
     monkeypatch.setenv("DISTILL_DATA_DIR", str(data_dir))

@@ -20,7 +20,7 @@ from app.kit.db import session_scope
 from app.storage.object_store import open_store
 from distillation.export.selection import EpochSelector
 from tests.factories.api import job_body, sentiment_files, upload_model_dir
-from tests.factories.faults import job_events
+from tests.factories.faults import hold_env, job_events
 from tests.factories.worker import FINAL, create_job, reconcile_now, start_worker, stop_worker, wait_for
 from tests.storage.conftest import worker_env
 
@@ -43,10 +43,12 @@ def test_a_job_killed_on_one_worker_finishes_on_another_from_the_store(
 ) -> None:
     store = open_store(settings)
     # Given a worker with a folder of its own training a job that checkpoints every 10 steps
+    # (40 steps over two epochs; held at step 12 until it is killed)
     log = tmp_path / "workers.log"
-    first = start_worker(settings, log=log, **worker_env(tmp_path, "worker-1"))
+    first = start_worker(settings, log=log, **worker_env(tmp_path, "worker-1"),
+                         **hold_env(12, tmp_path / "never-released"))
     try:
-        job_id, _ = create_job(client, auth, tiny_teacher_dir, train=200, validation=16,
+        job_id, _ = create_job(client, auth, tiny_teacher_dir, train=80, validation=16,
                                epochs=2, batch_size=4, checkpoint_every_steps=10,
                                log_every_steps=1)
         # once the API lists a checkpoint (read from the store: it has no copy of its own)
@@ -67,6 +69,10 @@ def test_a_job_killed_on_one_worker_finishes_on_another_from_the_store(
     second = start_worker(settings, log=log, **worker_env(tmp_path, "worker-2"))
     try:
         done = wait_for(client, auth, job_id, FINAL, timeout=400)
+        # (the worker removes the job's files just after it records the success: let it)
+        deadline = time.monotonic() + 60
+        while store.list(f"jobs/{job_id}") and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         stop_worker(second)
 

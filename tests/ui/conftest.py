@@ -74,7 +74,9 @@ def dash(pg_url: str, redis_db: int, tmp_path_factory: pytest.TempPathFactory,
         redis.Redis.from_url(f"{REDIS_URL}/{redis_db}").flushdb()
         config = get_settings()
         auth = make_key(config, "acme")
-        worker = start_worker(config, log=data / "worker.log", DISTILL_RECONCILE_INTERVAL_S="3600")
+        # the model page downloads the ONNX int8 export: this worker exports runtimes
+        worker = start_worker(config, log=data / "worker.log", DISTILL_RECONCILE_INTERVAL_S="3600",
+                              DISTILL_EXPORT_RUNTIMES="true")
         try:
             with live_api(config, data / "api.log", DISTILL_EVENTS_POLL_INTERVAL_S="0.25") as api, \
                     httpx.Client(base_url=api.url, timeout=60) as http:

@@ -2,6 +2,9 @@
 Redis, each test injecting one fault while jobs run, and checking that no job is lost and none
 is trained twice (one "started attempt" event per training run, every step recorded once).
 
+A job that must still be running when its fault hits is held at a step until the test releases
+it (`hold_env`, `worker/step_hold.py`), so the jobs are short: tens of steps, not hundreds.
+
 Faults: SIGTERM of a worker (it checkpoints, hands the job back and exits within its grace
 period), the broker flushed with jobs queued and running, one wake-up delivered twice to two
 workers, a worker frozen past its lease (its late writes refused), Postgres going away under the
@@ -27,22 +30,33 @@ from app.jobs.queue import send_wakeup
 from app.jobs.tables import JobRow
 from app.kit.db import engine_for, session_scope
 from tests.factories.api import REDIS_URL, assert_error
-from tests.factories.faults import TcpProxy, job_events, started_attempts, trained_steps
+from tests.factories.faults import (
+    TcpProxy,
+    hold_env,
+    job_events,
+    started_attempts,
+    trained_steps,
+    wait_for_log,
+)
 from tests.factories.server import live_api
 from tests.factories.worker import FINAL, create_job, start_worker, stop_worker, wait_for
 from tests.worker.test_reconciler import wait_for_step
 
 GRACE_S = 20
-LONG_JOB = {"train": 400, "validation": 16, "epochs": 3, "batch_size": 4}  # 300 steps
-# A job still running seconds after it reached step 5, however quiet the machine: 900 steps, each
-# writing its metrics (a fenced database write), for the faults that need a job to live through
-# them (the database away for 6 s, the API restarted, the broker flushed, a frozen process).
-STEADY_JOB = {"train": 1200, "validation": 16, "epochs": 3, "batch_size": 4, "log_every_steps": 1}
+# A job held at a step (`hold_env`) until the fault has hit: 40 steps over two epochs, each
+# writing its metrics (a fenced database write), so that after its release it trains on through
+# (or after) the fault: the database away for 6 s, the API restarted, the broker flushed, a
+# frozen process, a SIGTERM.
+SHORT_JOB = {"train": 80, "validation": 16, "epochs": 2, "batch_size": 4, "log_every_steps": 1}
 
 
 def started_worker(settings: Any, log: Path, **env: str) -> subprocess.Popen[bytes]:
     """A `distill worker` that is ready to take messages."""
-    proc = start_worker(settings, log=log, **env)
+    return wait_ready(start_worker(settings, log=log, **env), log)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], log: Path) -> subprocess.Popen[bytes]:
+    """`proc`, once its log says it is ready to take messages."""
     deadline = time.monotonic() + 180
     while not (log.exists() and " ready." in log.read_text(errors="replace")):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
@@ -60,11 +74,13 @@ def owner(settings: Any, job_id: str) -> tuple[str | None, int]:
 def test_sigterm_checkpoints_hands_the_job_back_and_exits_within_the_grace_period(
     client: Any, auth: dict[str, str], settings: Any, tiny_teacher_dir: Path, tmp_path: Path,
 ) -> None:
-    # Given a worker training a job that takes no periodic checkpoint
+    # Given a worker training a job that takes no periodic checkpoint (held at step 10, and
+    # never released: the SIGTERM's pause ends the hold)
     log = tmp_path / "worker.log"
     first = started_worker(settings, log, DISTILL_SHUTDOWN_GRACE_S=str(GRACE_S),
-                           DISTILL_RECONCILE_INTERVAL_S="3600")
-    job_id, _ = create_job(client, auth, tiny_teacher_dir, **LONG_JOB, log_every_steps=1,
+                           DISTILL_RECONCILE_INTERVAL_S="3600",
+                           **hold_env(10, tmp_path / "never-released"))
+    job_id, _ = create_job(client, auth, tiny_teacher_dir, **SHORT_JOB,
                            checkpoint_every_steps=100_000)
     try:
         wait_for_step(client, auth, job_id, 10)
@@ -108,15 +124,21 @@ def test_jobs_queued_and_running_all_finish_once_after_the_broker_is_flushed(
     client: Any, auth: dict[str, str], settings: Any, tiny_teacher_dir: Path, tmp_path: Path,
     redis_db: int,
 ) -> None:
-    # Given a worker running one job with two more queued behind it
-    proc = started_worker(settings, tmp_path / "worker.log", DISTILL_RECONCILE_INTERVAL_S="1",
-                          DISTILL_QUEUED_RESEND_AFTER_S="2")
+    # Given a worker running one job (held at step 5) with two more queued behind it
+    log, release = tmp_path / "worker.log", tmp_path / "release"
+    proc = started_worker(settings, log, DISTILL_RECONCILE_INTERVAL_S="1",
+                          DISTILL_QUEUED_RESEND_AFTER_S="2", **hold_env(5, release))
     try:
-        running, _ = create_job(client, auth, tiny_teacher_dir, **STEADY_JOB)
+        running, _ = create_job(client, auth, tiny_teacher_dir, **SHORT_JOB)
         wait_for_step(client, auth, running, 5)
         queued = [create_job(client, auth, tiny_teacher_dir, max_steps=3)[0] for _ in range(2)]
         # When the broker loses every message (the queued jobs' and the running one's)
+        flushed_at = log.stat().st_size
         redis.Redis.from_url(f"{REDIS_URL}/{redis_db}").flushdb()
+        # and the reconciler has re-sent the queued jobs' wake-ups while the job still runs
+        wait_for_log(log, "reconciler", *queued, after=flushed_at)
+        assert wait_for_step(client, auth, running, 5)["status"] == "running"
+        release.touch()
         finals = [wait_for(client, auth, job_id, FINAL, timeout=300)
                   for job_id in (running, *queued)]
     finally:
@@ -133,10 +155,13 @@ def test_one_wakeup_delivered_twice_to_two_workers_trains_the_job_once(
     client: Any, auth: dict[str, str], settings: Any, tiny_teacher_dir: Path, tmp_path: Path,
     redis_db: int,
 ) -> None:
-    # Given two idle workers
-    workers = [started_worker(settings, tmp_path / f"worker-{n}.log",
-                              DISTILL_RECONCILE_INTERVAL_S="3600") for n in (1, 2)]
+    # Given two idle workers (started side by side)
+    logs = [tmp_path / f"worker-{n}.log" for n in (1, 2)]
+    workers = [start_worker(settings, log=log, DISTILL_RECONCILE_INTERVAL_S="3600")
+               for log in logs]
     try:
+        for proc, log in zip(workers, logs, strict=True):
+            wait_ready(proc, log)
         # When a job's wake-up reaches the broker twice, one copy for each worker
         job_id, _ = create_job(client, auth, tiny_teacher_dir, max_steps=3)
         assert send_wakeup(job_id, settings=settings)
@@ -174,24 +199,32 @@ def freeze(pid: int, settings: Any) -> None:
     raise AssertionError("could not freeze the job process outside a transaction")
 
 
+B_HOLD = 30
+
+
 def test_a_worker_frozen_past_its_lease_finds_its_job_taken_and_writes_nothing_more(
     client: Any, auth: dict[str, str], settings: Any, tiny_teacher_dir: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given worker A training a job, and an idle worker B
-    a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
-    a = started_worker(settings, a_log, DISTILL_RECONCILE_INTERVAL_S="3600")
-    job_id, _ = create_job(client, auth, tiny_teacher_dir, **STEADY_JOB,
+    # Given worker A training a job (held at step 15, never released), and an idle worker B
+    # (that holds it at step 30 until the test releases it)
+    a_log, b_log, b_release = tmp_path / "a.log", tmp_path / "b.log", tmp_path / "b-release"
+    a = started_worker(settings, a_log, DISTILL_RECONCILE_INTERVAL_S="3600",
+                       **hold_env(15, tmp_path / "never-released"))
+    job_id, _ = create_job(client, auth, tiny_teacher_dir, **SHORT_JOB,
                            checkpoint_every_steps=10)
-    b = started_worker(settings, b_log, DISTILL_RECONCILE_INTERVAL_S="3600")
+    b = start_worker(settings, log=b_log, DISTILL_RECONCILE_INTERVAL_S="3600",
+                     **hold_env(B_HOLD, b_release))
     try:
         wait_for_step(client, auth, job_id, 15)
+        wait_ready(b, b_log)
         a_owner, _ = owner(settings, job_id)
         assert a_owner is not None
         a_job_process = int(a_owner.split(":")[1])
         # When A's job process freezes past its lease, the reconciler re-queues the job and B
         # takes it over
         freeze(a_job_process, settings)
+        a_paused_at = a_log.stat().st_size
         try:
             monkeypatch.setattr(settings, "stale_heartbeat_after_s", 1.0)
             time.sleep(1.5)
@@ -203,10 +236,14 @@ def test_a_worker_frozen_past_its_lease_finds_its_job_taken_and_writes_nothing_m
                 assert time.monotonic() < deadline, "B never claimed the job"
                 time.sleep(0.2)
             b_step = wait_for_step(client, auth, job_id, 1)["progress"]["step"]
-            wait_for_step(client, auth, job_id, b_step + 5)
+            wait_for_step(client, auth, job_id, min(b_step + 5, B_HOLD))
         finally:
             # and A comes back to life while B trains
             os.kill(a_job_process, signal.SIGCONT)
+        # (B is held until A has learnt it lost the job, so that A's run ends while B's goes on)
+        assert owner(settings, job_id)[1] == 2
+        wait_for_log(a_log, "lost its lease", after=a_paused_at, timeout=60)
+        b_release.touch()
         done = wait_for(client, auth, job_id, FINAL, timeout=300)
     finally:
         stop_worker(a)
@@ -231,16 +268,18 @@ def test_the_database_going_away_under_the_api_and_a_worker(
     proxy = TcpProxy(("127.0.0.1", 5432))
     proxy.start()
     via_proxy = proxy.url_for(settings.database_url)
+    release = tmp_path / "release"
     worker = started_worker(settings, tmp_path / "worker.log", DISTILL_DATABASE_URL=via_proxy,
-                            DISTILL_RECONCILE_INTERVAL_S="2")
+                            DISTILL_RECONCILE_INTERVAL_S="2", **hold_env(5, release))
     try:
         with live_api(settings, tmp_path / "api.log", DISTILL_DATABASE_URL=via_proxy) as api, \
                 httpx.Client(base_url=api.url, timeout=30) as http:
-            job_id, _ = create_job(http, auth, tiny_teacher_dir, **STEADY_JOB)
+            job_id, _ = create_job(http, auth, tiny_teacher_dir, **SHORT_JOB)
             before = wait_for_step(http, auth, job_id, 5)["progress"]["step"]
 
-            # When the database goes away for a while
+            # When the database goes away for a while, the job (released) training on meanwhile
             proxy.stop()
+            release.touch()
             down = time.monotonic()
             during = [http.get(f"/v1/distillation/jobs/{job_id}", headers=auth),
                       http.get("/v1/models", headers=auth)]
@@ -282,15 +321,18 @@ def test_jobs_do_not_notice_the_api_restarting(
     settings: Any, auth: dict[str, str], tiny_teacher_dir: Path, tmp_path: Path,
 ) -> None:
     # Given the API and a worker, and a job running
-    log = tmp_path / "api.log"
-    worker = started_worker(settings, tmp_path / "worker.log", DISTILL_RECONCILE_INTERVAL_S="2")
+    log, release = tmp_path / "api.log", tmp_path / "release"
+    worker = started_worker(settings, tmp_path / "worker.log", DISTILL_RECONCILE_INTERVAL_S="2",
+                            **hold_env(5, release))
     try:
         with live_api(settings, log) as api, httpx.Client(base_url=api.url, timeout=30) as http:
-            job_id, _ = create_job(http, auth, tiny_teacher_dir, **STEADY_JOB)
+            job_id, _ = create_job(http, auth, tiny_teacher_dir, **SHORT_JOB)
             wait_for_step(http, auth, job_id, 5)
 
-        # When the API stops, and starts again a few seconds later, while the job runs
+        # When the API stops, and starts again a few seconds later, while the job (released
+        # once the API is down) runs
         while_down = job_progress(settings, job_id)
+        release.touch()
         time.sleep(3)
         later = job_progress(settings, job_id)
         with live_api(settings, log) as api, httpx.Client(base_url=api.url, timeout=30) as http:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.factories.faults import trained_steps
+from tests.factories.faults import hold_env, trained_steps
 from tests.factories.worker import FINAL, create_job, start_worker, stop_worker, wait_for
 
 # A reconciler pass a second: the main process's queries pass psycopg's prepare threshold (five
@@ -82,11 +82,13 @@ def test_several_jobs_in_a_row_on_a_worker_that_has_lived_a_while(
 def test_a_job_requeued_after_sigkill_resumes_on_a_worker_that_has_lived_a_while(
     client: Any, auth: dict[str, str], settings: Any, tiny_teacher_dir: Path, worker_log: Path,
 ) -> None:
-    # Given a worker that has run a job already, running a long one with checkpoints
-    first = start_worker(settings, log=worker_log, DISTILL_RECONCILE_INTERVAL_S=RECONCILE_S)
+    # Given a worker that has run a job already, running one with checkpoints (100 steps over
+    # two epochs), held at step 45 (mid-epoch, past its checkpoint at 40) and never released
+    first = start_worker(settings, log=worker_log, DISTILL_RECONCILE_INTERVAL_S=RECONCILE_S,
+                         **hold_env(45, worker_log.with_name("never-released")))
     try:
-        job_id, _ = create_job(client, auth, tiny_teacher_dir, train=400, validation=16,
-                               epochs=3, batch_size=4, checkpoint_every_steps=CHECKPOINT_EVERY,
+        job_id, _ = create_job(client, auth, tiny_teacher_dir, train=200, validation=16,
+                               epochs=2, batch_size=4, checkpoint_every_steps=CHECKPOINT_EVERY,
                                log_every_steps=1)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

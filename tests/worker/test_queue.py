@@ -25,6 +25,7 @@ from tests.factories.records import sentiment_records
 from tests.factories.worker import create_job, reconcile_now, wait_for
 
 
+@pytest.mark.usefixtures("export_runtimes")  # before `worker`: it exports ONNX too
 def test_full_job_through_a_real_worker(
     client: Any, auth: dict[str, str], settings: Any, tiny_teacher_dir: Path, worker: Any,
     redis_db: int, tmp_path: Path,
