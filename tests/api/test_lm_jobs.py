@@ -56,13 +56,41 @@ def _lm_body(task: str, teacher: str, train: str, validation: str | None = None,
     return job_body(teacher=teacher, training_file=train, validation_file=validation, **values)
 
 
+def _download_and_load(client: Any, auth: dict[str, str], model_id: str, dest: Path
+                       ) -> tuple[Any, Any]:
+    """The model's download, extracted as a user would, loaded with the Auto classes."""
+    import io
+    import tarfile
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    with client.stream("GET", f"/v1/models/{model_id}/download", headers=auth) as response:
+        assert response.status_code == 200
+        data = b"".join(response.iter_bytes())
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(dest, filter="data")
+    auto = (AutoModelForSeq2SeqLM if AutoConfig.from_pretrained(dest).is_encoder_decoder
+            else AutoModelForCausalLM)
+    return auto.from_pretrained(dest).eval(), AutoTokenizer.from_pretrained(dest)
+
+
+def _generate(loaded: tuple[Any, Any], prompt: str, new_tokens: int) -> str:
+    """Greedy generation as a user writes it; only the new tokens, decoded."""
+    model, tokenizer = loaded
+    inputs = tokenizer([prompt], return_tensors="pt")
+    ids = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+    if not model.config.is_encoder_decoder:
+        ids = ids[:, inputs["input_ids"].shape[1]:]
+    return str(tokenizer.decode(ids[0], skip_special_tokens=True)).strip()
+
+
 def _assert_nothing_created(client: Any, auth: dict[str, str], redis_db: int) -> None:
     assert client.get(JOBS, headers=auth).json()["data"] == []
     assert queued_messages(redis_db) == 0
 
 
 def test_causal_lm_job_runs_and_its_student_generates(
-    client: Any, auth: dict[str, str], settings: Any, model_dirs: dict[str, Path]
+    client: Any, auth: dict[str, str], settings: Any, model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
     from worker.runner import execute_job
 
@@ -87,7 +115,12 @@ def test_causal_lm_job_runs_and_its_student_generates(
     predicted = client.post(f"/v1/models/{model['id']}/predict", headers=auth,
                             json={"inputs": ["copy red cat", "copy sun"], "max_new_tokens": 4})
     assert predicted.status_code == 200, predicted.text
-    assert [type(item["text"]) for item in predicted.json()["data"]] == [str, str]
+    served = [item["text"] for item in predicted.json()["data"]]
+    assert [type(text) for text in served] == [str, str]
+
+    # And the download loads with from_pretrained and generates what predict served (greedy)
+    student = _download_and_load(client, auth, model["id"], tmp_path / "student")
+    assert _generate(student, "copy red cat", 4) == served[0].strip()
 
 
 def test_seq2seq_job_with_a_narrower_student_runs_and_its_download_generates(
@@ -96,11 +129,6 @@ def test_seq2seq_job_with_a_narrower_student_runs_and_its_download_generates(
     # A student narrower than its teacher, initialised from it, is planned by projecting the
     # teacher's hidden states: an encoder-decoder has two stacks, and planning once called it
     # without decoder inputs (a failed job)
-    import io
-    import tarfile
-
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
     from worker.runner import execute_job
 
     teacher = _upload(client, auth, model_dirs, "t5")
@@ -126,17 +154,9 @@ def test_seq2seq_job_with_a_narrower_student_runs_and_its_download_generates(
     served = predicted.json()["data"][0]["text"]
 
     # And the download loads with from_pretrained, 16 wide, and generates what predict served
-    with client.stream("GET", f"/v1/models/{model['id']}/download", headers=auth) as response:
-        assert response.status_code == 200
-        data = b"".join(response.iter_bytes())
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(tmp_path / "student", filter="data")
-    student = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "student")
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "student")
-    assert student.config.d_model == 16 and student.config.num_layers == 1
-    ids = student.generate(**tokenizer(["red cat sun"], return_tensors="pt"), max_new_tokens=4,
-                           do_sample=False)
-    assert tokenizer.decode(ids[0], skip_special_tokens=True).strip() == served.strip()
+    student = _download_and_load(client, auth, model["id"], tmp_path / "student")
+    assert student[0].config.d_model == 16 and student[0].config.num_layers == 1
+    assert _generate(student, "red cat sun", 4) == served.strip()
 
 
 def test_seq2seq_job_with_remapped_columns_is_accepted(
