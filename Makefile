@@ -13,7 +13,7 @@ test: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy distill_cli app worker distillation client/distill_client
 	.venv/bin/lint-imports
-	.venv/bin/pytest -q
+	.venv/bin/pytest -q -n 2 --dist loadfile
 
 lint: setup
 	.venv/bin/ruff check .
