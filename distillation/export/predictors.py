@@ -1,12 +1,14 @@
 """Loading a served model in the runtime asked for: torch (`predict.Predictor`) or ONNX Runtime
 (`onnx_runtime.OnnxPredictor`). Apart from `runtimes`, which describes a model's runtimes
-without loading either, so the API can import that without torch's stack."""
+without loading either, so the API can import that without torch's stack.
+
+ONNX Runtime is imported on the first ONNX load, not with this module: the API imports this at
+start-up, and a server that only ever serves torch students need not load it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from distillation.export.onnx_runtime import OnnxPredictor
 from distillation.export.predict import Predictor
 from distillation.export.runtimes import (
     Runtime,
@@ -26,6 +28,8 @@ def load_predictor(model_dir: Path, runtime: Runtime, *, threads: int | None = N
         raise RuntimeUnavailable(f"this model has no {runtime} export (it can run in: {have})")
     if runtime == "torch":
         return Predictor.load(model_dir)
+    from distillation.export.onnx_runtime import OnnxPredictor  # onnxruntime: on first use
+
     predictor: ServingPredictor = OnnxPredictor.load(runtime_dir(model_dir, runtime),
                                                      threads=threads)
     return predictor
