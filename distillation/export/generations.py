@@ -154,9 +154,10 @@ def compare_generations(
                                  device=device, on_batch=on_batch)
     student_ids = greedy_answers(student, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                  device=device, on_batch=on_batch)
-    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
-    teacher_text = [decode(ids) for ids in teacher_ids]
-    student_text = [decode(ids) for ids in student_ids]
+    teacher_text = [str(tokenizer.decode(ids, skip_special_tokens=True)).strip()
+                    for ids in teacher_ids]
+    student_text = [str(tokenizer.decode(ids, skip_special_tokens=True)).strip()
+                    for ids in student_ids]
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     rouge = [scorer.score(t, s)["rougeL"].fmeasure for t, s in zip(teacher_text, student_text,
                                                                    strict=True)]
@@ -175,7 +176,7 @@ def compare_generations(
                   "student": generation_speed(student, tokenizer, speed_prompt, device=device),
                   "new_tokens": SPEED_NEW_TOKENS, "device": device.type},
         "examples": [
-            {"prompt": tokenizer.decode(p, skip_special_tokens=False), "teacher": t, "student": s}
+            {"prompt": str(tokenizer.decode(list(p), skip_special_tokens=False)), "teacher": t, "student": s}
             for p, t, s in list(zip(prompts, teacher_text, student_text, strict=True))[
                 :EXAMPLES_KEPT]],
     }
