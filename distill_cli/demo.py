@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -118,15 +120,13 @@ def _follow(client: httpx.Client, job_id: str) -> dict[str, Any]:
             time.sleep(1.0)
 
 
-def run_demo(*, rows: int | None, transfer: int, epochs: int, sst2_dir: Path | None,
-             port: int) -> None:
+@contextmanager
+def demo_service(port: int) -> Iterator[httpx.Client]:
+    """`distill serve` on a free port near `port`, and a client holding a new key of tenant
+    'demo'; the service is stopped on the way out."""
     settings = get_settings()
-    sst2 = sst2_dir or Path(os.environ.get("DISTILL_SST2_DIR", DEFAULT_SST2))
-    if not (sst2 / "train.tsv").exists() or not (sst2 / "dev.tsv").exists():
-        raise SystemExit(f"SST-2 not found in {sst2}: pass --sst2-dir with train.tsv and dev.tsv")
     port = _free_port(port)
     base = f"http://127.0.0.1:{port}"
-    console.rule("[bold]distill demo")
     console.print(f"Starting `distill serve` on {base} (data in {settings.resolved_data_dir})")
     proc = subprocess.Popen([sys.executable, "-m", "distill_cli", "serve", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -135,55 +135,74 @@ def run_demo(*, rows: int | None, transfer: int, epochs: int, sst2_dir: Path | N
             _wait_ready(client, proc)
             out = subprocess.run([sys.executable, "-m", "distill_cli", "keys", "create",
                                   "--tenant", "demo"], capture_output=True, text=True, check=True)
-            key = out.stdout.split()[-1]
-            client.headers["Authorization"] = f"Bearer {key}"
+            client.headers["Authorization"] = f"Bearer {out.stdout.split()[-1]}"
             console.print("Created an API key for tenant 'demo'.")
-
-            labelled, texts = _split_tsv(sst2 / "train.tsv", rows, transfer)
-            train = _check(client.post("/v1/files", data={"purpose": "train"}, files={
-                "file": ("sst2-train.tsv", labelled, "text/tsv")}))
-            dev = _check(client.post("/v1/files", data={"purpose": "validation"}, files={
-                "file": ("sst2-dev.tsv", (sst2 / "dev.tsv").read_bytes(), "text/tsv")}))
-            unlabeled = None
-            if texts:
-                unlabeled = _check(client.post("/v1/files", data={"purpose": "unlabeled"}, files={
-                    "file": ("sst2-texts.jsonl", texts, "application/jsonl")}))
-            console.print(f"Uploaded {train['id']} ({train['num_records']:,} labelled rows, "
-                          f"columns {train['columns']}), {dev['id']} ({dev['num_records']} rows)"
-                          + (f" and {unlabeled['id']} ({unlabeled['num_records']:,} unlabelled "
-                             "texts)." if unlabeled else "."))
-
-            body = demo_job(train["id"], dev["id"], unlabeled["id"] if unlabeled else None,
-                            epochs)
-            job = _check(client.post("/v1/distillation/jobs", headers={"Idempotency-Key": key[-12:]},
-                                     json=body))
-            console.print(
-                f"Submitted {job['id']}: {job['teacher']['model']} (fine-tuned first) → a student "
-                f"{job['student']['target']['compression']:g}x smaller, sized and initialised by "
-                f"the service from the teacher, {job['hyperparameters']['epochs']} epoch(s)"
-                + (" on the labelled rows and the unlabelled texts." if unlabeled else ".")
-            )
-            job = _follow(client, job["id"])
-            if job["status"] != "succeeded":
-                raise SystemExit(f"job {job['status']}: {job['error']}")
-
-            model = _check(client.get(f"/v1/models/{job['result_model']}"))
-            target = Path.cwd() / f"distilled-{model['id']}"
-            archive = client.get(f"/v1/models/{model['id']}/download")
-            archive.raise_for_status()
-            with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
-                tar.extractall(target, filter="data")
-            console.print(f"Downloaded the student to {target}/ ({len(archive.content) / 1e6:.1f} "
-                          "MB archive): a Hugging Face directory for from_pretrained().")
-
-            predictions = _check(client.post(f"/v1/models/{model['id']}/predict",
-                                             json={"inputs": SENTENCES}))["data"]
-            console.print("Predictions of the served student (SST-2 labels: 1 positive, 0 negative):")
-            for sentence, pred in zip(SENTENCES, predictions, strict=True):
-                console.print(f"  {pred['label']:>3} ({pred['score']:.2f})  {sentence}")
-            console.print(report_table(model))
+            yield client
     finally:
         stop_process(proc, sig=signal.SIGINT, timeout=30)
+
+
+def download_model(client: httpx.Client, model_id: str) -> Path:
+    """The model's Hugging Face directory, unpacked under the current folder."""
+    target = Path.cwd() / f"distilled-{model_id}"
+    archive = client.get(f"/v1/models/{model_id}/download")
+    archive.raise_for_status()
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        tar.extractall(target, filter="data")
+    console.print(f"Downloaded the student to {target}/ ({len(archive.content) / 1e6:.1f} "
+                  "MB archive): a Hugging Face directory for from_pretrained().")
+    return target
+
+
+def sst2_folder(sst2_dir: Path | None) -> Path:
+    """The SST-2 folder (train.tsv, dev.tsv): `--sst2-dir`, $DISTILL_SST2_DIR or the shared one."""
+    sst2 = sst2_dir or Path(os.environ.get("DISTILL_SST2_DIR", DEFAULT_SST2))
+    if not (sst2 / "train.tsv").exists() or not (sst2 / "dev.tsv").exists():
+        raise SystemExit(f"SST-2 not found in {sst2}: pass --sst2-dir with train.tsv and dev.tsv")
+    return sst2
+
+
+def run_demo(*, rows: int | None, transfer: int, epochs: int, sst2_dir: Path | None,
+             port: int) -> None:
+    sst2 = sst2_folder(sst2_dir)
+    console.rule("[bold]distill demo")
+    with demo_service(port) as client:
+        labelled, texts = _split_tsv(sst2 / "train.tsv", rows, transfer)
+        train = _check(client.post("/v1/files", data={"purpose": "train"}, files={
+            "file": ("sst2-train.tsv", labelled, "text/tsv")}))
+        dev = _check(client.post("/v1/files", data={"purpose": "validation"}, files={
+            "file": ("sst2-dev.tsv", (sst2 / "dev.tsv").read_bytes(), "text/tsv")}))
+        unlabeled = None
+        if texts:
+            unlabeled = _check(client.post("/v1/files", data={"purpose": "unlabeled"}, files={
+                "file": ("sst2-texts.jsonl", texts, "application/jsonl")}))
+        console.print(f"Uploaded {train['id']} ({train['num_records']:,} labelled rows, "
+                      f"columns {train['columns']}), {dev['id']} ({dev['num_records']} rows)"
+                      + (f" and {unlabeled['id']} ({unlabeled['num_records']:,} unlabelled "
+                         "texts)." if unlabeled else "."))
+
+        body = demo_job(train["id"], dev["id"], unlabeled["id"] if unlabeled else None,
+                        epochs)
+        job = _check(client.post("/v1/distillation/jobs", json=body))
+        console.print(
+            f"Submitted {job['id']}: {job['teacher']['model']} (fine-tuned first) → a student "
+            f"{job['student']['target']['compression']:g}x smaller, sized and initialised by "
+            f"the service from the teacher, {job['hyperparameters']['epochs']} epoch(s)"
+            + (" on the labelled rows and the unlabelled texts." if unlabeled else ".")
+        )
+        job = _follow(client, job["id"])
+        if job["status"] != "succeeded":
+            raise SystemExit(f"job {job['status']}: {job['error']}")
+
+        model = _check(client.get(f"/v1/models/{job['result_model']}"))
+        download_model(client, model["id"])
+
+        predictions = _check(client.post(f"/v1/models/{model['id']}/predict",
+                                         json={"inputs": SENTENCES}))["data"]
+        console.print("Predictions of the served student (SST-2 labels: 1 positive, 0 negative):")
+        for sentence, pred in zip(SENTENCES, predictions, strict=True):
+            console.print(f"  {pred['label']:>3} ({pred['score']:.2f})  {sentence}")
+        console.print(report_table(model))
 
 
 def demo_job(train_id: str, dev_id: str, transfer_id: str | None,

@@ -266,17 +266,33 @@ def demo(
     full: Annotated[bool, typer.Option("--full", help="Use all 67,349 training rows.")] = False,
     transfer: Annotated[int, typer.Option(
         help="Other training rows' sentences to upload as unlabelled transfer text.")] = 8000,
-    epochs: Annotated[int, typer.Option(help="Distillation epochs.")] = 2,
+    epochs: Annotated[int | None, typer.Option(
+        help="Distillation epochs (default: 2, or 3 with --chat).")] = None,
+    chat: Annotated[bool, typer.Option(
+        "--chat", help="Distil the built-in chat model SmolLM2-135M-Instruct instead, for one "
+        "narrow job (answering whether a review is positive or negative).")] = False,
+    prompts: Annotated[int, typer.Option(
+        help="--chat: SST-2 training sentences to upload as chat prompts.")] = 256,
+    validation: Annotated[int, typer.Option(
+        help="--chat: SST-2 dev sentences to upload as validation prompts.")] = 48,
     sst2_dir: Annotated[Path | None, typer.Option(help="Folder with SST-2 train.tsv/dev.tsv.")]
     = None,
     port: PortOpt = 8765,
 ) -> None:
     """Serve, upload SST-2 (labelled rows and unlabelled texts), distil the built-in MiniLM into a
-    student 4x smaller, download it, predict with it and print the report."""
+    student 4x smaller, download it, predict with it and print the report. With --chat: distil
+    the built-in SmolLM2 chat model on teacher-written answers and on-policy, and print the
+    teacher's and the student's answers side by side."""
+    if chat:
+        from distill_cli.chat_demo import run_chat_demo
+
+        run_chat_demo(prompts=prompts, validation=validation, epochs=epochs or 3,
+                      sst2_dir=sst2_dir, port=port)
+        return
     from distill_cli.demo import run_demo
 
-    run_demo(rows=None if full else rows, transfer=transfer, epochs=epochs, sst2_dir=sst2_dir,
-             port=port)
+    run_demo(rows=None if full else rows, transfer=transfer, epochs=epochs or 2,
+             sst2_dir=sst2_dir, port=port)
 
 
 def _redact(url: str) -> str:
