@@ -39,8 +39,9 @@ from distillation.training.prompt_writer import (
     save_generated_set,
     write_prompts,
 )
+from tests.factories.datagen import save_stopping_llama
 from tests.factories.jobs import toy_job
-from tests.factories.lm import WORDS, copy_records, save_chat_llama, save_gpt2
+from tests.factories.lm import copy_records, save_gpt2
 from tests.factories.records import write_jsonl
 from tests.factories.reporting import RecordingReporter
 
@@ -159,34 +160,6 @@ def test_each_request_draws_its_examples_from_the_seed_and_its_number_only() -> 
 
 
 # -- the stage on a tiny chat Llama -----------------------------------------------------------------
-
-
-def save_stopping_llama(out: Path) -> Path:
-    """`save_chat_llama` with its output rows biased (an untied head) towards the toy words and
-    the end of turn, so that a random model's replies are words and mostly end within the budget:
-    about half of them are kept at temperature 1."""
-    save_chat_llama(out, tie_word_embeddings=False)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    text = tokenizer.apply_chat_template(request_messages("Copy.", ["copy red cat"]),
-                                         tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    vocabulary = {*WORDS, "copy", "the", "a"}
-    word_ids = {i for token, i in tokenizer.get_vocab().items()
-                if tokenizer.convert_tokens_to_string([token]).strip() in vocabulary}
-    with torch.no_grad():
-        direction = model.model(ids).last_hidden_state[0].mean(0)
-        direction /= direction.norm()
-        head = model.lm_head.weight
-        for i in range(head.shape[0]):
-            if i == tokenizer.eos_token_id:
-                head[i] = 2.2 * direction
-            elif i in word_ids:
-                head[i] += 2 * direction
-            else:
-                head[i] = -3 * direction
-    model.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
