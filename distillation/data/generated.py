@@ -3,9 +3,10 @@ that asks the teacher for one, and the cleaning that decides which are kept.
 
 Examples are the records of `DataGenerationSpec.examples_file`: chat `messages` (the prompt is the
 last user turn before the answer; a system turn that every example shares is kept for the new
-prompts too) or `prompt` (+ `completion`) records. Each request shows the teacher the task
+prompts too) or `prompt` (+ `completion`) records. Each request gives the teacher the task
 description and `SHOTS` examples drawn at random (seeded by the request's number, so an attempt
-that resumes asks what the first one would have asked) and asks for ONE new prompt.
+that resumes asks what the first one would have asked), as its own answers to earlier asks, and
+asks for ONE new prompt (`request_messages`).
 
 Cleaning (`PromptFilter`, one verdict per reply, in the order written; deterministic):
 
@@ -20,8 +21,8 @@ Cleaning (`PromptFilter`, one verdict per reply, in the order written; determini
 - `near_duplicate`: a character 3-gram Jaccard similarity of at least `NEAR_DUPLICATE_JACCARD`
   (0.7) with a prompt already kept. Two 10-word prompts that differ in one word score about
   0.8; in two words about 0.65. Self-Instruct drops a new instruction at ROUGE-L 0.7 with any
-  kept one: this is the same idea on characters, cheaper and stricter (a union, not an average,
-  below the shared part).
+  kept one: this is the same idea on characters, and cheaper; dividing by the union rather than
+  the mean length, it calls fewer pairs near at the same threshold.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ COPIES_EXAMPLE, DUPLICATE, NEAR_DUPLICATE = "copies_example", "duplicate", "near
 REASONS = (EMPTY, DEGENERATE, TOO_LONG, COPIES_EXAMPLE, DUPLICATE, NEAR_DUPLICATE)
 
 SYSTEM = "You write training data for a language model, one example at a time."
+ASK = "Write one new request for the task."
+ASK_AGAIN = "Write another one, different from the ones before."
 _LABEL = re.compile(r"^\s*(?:new\s+)?(?:example|request|prompt|input|question)(?:\s*\d+)?\s*[:.)-]\s*",
                     re.IGNORECASE)
 _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "`": "`"}
@@ -105,17 +108,22 @@ def draw_shots(examples: Sequence[str], *, seed: int, index: int, k: int = SHOTS
 
 
 def request_messages(task_description: str, shots: Sequence[str]) -> list[dict[str, str]]:
-    """The chat that asks the teacher for ONE new prompt like `shots` for the task."""
-    shown = "\n\n".join(f"Example {n}:\n{text}" for n, text in enumerate(shots, start=1))
-    return [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": (
-            f"Task: {task_description.strip()}\n\n"
-            f"Here are {len(shots)} examples of what a user writes for this task:\n\n{shown}\n\n"
-            "Write one new example in the same style and language, about something the "
-            "examples do not cover. Reply with the new example only, without a title, quotes "
-            "or an answer.")},
-    ]
+    """The chat that asks the teacher for ONE new prompt like `shots` for the task: the shots are
+    its own earlier answers to the same ask, so even a small model continues the pattern.
+
+    Measured on SmolLM2-135M-Instruct, 16 prompts asked for in the style of 8 SST-2 questions:
+    with the examples listed in one message it talked about the ask instead (7 kept of 48
+    replies, 41 too long); as earlier answers, 16 kept of 17 replies at temperature 1 and of 23
+    at 0.7.
+    """
+    turns = [{"role": "system", "content": (
+        f"{SYSTEM} The task: {task_description.strip()} Each time you are asked, write one new "
+        "request a user could send for this task, in the style of the earlier ones but about "
+        "something else. Write the request only.")}]
+    for n, shot in enumerate(shots):
+        turns += [{"role": "user", "content": ASK if n == 0 else ASK_AGAIN},
+                  {"role": "assistant", "content": shot}]
+    return [*turns, {"role": "user", "content": ASK_AGAIN if shots else ASK}]
 
 
 def tidy_reply(text: str) -> str:

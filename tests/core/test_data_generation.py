@@ -139,7 +139,7 @@ def test_examples_are_the_last_user_turns_with_the_system_turn_they_share() -> N
 ])
 def test_examples_that_cannot_serve_are_refused(records: list[dict[str, Any]],
                                                  message: str) -> None:
-    with pytest.raises(ValueError, match=r"^examples\.jsonl: ") as error:
+    with pytest.raises(ValueError, match=r"^examples\.jsonl[: ]") as error:
         read_examples(records, DataSpec(), name="examples.jsonl")
     assert message in str(error.value)
 
@@ -153,10 +153,13 @@ def test_each_request_draws_its_examples_from_the_seed_and_its_number_only() -> 
     assert len({tuple(shots) for shots in first}) > 1
     assert draw_shots(prompts, seed=4, index=0) != first[0] or \
         draw_shots(prompts, seed=4, index=1) != first[1]
+
+    # The shots are the teacher's own earlier answers to the ask it gets once more
     request = request_messages("Sort the words.", first[0])
-    assert [m["role"] for m in request] == ["system", "user"]
-    assert "Sort the words." in request[1]["content"]
-    assert all(shot in request[1]["content"] for shot in first[0])
+    assert [m["role"] for m in request] == ["system", *["user", "assistant"] * 3, "user"]
+    assert "Sort the words." in request[0]["content"]
+    assert [m["content"] for m in request if m["role"] == "assistant"] == first[0]
+    assert request[-1] == request[-3]
 
 
 # -- the stage on a tiny chat Llama -----------------------------------------------------------------
