@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 Task = Literal["sequence-classification", "causal-lm", "seq2seq"]
-Stage = Literal["finetune_teacher", "cache_teacher", "distill", "evaluate", "export"]
+Stage = Literal["generate_data", "finetune_teacher", "cache_teacher", "distill", "evaluate",
+                "export"]
 LOSS_TYPES: tuple[str, ...] = (
     "kl", "reverse_kl", "jsd", "ce", "logit", "mse_logits", "hidden_mse", "attention_mse",
     "cosine",
@@ -67,6 +68,19 @@ class AugmentSpec:
     multiplier: int = 1
     p_mask: float = 0.1
     p_replace: float = 0.1
+
+
+@dataclass
+class DataGenerationSpec:
+    """The teacher writes `num_samples` new training prompts in the style of the examples (records
+    of `examples_file`: chat `messages` or `prompt` (+ `completion`)), sampling at `temperature`
+    (0: greedy); the prompts kept after cleaning are answered like the file's
+    (`distillation.training.prompt_writer`)."""
+
+    task_description: str
+    examples_file: Path
+    num_samples: int
+    temperature: float = 1.0
 
 
 @dataclass
@@ -144,6 +158,11 @@ class JobConfig:
     transfer_file: Path | None = None
     augmentation: AugmentSpec | None = None
     teacher_finetune: FinetuneSpec | None = None
+    # Set: the teacher writes training prompts first (stage "generate_data").
+    data_generation: DataGenerationSpec | None = None
+    # Where the generated set is written as JSONL `messages` records (the worker registers it as
+    # a tenant file of purpose `generated`); None: not written.
+    generated_file: Path | None = None
     data: DataSpec = field(default_factory=DataSpec)
     temperature: float = 2.0
     # Set: the temperature moves linearly from `temperature` to this over the optimizer steps.
@@ -255,3 +274,5 @@ class JobResult:
     train_loss: float | None
     # Set when the job fine-tuned its teacher (`teacher_finetune`): that teacher, exported.
     teacher: ExportedTeacher | None = None
+    # Set when the job wrote its generated set to `JobConfig.generated_file` (some prompts kept).
+    generated_file: Path | None = None

@@ -2,12 +2,14 @@
 
 One pipeline, read top to bottom; where the tasks differ it asks the job's `Task`
 (`tasks.registry`). Stages, each reported through the `Reporter`: `finetune_teacher` (when
-asked), `cache_teacher` (when the teacher's outputs are worth caching), `distill` (evaluating the
-student after every epoch), `evaluate` (both models: the task's metrics, then CPU speed),
-`export` (the Hugging Face directory, then the ONNX runtimes of a classifier, each measured:
-`runtime_report`; torch only when the config's `export_runtimes` is off). The engine knows nothing
-of where the config came from or where the reports go; `reporter.should_stop()` is asked before
-every batch and a stop raises `Cancelled`.
+asked), `generate_data` (when the job asks the teacher to write training prompts:
+`training.prompt_writer`; they join the training examples as prompts the teacher answers, and
+the generated set is written to `generated_file`), `cache_teacher` (when the teacher's outputs
+are worth caching), `distill` (evaluating the student after every epoch), `evaluate` (both
+models: the task's metrics, then CPU speed), `export` (the Hugging Face directory, then the ONNX
+runtimes of a classifier, each measured: `runtime_report`; torch only when the config's
+`export_runtimes` is off). The engine knows nothing of where the config came from or where the
+reports go; `reporter.should_stop()` is asked before every batch and a stop raises `Cancelled`.
 
 Resume: checkpoints every `checkpoint_every_steps`, a fine-tuned teacher kept for the next
 attempt, the teacher cache reused from the work directory, the best epoch's student kept there
@@ -29,6 +31,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, set_seed
 
 from distillation.config import JobConfig, JobResult, Reporter
+from distillation.data.generated import Examples
 from distillation.export.model_dir import save_model, write_report
 from distillation.export.report import (
     build_report,
@@ -51,6 +54,13 @@ from distillation.tasks import Task, TaskData, get_task
 from distillation.training import parallel
 from distillation.training.checkpoint import Checkpointer, teacher_finetuned
 from distillation.training.loop import FitResult, Tracker, check_stop, fit, resolve_device
+from distillation.training.prompt_writer import (
+    BATCH_SIZE,
+    WrittenPrompts,
+    generation_examples,
+    save_generated_set,
+    write_prompts,
+)
 from distillation.training.teacher_cache import skip_reason, teacher_cache, with_example_index
 
 ATTENTION_LOSSES = ("attention_mse",)
@@ -116,6 +126,26 @@ def cache_teacher(
     return teacher_cache(teacher, data.student.train, data.student.collator,
                          task.cache_format(config, data), work_dir=config.work_dir,
                          batch_size=hp.eval_batch_size, device=device, reporter=reporter)
+
+
+def generate_data(config: JobConfig, data: TaskData, examples: Examples,
+                  teacher: PreTrainedModel, device: torch.device,
+                  reporter: Reporter) -> WrittenPrompts:
+    """The `generate_data` stage: the prompts the teacher writes and keeps join the training
+    examples (prompt-only, for the teacher to answer)."""
+    assert config.data_generation is not None
+    hp = config.hyperparameters
+    written = write_prompts(teacher, data.teacher.tokenizer, config.data_generation, examples,
+                            max_length=data.max_length, seed=hp.seed, work_dir=config.work_dir,
+                            device=device, reporter=reporter,
+                            batch_size=min(BATCH_SIZE, hp.eval_batch_size))
+    short = written.summary["kept"] < written.summary["requested"]
+    reporter.message(written.message(), level="warning" if short else "info",
+                     data={"data_generation": written.summary})
+    data.sources = {**(data.sources or {"labelled": len(data.student.train)}),
+                    "generated": len(written.features)}
+    data.student.train.extend(written.features)  # token tasks: the teacher's side too
+    return written
 
 
 @dataclass
@@ -244,11 +274,23 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     with clock("prepare_data"):
         data = task.prepare(config, teacher_info)
     task.check_data(config, data)
+    examples = None if config.data_generation is None else generation_examples(
+        config.data_generation, task=task.name, tokenizer=data.teacher.tokenizer,
+        data_spec=config.data)
     check_stop(reporter)
     with clock("load_teacher" if config.teacher_finetune is None else "finetune_teacher"):
         teacher, teacher_dir = load_teacher(config, task, data, device, reporter, attn)
         warnings = [] if config.teacher_finetune is None else check_finetuned_teacher(
             teacher, task, data, device=device, batch_size=hp.eval_batch_size, reporter=reporter)
+    written = None
+    if examples is not None:
+        with clock("generate_data"):
+            written = generate_data(config, data, examples, teacher, device, reporter)
+    # The generated set: its prompts, with the answers the teacher wrote to them once a stage
+    # before this line has (prompt-only examples otherwise).
+    generated_file = None if written is None or config.generated_file is None else \
+        save_generated_set(config.generated_file, written, data.student.train,
+                           data.teacher.tokenizer)
 
     prune = should_prune(config, task)
     with clock("plan_student"):
@@ -297,6 +339,8 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
                           eval_split=data.eval_split)
     if data.sources:
         report["training_examples"] = data.sources
+    if written is not None:
+        report["data_generation"] = written.summary
     clock.seconds["export"] = round(time.monotonic() - export_started, 1)
     # This attempt's stages; an attempt that resumed from a checkpoint counts only its own time.
     report["stage_seconds"] = clock.seconds
@@ -324,5 +368,5 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
         model_dir=config.output_dir, task=config.task, parameters=parameters,
         size_bytes=size_bytes, labels=list(data.labels) if data.labels is not None else None,
         report=report, eval_metrics=eval_metrics, train_loss=fit_result.final_loss,
-        teacher=exported_teacher,
+        teacher=exported_teacher, generated_file=generated_file,
     )

@@ -13,6 +13,10 @@ Under a job's `work_dir`:
     best/student-epoch-<n>.safetensors     the best epoch's student so far, and
     best/best.json                         which epoch it is (`export.selection`)
     .*-ddp-payload.pt                      what the other DDP ranks load (`training.parallel`)
+    generated_prompts.json                 the prompts the teacher wrote so far, and what from
+                                           (`training.prompt_writer`)
+    generated.jsonl                        the generated set the worker registers as a file of
+                                           purpose `generated` (`JobConfig.generated_file`)
 
 Only directories holding a readable `checkpoint.json` count: it is written last, inside a
 temporary directory that is renamed into place, so a half-written checkpoint is never listed.
@@ -35,6 +39,8 @@ TEACHER_CACHE = "teacher_cache.pt"
 BEST_DIR = "best"
 BEST_STATE = "best.json"
 DDP_PAYLOAD = "ddp-payload.pt"
+GENERATED_PROMPTS = "generated_prompts.json"
+GENERATED_SET = "generated.jsonl"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -50,6 +56,14 @@ def teacher_dir(work_dir: Path) -> Path:
 
 def teacher_cache_path(work_dir: Path) -> Path:
     return work_dir / TEACHER_CACHE
+
+
+def generated_prompts_path(work_dir: Path) -> Path:
+    return work_dir / GENERATED_PROMPTS
+
+
+def generated_set_path(work_dir: Path) -> Path:
+    return work_dir / GENERATED_SET
 
 
 def best_dir(work_dir: Path) -> Path:

@@ -1,15 +1,16 @@
 """An attempt's folder, started from what the attempts before it saved.
 
 Each attempt works in a folder of its own (`app.jobs.workspace`). When one starts, the newest
-complete checkpoints, the teacher's cached outputs and the teacher fine-tuned by the attempts
-before it are linked into its folder (hard links: no copy of the bytes, and nothing an earlier
-attempt does to its own folder afterwards, such as a worker that has not yet noticed it lost the
-job deleting its checkpoints, reaches the new folder). The core replaces these files by writing
-new ones and renaming them into place, never by writing into them, so a link is never changed
-under the other folder either. Only complete things are carried: a checkpoint with its
-metadata, a teacher with its `finetuned.json`, a cache file (written whole, then renamed), the
-best epoch's student with its `best.json`. Anything else in a work folder is rebuilt by every
-attempt (the pruned tokenizer); `tests/worker/test_attempts.py` fails when the core starts
+complete checkpoints, the teacher's cached outputs, the prompts the teacher wrote and the
+teacher fine-tuned by the attempts before it are linked into its folder (hard links: no copy of
+the bytes, and nothing an earlier attempt does to its own folder afterwards, such as a worker
+that has not yet noticed it lost the job deleting its checkpoints, reaches the new folder). The
+core replaces these files by writing new ones and renaming them into place, never by writing
+into them, so a link is never changed under the other folder either. Only complete things are
+carried: a checkpoint with its metadata, a teacher with its `finetuned.json`, a cache file or
+the written prompts (each written whole, then renamed), the best epoch's student with its
+`best.json`. Anything else in a work folder is rebuilt by every attempt (the pruned tokenizer,
+the generated set); `tests/worker/test_attempts.py` fails when the core starts
 keeping something this module does not know.
 """
 
@@ -28,6 +29,7 @@ from distillation.layout import (
     BEST_DIR,
     BEST_STATE,
     FINETUNED_MARKER,
+    GENERATED_PROMPTS,
     TEACHER_CACHE,
     TEACHER_DIR,
     checkpoints_dir,
@@ -37,6 +39,8 @@ from distillation.layout import (
 log = logging.getLogger(__name__)
 
 KEEP_CHECKPOINTS = 2  # as many as the `Checkpointer` keeps: the newest, and one if it is unreadable
+# Single files, each replaced whole by a rename: the newest attempt's copy is carried.
+CARRIED_FILES = (TEACHER_CACHE, GENERATED_PROMPTS)
 
 
 def _link(src: str, dst: str) -> None:
@@ -89,16 +93,19 @@ def prepare(settings: Settings, lease: Lease) -> Path:
     best = next((f / BEST_DIR for f in earlier if (f / BEST_DIR / BEST_STATE).is_file()), None)
     if best is not None:
         _link_tree(best, work / BEST_DIR)
-    cache = next((f / TEACHER_CACHE for f in earlier if (f / TEACHER_CACHE).is_file()), None)
-    if cache is not None:
-        tmp = work / f".tmp-{TEACHER_CACHE}-{uuid.uuid4().hex[:8]}"
+    files = {name: next((f / name for f in earlier if (f / name).is_file()), None)
+             for name in CARRIED_FILES}
+    for name, source in files.items():
+        if source is None:
+            continue
+        tmp = work / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
         try:
-            _link(str(cache), str(tmp))
-            tmp.rename(work / TEACHER_CACHE)
+            _link(str(source), str(tmp))
+            tmp.rename(work / name)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            log.warning("could not carry %s forward: %s", cache, exc)
-    log.info("job %s attempt %d: carried forward checkpoints %s, fine-tuned teacher %s, teacher "
-             "cache %s, best epoch %s", lease.job_id, lease.attempt, carried,
-             teacher is not None, cache is not None, best is not None)
+            log.warning("could not carry %s forward: %s", source, exc)
+    log.info("job %s attempt %d: carried forward checkpoints %s, fine-tuned teacher %s, best "
+             "epoch %s, files %s", lease.job_id, lease.attempt, carried, teacher is not None,
+             best is not None, [name for name, source in files.items() if source is not None])
     return work

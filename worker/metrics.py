@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # The folder `distill worker` makes for its job processes' metrics when none is named.
 METRICS_DIR_PREFIX = "distill-worker-metrics-"
-STAGES = ("prepare_data", "load_teacher", "finetune_teacher", "plan_student", "cache_teacher",
-          "distill", "evaluate", "export")
+STAGES = ("prepare_data", "load_teacher", "finetune_teacher", "generate_data", "plan_student",
+          "cache_teacher", "distill", "evaluate", "export")
 TRAINING_STAGES = ("finetune_teacher", "distill")  # the stages that take optimizer steps
 OUTCOMES = ("succeeded", "failed", "cancelled", "interrupted")
 

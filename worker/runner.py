@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from app.files.service import add_generated_file
 from app.jobs import lifecycle, repository, workspace
 from app.jobs.core_config import to_job_config
 from app.jobs.lifecycle import Lease
@@ -36,6 +37,7 @@ from app.kit.logs import job_context
 from app.models.service import register_distilled_model
 from app.models.store import unpublish_model_dir
 from app.settings import Settings
+from app.storage.object_store import remove_location
 from distillation.config import Cancelled, JobResult
 from distillation.engine import run_job
 from worker import attempts, metrics, shutdown, store_sync
@@ -202,10 +204,10 @@ def _stopped(lease: Lease, reporter: DbReporter, *, settings: Settings) -> str |
 
 def _record_success(job: JobRow, lease: Lease, result: JobResult, *, settings: Settings,
                     reporter: DbReporter) -> str | None:
-    """Register the student (and the teacher the job fine-tuned) and mark the job succeeded in one
-    transaction, if the job is still this attempt's and not being cancelled: an acknowledged
-    cancel is honoured even when training got to the end. Only then are the exports moved into
-    the registry."""
+    """Register the student (the teacher the job fine-tuned, the set its teacher wrote) and mark
+    the job succeeded in one transaction, if the job is still this attempt's and not being
+    cancelled: an acknowledged cancel is honoured even when training got to the end. Only then
+    are the exports moved into the registry."""
     metrics = {**reporter.metrics_state, "train_loss": result.train_loss,
                "eval": eval_view(result.eval_metrics)}
     trained = reporter.train_progress
@@ -216,7 +218,13 @@ def _record_success(job: JobRow, lease: Lease, result: JobResult, *, settings: S
             return False
         # Published in the model store as they are registered: (location, export path) each.
         moved: list[tuple[str, Path]] = []
+        generated = None
         try:
+            if result.generated_file is not None:
+                generated = add_generated_file(
+                    session=session, settings=settings, tenant_id=job.tenant_id,
+                    source=result.generated_file, filename=f"{job.id}-generated.jsonl")
+                result.report.setdefault("data_generation", {})["file"] = generated.id
             model = register_distilled_model(
                 session=session, tenant_id=job.tenant_id, job_id=job.id,
                 model_dir=result.model_dir, task=result.task, parameters=result.parameters,
@@ -244,16 +252,25 @@ def _record_success(job: JobRow, lease: Lease, result: JobResult, *, settings: S
             )
             assert done, "the job's row is locked by this transaction"
             also = f" (fine-tuned teacher: model {teacher_id})" if teacher_id else ""
+            generated_id = generated.id if generated is not None else None
+            if generated is not None:
+                repository.add_event(
+                    session, job_id=job.id,
+                    message=f"The teacher-written training data is file {generated.id} "
+                            f"({generated.num_records} records, purpose generated).",
+                    data={"generated_file": generated.id})
             repository.add_event(session, job_id=job.id,
                                  message=f"Job succeeded: model {model.id}{also}.",
                                  data={"model": model.id, "teacher_model": teacher_id,
-                                       "report": result.report})
+                                       "generated_file": generated_id, "report": result.report})
             session.commit()
         except BaseException:
             # Not recorded: put the exports back where a retry (or the next attempt) finds them.
             session.rollback()
             for registered, export in moved:
                 unpublish_model_dir(settings, registered, back_to=export)
+            if generated is not None:
+                remove_location(settings, generated.path)
             raise
         return True
 

@@ -3,17 +3,17 @@
 The training core works in local folders as always. Around it, with a remote store:
 
 - `pull` (before an attempt starts): what earlier attempts published (their newest complete
-  checkpoints, the fine-tuned teacher, the best epoch, the teacher cache) is downloaded into
-  their folders in this worker's scratch cache; `attempts.prepare` then carries it forward as it
-  does on one machine.
+  checkpoints, the fine-tuned teacher, the best epoch, the teacher cache, the written prompts)
+  is downloaded into their folders in this worker's scratch cache; `attempts.prepare` then
+  carries it forward as it does on one machine.
 - `Pusher` (while it runs): a thread publishes this attempt's new complete state every
   `store_sync_interval_s`, and once more when the run stops early (a shutdown's checkpoint).
 
 A unit that spans several files (a checkpoint, the teacher, the best epoch) is published by its
 marker (`checkpoint.json`, `finetuned.json`, `best.json`), uploaded after its other files and
 read first by `pull`: a worker that dies mid-upload leaves objects that no attempt trusts. A
-single file (the teacher cache) appears whole or not at all. What this attempt got from its
-predecessors is not published again: the store has it under theirs.
+single file (the teacher cache, the written prompts) appears whole or not at all. What this
+attempt got from its predecessors is not published again: the store has it under theirs.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from distillation.layout import (
     BEST_STATE,
     CHECKPOINTS,
     FINETUNED_MARKER,
+    GENERATED_PROMPTS,
     METADATA,
     TEACHER_CACHE,
     TEACHER_DIR,
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 # The directories an attempt keeps whole, each with the marker that completes it.
 DIR_MARKERS = {TEACHER_DIR: FINETUNED_MARKER, BEST_DIR: BEST_STATE}
-FILES = (TEACHER_CACHE,)
+FILES = (TEACHER_CACHE, GENERATED_PROMPTS)
 _CHECKPOINT = re.compile(rf"^({CHECKPOINTS}/step-(\d+))/")
 
 

@@ -1,16 +1,17 @@
-"""`/v1/files`: upload, list, read and delete datasets."""
+"""`/v1/files`: upload, list, read, download and delete datasets."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import SessionDep, SettingsDep, TenantDep
 from app.files import service
 from app.files.multipart import multipart_openapi, receive_upload
-from app.files.schemas import PURPOSES, FileDeleted, FileObject, Purpose
+from app.files.schemas import UPLOAD_PURPOSES, FileDeleted, FileObject, Purpose
 from app.kit.pagination import ListResponse, page
 
 router = APIRouter(prefix="/files", tags=["files"])
@@ -18,7 +19,7 @@ router = APIRouter(prefix="/files", tags=["files"])
 UPLOAD_BODY = multipart_openapi(
     {
         "file": {"type": "string", "format": "binary", "description": ".jsonl, .csv or .tsv"},
-        "purpose": {"type": "string", "enum": list(PURPOSES)},
+        "purpose": {"type": "string", "enum": list(UPLOAD_PURPOSES)},
     },
     required=["file", "purpose"],
 )
@@ -70,6 +71,23 @@ def list_files(
 def get_file(file_id: str, session: SessionDep, tenant: TenantDep) -> FileObject:
     row = service.require_file(session=session, tenant_id=tenant.id, file_id=file_id)
     return FileObject.from_row(row)
+
+
+@router.get(
+    "/{file_id}/content",
+    response_class=StreamingResponse,
+    responses={200: {"content": {media: {} for media in service.MEDIA_TYPES.values()}}},
+)
+def download_file(file_id: str, session: SessionDep, settings: SettingsDep,
+                  tenant: TenantDep) -> StreamingResponse:
+    """The file's bytes as stored (an upload as it was sent, a `generated` set as JSONL)."""
+    row, chunks = service.file_content(session=session, tenant_id=tenant.id, file_id=file_id,
+                                       settings=settings)
+    return StreamingResponse(
+        chunks, media_type=service.MEDIA_TYPES.get(row.format, "application/octet-stream"),
+        headers={"Content-Disposition": f'attachment; filename="{file_id}.{row.format}"',
+                 "Content-Length": str(row.bytes)},
+    )
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)

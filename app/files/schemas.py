@@ -9,8 +9,11 @@ from pydantic import BaseModel
 from app.files.tables import FileRow
 
 # `unlabeled`: texts without labels, only ever a job's `transfer_file` (the teacher labels them).
-Purpose = Literal["train", "validation", "unlabeled"]
-PURPOSES: tuple[str, ...] = ("train", "validation", "unlabeled")
+# `generated`: a set the service wrote (a job's `data_generation`): listed and downloaded, never
+# uploaded.
+Purpose = Literal["train", "validation", "unlabeled", "generated"]
+GENERATED = "generated"
+UPLOAD_PURPOSES: tuple[str, ...] = ("train", "validation", "unlabeled")
 
 
 class FileObject(BaseModel):

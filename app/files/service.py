@@ -1,21 +1,24 @@
-"""Datasets: checked in full on upload, stored under the data directory, owned by one tenant."""
+"""Datasets: checked in full on upload, stored under the data directory, owned by one tenant;
+and the sets the service writes for a tenant (purpose `generated`, registered by the worker)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path, PurePath
 from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
 from app.files import repository
-from app.files.schemas import PURPOSES
+from app.files.schemas import GENERATED, UPLOAD_PURPOSES
 from app.files.tables import FileRow
 from app.kit.clock import now
 from app.kit.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from app.kit.ids import new_id
 from app.settings import Settings, get_settings
 from app.storage import local
-from app.storage.object_store import is_remote, open_store, remove_location
+from app.storage.object_store import CHUNK, is_remote, open_store, remove_location
 from app.storage.scratch import local_file
 from distillation.data.records import Limits, RecordError, Summary, TooManyRecords, scan
 
@@ -60,22 +63,20 @@ def create_file(
     """Check and store an uploaded dataset read from `stream` (a spooled upload, `size` bytes);
     blocking, so call it from a worker thread. The row is committed only once the file is on
     disk; a refused file leaves neither."""
-    if purpose not in PURPOSES:
+    if purpose == GENERATED:
         raise InvalidRequest(
-            f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}.", param="purpose"
+            f"Files of purpose {GENERATED!r} are written by the service (a job's "
+            f"data_generation) and cannot be uploaded; upload with purpose "
+            f"{', '.join(UPLOAD_PURPOSES)}.", param="purpose", code="purpose_not_uploadable")
+    if purpose not in UPLOAD_PURPOSES:
+        raise InvalidRequest(
+            f"purpose must be one of {', '.join(UPLOAD_PURPOSES)}, got {purpose!r}.",
+            param="purpose"
         )
     name = _clean_filename(filename)
     summary = _check(stream, name=name, settings=settings)
     file_id = new_id("file")
-    path = str(local.file_path(settings, file_id, PurePath(name).suffix.lower()))
-    stream.seek(0)
-    if settings.remote_storage:
-        # Its key is new and the row publishes it: nobody reads it before the commit.
-        store = open_store(settings)
-        store.put_stream(f"files/{PurePath(path).name}", stream)
-        path = store.url(f"files/{PurePath(path).name}")
-    else:
-        local.atomic_write_stream(Path(path), stream)
+    path = _store(settings, file_id, name, stream)
     try:
         row = FileRow(
             id=file_id,
@@ -96,6 +97,66 @@ def create_file(
         remove_location(settings, path)
         raise
     return row
+
+
+def _store(settings: Settings, file_id: str, name: str, stream: BinaryIO) -> str:
+    """Store a new file's bytes (read from the start of `stream`); its location."""
+    path = str(local.file_path(settings, file_id, PurePath(name).suffix.lower()))
+    stream.seek(0)
+    if settings.remote_storage:
+        # Its key is new and the row publishes it: nobody reads it before the commit.
+        store = open_store(settings)
+        store.put_stream(f"files/{PurePath(path).name}", stream)
+        return store.url(f"files/{PurePath(path).name}")
+    local.atomic_write_stream(Path(path), stream)
+    return path
+
+
+def add_generated_file(*, session: Session, settings: Settings, tenant_id: str, source: Path,
+                       filename: str) -> FileRow:
+    """Store a copy of a set the service wrote for the tenant (`source`, JSON lines) as a file
+    of purpose `generated`, and add its row to the session without committing: the caller
+    commits it with whatever it records alongside, or on failure rolls back and removes the
+    copy (`remove_location(settings, row.path)`)."""
+    columns: dict[str, None] = {}
+    count = 0
+    with source.open("rb") as stream:
+        # The core wrote it: its records are read for the summary only, not checked as an upload.
+        for line in stream:
+            if line.strip():
+                columns.update(dict.fromkeys(json.loads(line)))
+                count += 1
+        file_id = new_id("file")
+        path = _store(settings, file_id, filename, stream)
+    row = FileRow(id=file_id, tenant_id=tenant_id, filename=filename, bytes=source.stat().st_size,
+                  purpose=GENERATED, format="jsonl", num_records=count, columns=list(columns),
+                  path=path, created_at=now())
+    session.add(row)
+    return row
+
+
+MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv",
+               "tsv": "text/tab-separated-values"}
+
+
+def file_content(*, session: Session, tenant_id: str, file_id: str,
+                 settings: Settings) -> tuple[FileRow, Iterator[bytes]]:
+    """The tenant's file (404 as `require_file`) and its bytes, streamed a chunk at a time."""
+    row = require_file(session=session, tenant_id=tenant_id, file_id=file_id)
+    if is_remote(row.path):
+        store = open_store(settings)
+        return row, store.iter_bytes(store.key(row.path))
+    path = file_path(row, settings=settings)
+    if not path.is_file():
+        raise NotFound(f"The bytes of file {file_id} are missing on the server.",
+                       param="file_id", code="file_missing")
+
+    def chunks() -> Iterator[bytes]:
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                yield chunk
+
+    return row, chunks()
 
 
 def get_file(*, session: Session, tenant_id: str, file_id: str) -> FileRow | None:

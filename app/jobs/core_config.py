@@ -15,6 +15,7 @@ from app.models.service import resolve_model_ref
 from app.settings import Settings
 from distillation.config import (
     AugmentSpec,
+    DataGenerationSpec,
     DataSpec,
     FinetuneSpec,
     Hyperparameters,
@@ -22,6 +23,7 @@ from distillation.config import (
     LossSpec,
     StudentSpec,
 )
+from distillation.layout import generated_set_path
 
 
 def stored_request(job: JobRow) -> JobCreate:
@@ -55,6 +57,7 @@ def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobCo
     assert train_path is not None
     arch = request.student.architecture
     finetune = request.teacher.finetune
+    data_generation = _data_generation(session, job, request, settings=settings)
     return JobConfig(
         task=request.task,
         teacher_path=teacher.path,
@@ -86,4 +89,21 @@ def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobCo
         output_dir=workspace.output_dir(settings, job.id, job.attempts),
         work_dir=workspace.work_dir(settings, job.id, job.attempts),
         export_runtimes=settings.export_runtimes,
+        data_generation=data_generation,
+        # The generated set, in the attempt's work folder: the worker registers it as a file.
+        generated_file=generated_set_path(workspace.work_dir(settings, job.id, job.attempts))
+        if data_generation is not None else None,
     )
+
+
+def _data_generation(session: Session, job: JobRow, request: JobCreate, *,
+                     settings: Settings) -> DataGenerationSpec | None:
+    """The request's `data_generation`, its examples file resolved to a path."""
+    spec = getattr(request, "data_generation", None)
+    if spec is None:
+        return None
+    examples = _file(session, job, spec.examples_file, field="data_generation.examples_file",
+                     settings=settings)
+    assert examples is not None
+    return DataGenerationSpec(task_description=spec.task_description, examples_file=examples,
+                              num_samples=spec.num_samples, temperature=spec.temperature)

@@ -13,6 +13,7 @@ from tests.factories.api import job_body, sentiment_files, upload_model_dir
 # (method, path with the owner's ids in braces, JSON body)
 ENDPOINTS = [
     ("GET", "/v1/files/{file}", None),
+    ("GET", "/v1/files/{file}/content", None),
     ("DELETE", "/v1/files/{file}", None),
     ("GET", "/v1/files?after={file}", None),
     ("GET", "/v1/distillation/jobs/{job}", None),

@@ -86,3 +86,22 @@ def test_a_new_attempt_starts_from_everything_the_last_one_kept(
     assert {p.name for p in second_dir.iterdir()} >= CARRIED
     for name in ("teacher_cache.pt", "teacher/model.safetensors"):
         assert (second_dir / name).stat().st_ino == (first / name).stat().st_ino
+
+
+def test_the_prompts_the_teacher_wrote_go_to_the_next_attempt(settings: Any) -> None:
+    from app.jobs.lifecycle import Lease
+    from distillation.layout import GENERATED_PROMPTS, GENERATED_SET
+    from worker.attempts import prepare
+
+    # Given a first attempt that stored its teacher's prompts and wrote the generated set
+    first = workspace.work_dir(settings, "job-prompts", 1)
+    first.mkdir(parents=True)
+    (first / GENERATED_PROMPTS).write_text('{"header": {}, "replies": []}')
+    (first / GENERATED_SET).write_text('{"messages": []}\n')
+
+    # When the next attempt starts
+    second = prepare(settings, Lease(job_id="job-prompts", worker_id="w", attempt=2))
+
+    # Then it has the prompts, linked, and writes its own generated set
+    assert (second / GENERATED_PROMPTS).stat().st_ino == (first / GENERATED_PROMPTS).stat().st_ino
+    assert not (second / GENERATED_SET).exists()
