@@ -34,14 +34,12 @@ from distillation.training.loop import Features
 
 def causal_columns(spec: DataSpec, file_columns: Sequence[str], *,
                    validation: bool = False) -> TokenColumns:
-    """A file with both the prompt and the completion column (or a prompt column and no text
-    column) is read as prompt + completion, otherwise as plain text (the validation file may
-    rename its text column)."""
-    text = (spec.validation_text_column if validation else None) or spec.text_column
-    if spec.prompt_column in file_columns and (spec.completion_column in file_columns
-                                               or text not in file_columns):
-        # A file of prompts alone is read as prompts without answers (the teacher writes them).
+    """A file with both the prompt and the completion column is read as prompt + completion
+    (a record's completion may be empty: a prompt without an answer), otherwise as plain text
+    (the validation file may rename its text column)."""
+    if spec.prompt_column in file_columns and spec.completion_column in file_columns:
         return TokenColumns(prompt=spec.prompt_column, completion=spec.completion_column)
+    text = (spec.validation_text_column if validation else None) or spec.text_column
     return TokenColumns(text=text)
 
 
