@@ -328,3 +328,14 @@ def test_prompt_only_records_are_prompts_without_an_answer() -> None:
         assert features_["input_ids"] == prompt and features_[PROMPT_LENGTH] == len(prompt)
         assert set(features_["labels"]) == {-100} and not has_answer(features_)
     assert features[2][PROMPT_LENGTH] == len(prompt) and has_answer(features[2])
+
+
+def test_fine_tuning_a_teacher_on_prompts_without_answers_learns_nothing_rather_than_nan(
+    teacher_dir: Path,
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    batch = TokenCollator(tokenizer.pad_token_id)(
+        [answered(tokenizer("copy red cat")["input_ids"], [])])
+    loss = get_task(CAUSAL_LM).finetune_loss(model, batch)
+    assert loss.item() == 0.0 and loss.requires_grad
