@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 Task = Literal["sequence-classification", "causal-lm", "seq2seq"]
-Stage = Literal["generate_data", "finetune_teacher", "cache_teacher", "distill", "evaluate",
-                "export"]
+Stage = Literal["finetune_teacher", "generate_data", "generate", "cache_teacher", "distill",
+                "evaluate", "export"]
+# How the student learns (`distillation.methods`): "token", token-level distillation on the
+# answers in the file; "sequence", on answers the teacher writes for every prompt (Kim & Rush,
+# 2016); "on-policy", on answers sampled from the student as it trains and scored by the
+# teacher, mixed with the file's or the teacher's (generalized KD, Agarwal et al., 2024).
+Method = Literal["token", "sequence", "on-policy"]
+METHODS: tuple[str, ...] = ("token", "sequence", "on-policy")
 LOSS_TYPES: tuple[str, ...] = (
     "kl", "reverse_kl", "jsd", "ce", "logit", "mse_logits", "hidden_mse", "attention_mse",
     "cosine",
@@ -146,6 +152,40 @@ class Hyperparameters:
 
 
 @dataclass
+class GenerationSpec:
+    """How answers are written: the teacher's (the `generate` stage) and the student's samples
+    (on-policy). Temperature 0 is greedy decoding; above 0 sampling, with nucleus `top_p`."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    # Answers the teacher writes per prompt (each one an example); more than one needs sampling.
+    num_samples: int = 1
+
+
+# The student's sampling temperature in on-policy batches when `generation.temperature` is 0:
+# its own distribution, as GKD samples it (Agarwal et al., 2024, sample at 1). Greedy samples
+# would show the teacher only the student's single most likely answer per prompt, and the point
+# of on-policy batches is to score the mistakes the student actually makes when it samples.
+ON_POLICY_SAMPLING_TEMPERATURE = 1.0
+# The divergence's temperature a request for on-policy distillation gets when it names none: the
+# student samples from, and is scored on, its unsoftened distribution.
+ON_POLICY_TEMPERATURE = 1.0
+
+
+@dataclass
+class OnPolicySpec:
+    """Generalized knowledge distillation (`method` "on-policy")."""
+
+    # The probability that a batch's answers are sampled from the student as it is now
+    # (otherwise they are the file's, or the teacher's for prompts without one).
+    lambda_: float = 0.5
+    # The generalized Jensen–Shannon divergence's β: 0 is the forward KL(teacher ‖ student),
+    # 1 the reverse KL(student ‖ teacher), in between the mixture (`losses.functions.JSDLoss`).
+    beta: float = 0.5
+
+
+@dataclass
 class JobConfig:
     task: str
     teacher_path: Path
@@ -177,6 +217,10 @@ class JobConfig:
     benchmark_runs: int = 10
     # Export a classifier student to its ONNX runtimes (fp32, int8), each measured; off: torch only.
     export_runtimes: bool = True
+    # Generative jobs (causal-lm): which answers the student learns from (see `Method`).
+    method: Method = "token"
+    on_policy: OnPolicySpec = field(default_factory=OnPolicySpec)
+    generation: GenerationSpec = field(default_factory=GenerationSpec)
 
     @property
     def teacher_output_dir(self) -> Path:

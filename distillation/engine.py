@@ -1,19 +1,23 @@
 """`run_job`: teacher in, distilled student and its report out, for every task.
 
 One pipeline, read top to bottom; where the tasks differ it asks the job's `Task`
-(`tasks.registry`). Stages, each reported through the `Reporter`: `finetune_teacher` (when
-asked), `generate_data` (when the job asks the teacher to write training prompts:
-`training.prompt_writer`; they join the training examples as prompts the teacher answers, and
-the generated set is written to `generated_file`), `cache_teacher` (when the teacher's outputs
-are worth caching), `distill` (evaluating the student after every epoch), `evaluate` (both
-models: the task's metrics, then CPU speed), `export` (the Hugging Face directory, then the ONNX
-runtimes of a classifier, each measured: `runtime_report`; torch only when the config's
-`export_runtimes` is off). The engine knows nothing of where the config came from or where the
-reports go; `reporter.should_stop()` is asked before every batch and a stop raises `Cancelled`.
+(`tasks.registry`), where the methods differ (token, sequence or on-policy distillation) the
+job's `Method` (`methods.registry`). Stages, each reported through the `Reporter`:
+`finetune_teacher` (when asked), `generate_data` (when the job asks the teacher to write
+training prompts: `training.prompt_writer`; they join the training examples as prompts the
+teacher answers), `generate` (when the teacher writes answers: the method's `prepare`; the
+generated set, prompts and answers, is then written to `generated_file`), `cache_teacher` (when
+the teacher's outputs are worth caching), `distill` (evaluating the student after every epoch),
+`evaluate` (both models: the task's metrics, then CPU speed), `export` (the Hugging Face
+directory, then the ONNX runtimes of a classifier, each measured: `runtime_report`; torch only
+when the config's `export_runtimes` is off). The engine knows nothing of where the config came
+from or where the reports go; `reporter.should_stop()` is asked before every batch and a stop
+raises `Cancelled`.
 
 Resume: checkpoints every `checkpoint_every_steps`, a fine-tuned teacher kept for the next
-attempt, the teacher cache reused from the work directory, the best epoch's student kept there
-too (`selection.py`: the student exported is the best epoch's unless `select` is "last").
+attempt, the teacher's answers and the teacher cache reused from the work directory, the best
+epoch's student kept there too (`selection.py`: the student exported is the best epoch's unless
+`select` is "last").
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ from distillation.export.selection import EpochSelector
 from distillation.export.teacher import export_teacher
 from distillation.finetune import check_finetuned_teacher, finetune_teacher
 from distillation.layout import teacher_dir
-from distillation.losses.functions import CompositeLoss, build_losses
+from distillation.losses.functions import CompositeLoss
+from distillation.methods.base import Method
+from distillation.methods.registry import method_for
 from distillation.models.info import inspect_model
 from distillation.students.build import build_student
 from distillation.students.directions import plan_student
@@ -110,13 +116,14 @@ def load_teacher(
 def cache_teacher(
     config: JobConfig, task: Task, data: TaskData, teacher: PreTrainedModel,
     losses: CompositeLoss, device: torch.device, reporter: Reporter,
+    refusal: str | None = None,
 ) -> Any | None:
     """The teacher's outputs on the training set (what the task keeps of them), cached once,
-    when the job asks and it pays."""
+    when the job asks and it pays (and the method allows: `refusal` says why it does not)."""
     hp = config.hyperparameters
     if not hp.cache_teacher:
         return None
-    reason = skip_reason(hp, needs_hidden_states=losses.needs_hidden_states,
+    reason = refusal or skip_reason(hp, needs_hidden_states=losses.needs_hidden_states,
                          needs_attentions=losses.needs_attentions,
                          num_examples=len(data.student.train)) \
         or task.cache_skip_reason({spec.type for spec in config.losses})
@@ -184,14 +191,19 @@ def distill(
     losses: CompositeLoss, device: torch.device, reporter: Reporter,
     clock: StageClock | None = None,
     selector: EpochSelector | None = None,
+    method: Method | None = None,
 ) -> FitResult:
     """The `cache_teacher` stage (when it pays) and the `distill` stage, with the task's metrics
     on the evaluation split after every epoch (in `FitResult.evals`, and shown to `selector`);
-    resumes from the job's checkpoints."""
+    resumes from the job's checkpoints. `method`: the job's (default: a fresh one of
+    `config.method`)."""
     task, hp = get_task(config.task), config.hyperparameters
+    method = method or method_for(config.method)
+    hooks = method.training(config, data, student, device)
     hidden, attentions = losses.needs_hidden_states, losses.needs_attentions
     with (clock or StageClock())("cache_teacher"):
-        cache = cache_teacher(config, task, data, teacher, losses, device, reporter)
+        cache = cache_teacher(config, task, data, teacher, losses, device, reporter,
+                              refusal=hooks.no_cache)
     features = with_example_index(data.student.train) if cache is not None else data.student.train
     compute_loss = DistillLoss(task=config.task, student=student, losses=losses, cache=cache,
                                teacher=teacher if cache is None else None,
@@ -203,6 +215,8 @@ def distill(
             student, data, device=device, batch_size=hp.eval_batch_size,
             on_batch=lambda: check_stop(reporter))}
         reporter.metrics(step, metrics)
+        if method_metrics := method.metrics():
+            reporter.metrics(step, {"step": step, "epoch": epoch, **method_metrics})
         if selector is not None:
             selector.observe(epoch, step, metrics, student)
         return metrics
@@ -210,23 +224,28 @@ def distill(
     sources = ", ".join(f"{n:,} {name}" for name, n in data.sources.items() if n)
     reporter.message(f"Distilling into a {count_parameters(student):,}-parameter student on "
                      f"{len(data.student.train):,} examples{f' ({sources})' if sources else ''} "
-                     f"on {device.type}.")
+                     f"on {device.type}: {method.description(config)}.",
+                     data={"method": method.name})
     loop: dict[str, Any] = {
         "modules": [student, losses], "features": features, "collator": data.student.collator,
         "compute_loss": compute_loss, "hp": hp, "epochs": hp.epochs,
         "batch_size": hp.batch_size, "learning_rate": hp.learning_rate, "stage": "distill",
-        "on_progress": losses.set_progress}
+        "on_progress": losses.set_progress, "prepare_batch": hooks.prepare_batch,
+        "loss_rows": hooks.loss_rows}
     trained = {"student": student, "losses": losses}
     checkpoints = Checkpointer(config.work_dir, hp=hp, reporter=reporter, modules=trained)
     if hp.devices <= 1:
-        return fit(**loop, device=device, reporter=reporter, on_epoch_end=on_epoch_end,
-                   checkpoints=checkpoints)
-    reporter.message(f"Training on {hp.devices} {device.type} devices (DDP): "
-                     f"{hp.batch_size / hp.devices:g} examples per device per batch.")
-    with parallel.launch(hp.devices, device=device, work_dir=config.work_dir, fit_kwargs=loop,
-                         checkpoint_modules=trained) as ranks:
-        return fit(**loop, device=ranks.device, reporter=reporter, on_epoch_end=on_epoch_end,
-                   checkpoints=checkpoints, ranks=ranks)
+        result = fit(**loop, device=device, reporter=reporter, on_epoch_end=on_epoch_end,
+                     checkpoints=checkpoints)
+    else:
+        reporter.message(f"Training on {hp.devices} {device.type} devices (DDP): "
+                         f"{hp.batch_size / hp.devices:g} examples per device per batch.")
+        with parallel.launch(hp.devices, device=device, work_dir=config.work_dir,
+                             fit_kwargs=loop, checkpoint_modules=trained) as ranks:
+            result = fit(**loop, device=ranks.device, reporter=reporter,
+                         on_epoch_end=on_epoch_end, checkpoints=checkpoints, ranks=ranks)
+    method.finished(reporter)
+    return result
 
 
 def evaluate(
@@ -263,6 +282,8 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     teacher_info = inspect_model(config.teacher_path)
     task.check_teacher(config, teacher_info)
     task.check_job(config, teacher_info)
+    method = method_for(config.method)
+    method.check(config)
     if (config.transfer_file or config.augmentation) and not task.transfer_data:
         raise ValueError(f"a transfer file and augmentation are for sequence-classification "
                          f"jobs, not {task.name}")
@@ -286,8 +307,11 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     if examples is not None:
         with clock("generate_data"):
             written = generate_data(config, data, examples, teacher, device, reporter)
-    # The generated set: its prompts, with the answers the teacher wrote to them once a stage
-    # before this line has (prompt-only examples otherwise).
+    with clock("generate"):
+        data = method.prepare(config, data, teacher, device=device, reporter=reporter)
+    if method.teacher_answers is None:  # the teacher had nothing to answer
+        del clock.seconds["generate"]
+    # The generated set: its prompts, with the answers the teacher wrote to them.
     generated_file = None if written is None or config.generated_file is None else \
         save_generated_set(config.generated_file, written, data.student.train,
                            data.teacher.tokenizer)
@@ -304,14 +328,12 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
         pruned = prune_job_vocabulary(config, task, data, student, reporter)
         data = pruned.data
     student.to(device)  # type: ignore[arg-type]
-    losses = build_losses(task.loss_specs(config.losses), config.temperature,
-                          task.loss_shape(student.config), task.loss_shape(teacher.config),
-                          temperature_end=config.temperature_end).to(device)
+    losses = method.losses(config, task, student, teacher).to(device)
     selector = EpochSelector(config.work_dir, hp=hp, report_metric=task.report_metric,
                              eval_split=data.eval_split, reporter=reporter)
     with clock("distill"):
         fit_result = distill(config, data, teacher, student, losses, device, reporter, clock,
-                             selector)
+                             selector, method)
     clock.seconds["distill"] = round(clock.seconds["distill"]
                                      - clock.seconds.get("cache_teacher", 0.0), 1)
     evals = fit_result.evals
@@ -336,7 +358,7 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     student_entry = model_entry(results["student"]["metrics"], parameters=parameters,
                                 size_bytes=size_bytes, speed=results["student"]["speed"])
     report = build_report(teacher_entry, student_entry, metric=task.report_metric,
-                          eval_split=data.eval_split)
+                          eval_split=data.eval_split, method=method.summary(config))
     if data.sources:
         report["training_examples"] = data.sources
     if written is not None:

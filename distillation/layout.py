@@ -8,6 +8,8 @@ Under a job's `work_dir`:
                                            (`training.checkpoint` writes them)
     teacher/                               the teacher fine-tuned by this job (`engine`)
     teacher/finetuned.json                 ... complete: an earlier attempt finished it
+    teacher_answers.jsonl                  the answers the teacher wrote to the job's prompts,
+                                           appended batch by batch (`methods.answer_store`)
     teacher_cache.pt                       the teacher's outputs on the training set
                                            (`training.teacher_cache`)
     best/student-epoch-<n>.safetensors     the best epoch's student so far, and
@@ -36,6 +38,7 @@ METADATA = "checkpoint.json"
 TEACHER_DIR = "teacher"
 FINETUNED_MARKER = "finetuned.json"
 TEACHER_CACHE = "teacher_cache.pt"
+TEACHER_ANSWERS = "teacher_answers.jsonl"
 BEST_DIR = "best"
 BEST_STATE = "best.json"
 DDP_PAYLOAD = "ddp-payload.pt"
@@ -64,6 +67,10 @@ def generated_prompts_path(work_dir: Path) -> Path:
 
 def generated_set_path(work_dir: Path) -> Path:
     return work_dir / GENERATED_SET
+
+
+def teacher_answers_path(work_dir: Path) -> Path:
+    return work_dir / TEACHER_ANSWERS
 
 
 def best_dir(work_dir: Path) -> Path:

@@ -88,14 +88,21 @@ def _ratio(a: float, b: float) -> float | None:
 
 def build_report(
     teacher: dict[str, Any], student: dict[str, Any], *, metric: str = "accuracy",
-    eval_split: str = "validation",
+    eval_split: str = "validation", method: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """{"metric", "teacher", "student", "retention", "speedup", "compression", "eval_split"}.
+    """{"metric", "teacher", "student", "retention", "speedup", "compression", "eval_split",
+    "method"}.
 
     retention = student metric / teacher metric (a fraction), or teacher / student for a metric
     where lower is better (perplexity: teacher_ppl / student_ppl, so a student that is as good
     keeps 1.0 and a worse one less); speedup = teacher latency / student latency, compression =
-    teacher parameters / student parameters.
+    teacher parameters / student parameters. `method`: how the student learnt
+    (`methods.base.Method.summary`): {"name": "token" | "sequence" | "on-policy",
+    "teacher_answers": what the `generate` stage did (prompts, answers, reused, written, tokens,
+    seconds, tokens_per_s, unfinished, dropped; null when the teacher wrote none), and for
+    on-policy "lambda", "beta", "temperature", "sampling_temperature" and "student_samples"
+    (batches, on_policy_batches, answers, tokens, seconds, tokens_per_s, unfinished: this
+    attempt's, which a run resumed from a checkpoint counts from there)}.
     """
     kept, base = (teacher, student) if metric in LOWER_IS_BETTER else (student, teacher)
     return {
@@ -106,4 +113,5 @@ def build_report(
         "retention": _ratio(kept[metric], base[metric]),
         "speedup": _ratio(teacher["latency_ms_p50"], student["latency_ms_p50"]),
         "compression": _ratio(teacher["parameters"], student["parameters"]),
+        "method": method or {"name": "token", "teacher_answers": None},
     }

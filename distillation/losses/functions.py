@@ -132,15 +132,18 @@ class ReverseKLLoss(TemperedLoss):
 class JSDLoss(TemperedLoss):
     """Generalised Jensen–Shannon: T² · [β·KL(p ‖ m) + (1 − β)·KL(q ‖ m)], batch mean.
 
-    p = softmax(t/T) (teacher), q = softmax(s/T) (student), m = β·p + (1 − β)·q, 0 < β < 1.
-    β = 0.5 is the symmetric JSD (bounded by log 2 per row before the T² factor); β → 0 behaves
-    like forward KL and β → 1 like reverse KL, up to scale (Agarwal et al., 2024).
+    p = softmax(t/T) (teacher), q = softmax(s/T) (student), m = β·p + (1 − β)·q, 0 ≤ β ≤ 1.
+    β = 0.5 is the symmetric JSD (bounded by log 2 per row before the T² factor). The endpoints
+    are the two KLs exactly, as in GKD (Agarwal et al., 2024): β = 0 is the forward
+    T²·KL(p ‖ q) (`KLLoss`), β = 1 the reverse T²·KL(q ‖ p) (`ReverseKLLoss`). In between the
+    mixture form vanishes towards both ends (≈ β·KL(p ‖ q) as β → 0, ≈ (1 − β)·KL(q ‖ p) as
+    β → 1): its gradients point the way of the KL it nears, at a smaller scale.
     """
 
     def __init__(self, temperature: float, beta: float = 0.5) -> None:
         super().__init__()
-        if not 0 < beta < 1:
-            raise ValueError(f"jsd: beta must be strictly between 0 and 1, got {beta}")
+        if not 0 <= beta <= 1:
+            raise ValueError(f"jsd: beta must be between 0 and 1, got {beta}")
         self.temperature = temperature
         self.beta = beta
 
@@ -148,6 +151,10 @@ class JSDLoss(TemperedLoss):
         t, beta = self.temperature, self.beta
         log_q = F.log_softmax(inputs.student_logits.float() / t, dim=-1)
         log_p = F.log_softmax(_teacher_logits(inputs, "jsd").float() / t, dim=-1)
+        if beta == 0:
+            return F.kl_div(log_q, log_p, log_target=True, reduction="batchmean") * t * t
+        if beta == 1:
+            return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * t * t
         log_m = torch.logsumexp(torch.stack([log_p + math.log(beta),
                                              log_q + math.log(1 - beta)]), dim=0)
         to_teacher = F.kl_div(log_m, log_p, log_target=True, reduction="batchmean")

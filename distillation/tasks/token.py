@@ -187,6 +187,8 @@ class TokenTask(Task):
     def finetune_loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         logits = model(**self.model_batch(batch), use_cache=False).logits
         rows, labels = target_rows(logits, batch["labels"], shift=self.shift)
+        if labels.numel() == 0:  # prompts without an answer only: nothing to learn (not NaN)
+            return logits.sum() * 0.0
         return F.cross_entropy(rows.float(), labels)
 
     def loss_specs(self, specs: list[LossSpec]) -> list[LossSpec]:

@@ -28,6 +28,8 @@ from distillation.training.loop import Features
 from distillation.training.teacher_cache import EXAMPLE_INDEX
 
 IGNORE_INDEX = -100
+# Causal LM: the tokens before an example's answer (`causal_lm`); batches carry it too.
+PROMPT_LENGTH = "prompt_length"
 
 
 @dataclass
@@ -69,8 +71,10 @@ def read_token_records(path: Path, task: TokenTaskView, spec: DataSpec, *,
     when a column is missing or empty."""
     dataset = read_file(path)
     columns = task.columns(spec, dataset.columns, validation=validation)
+    # An empty completion is a prompt without an answer yet (`causal_lm`), not a gap.
+    required = [c for c in columns.wanted() if c != columns.completion]
     for number, record in enumerate(dataset.records, start=1):
-        missing = [c for c in columns.wanted() if record.get(c) in (None, "")]
+        missing = [c for c in required if record.get(c) in (None, "")]
         if missing:
             raise ValueError(f"{path.name}: record {number} has no {', '.join(missing)}")
     return dataset.records, columns
@@ -103,7 +107,8 @@ def shift_right(labels: Tensor, *, start_id: int, pad_id: int) -> Tensor:
 class TokenCollator:
     """Pads on the right (ids with the pad token, labels with −100); for seq2seq it also builds
     `decoder_input_ids` from the labels. Rows that say which example they are
-    (`teacher_cache.EXAMPLE_INDEX`, for the teacher cache) make a batch that says it too."""
+    (`teacher_cache.EXAMPLE_INDEX`, for the teacher cache) or where their answer starts
+    (`PROMPT_LENGTH`) make a batch that says it too."""
 
     def __init__(self, pad_id: int, decoder_start_id: int | None = None) -> None:
         self.pad_id = pad_id
@@ -118,8 +123,9 @@ class TokenCollator:
         if self.decoder_start_id is not None:
             batch["decoder_input_ids"] = shift_right(batch["labels"], start_id=self.decoder_start_id,
                                                      pad_id=self.pad_id)
-        if EXAMPLE_INDEX in rows[0]:
-            batch[EXAMPLE_INDEX] = torch.tensor([r[EXAMPLE_INDEX] for r in rows], dtype=torch.long)
+        for key in (EXAMPLE_INDEX, PROMPT_LENGTH):
+            if key in rows[0]:
+                batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.long)
         return batch
 
 

@@ -8,7 +8,7 @@ import inspect
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -140,17 +140,18 @@ def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tenso
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def accumulate(batches: Iterable[Any], steps: int) -> Iterator[tuple[Any, bool]]:
-    """Each batch with whether the optimizer steps after it (every `steps`, and at the end)."""
-    pending: Any = None
-    count = 0
-    for batch in batches:
-        if pending is not None:
-            count += 1
-            yield pending, count % steps == 0
-        pending = batch
-    if pending is not None:
-        yield pending, True
+def accumulation_groups(batches: Sequence[Any], steps: int) -> list[Sequence[Any]]:
+    """The batches in the groups the optimizer steps after: every `steps`, and at the end."""
+    steps = max(1, steps)
+    return [batches[i : i + steps] for i in range(0, len(batches), steps)]
+
+
+def row_weights(rows: Sequence[int], weights: Sequence[float], accum: int) -> list[float]:
+    """Loss weights that make a group's `Σ loss_i · w_i / accum` the mean over all its rows,
+    when batch i's loss is the mean over its `rows[i]` rows (answer tokens): w_i = weights[i] ·
+    rows[i] · accum / Σ rows, not one mean per batch averaged with equal weights."""
+    total = sum(rows)
+    return [w * n * accum / total if total else 0.0 for w, n in zip(weights, rows, strict=True)]
 
 
 @dataclass
@@ -189,6 +190,7 @@ class Checkpoints(Protocol):
 
 
 LossFn = Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, float]]]
+BatchHook = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 
 
 def fit(
@@ -209,6 +211,8 @@ def fit(
     checkpoints: Checkpoints | None = None,
     on_progress: Callable[[float], None] | None = None,
     ranks: Ranks | None = None,
+    prepare_batch: BatchHook | None = None,
+    loss_rows: Callable[[dict[str, Tensor]], int] | None = None,
 ) -> FitResult:
     """Train `modules` on `compute_loss` over length-grouped batches of `features`.
 
@@ -220,7 +224,17 @@ def fit(
     before every batch, the optimizer step's place in the run (0 first, 1 last: loss schedules).
     `ranks`: one rank of a DDP group (`parallel`): it trains on its share of every batch, and
     the logged losses are the whole batch's.
+
+    `prepare_batch(batch)` turns each batch (on the device) into the one trained on, once its
+    whole accumulation group is loaded and before the group's first loss: on-policy
+    distillation samples the student's answers there, from the weights of the last optimizer
+    step. `loss_rows(batch)`: how many rows the loss of the (prepared) batch is a mean over
+    (answer tokens); with it a group's loss is the mean over all the group's rows
+    (`row_weights`), so a batch of long answers weighs more than one of short answers.
     """
+    if ranks is not None and loss_rows is not None:
+        raise ValueError("weighting batches by their loss rows is not implemented across "
+                         "devices (DDP)")
     lengths = [len(f["input_ids"]) for f in features]
     per_epoch = math.ceil(len(features) / batch_size)
     total = optimizer_steps(per_epoch, hp, epochs)
@@ -250,20 +264,33 @@ def fit(
         batches = length_grouped_batches(lengths, batch_size, seed=state.batch_seed)
         start = skip if epoch == first_epoch else 0
         todo = batches[start:] if result.steps < total else []
-        loader = (load(indices) for indices in todo)
-        for done, ((batch, weight, count), step_now) in enumerate(accumulate(loader, accum),
-                                                                  start=start + 1):
-            check_stop(reporter)
-            if on_progress is not None:
-                on_progress(step_progress(result.steps, total))
-            batch = to_device(batch, device)
-            with autocast(device):
-                loss, terms = step_loss(batch)
-            (loss * weight / accum).backward()
-            logs = {loss_key: float(loss.detach()), **{f"loss_{k}": v for k, v in terms.items()}}
-            window.append(logs if ranks is None else ranks.mean_logs(logs, count))
-            if not step_now:
-                continue
+        done = start
+        for group in accumulation_groups(todo, accum):
+            loaded = [load(indices) for indices in group]
+            if prepare_batch is not None:
+                prepared = []
+                for batch, weight, count in loaded:
+                    check_stop(reporter)
+                    prepared.append((prepare_batch(to_device(batch, device)), weight, count))
+                loaded = prepared
+            if loss_rows is not None:
+                weights = row_weights([loss_rows(b) for b, _, _ in loaded],
+                                      [w for _, w, _ in loaded], accum)
+                loaded = [(b, w, c) for (b, _, c), w in zip(loaded, weights, strict=True)]
+            for batch, weight, count in loaded:
+                done += 1
+                if loss_rows is not None and not weight:
+                    continue  # no answer token to learn from (a mean over none is NaN)
+                check_stop(reporter)
+                if on_progress is not None:
+                    on_progress(step_progress(result.steps, total))
+                batch = to_device(batch, device)
+                with autocast(device):
+                    loss, terms = step_loss(batch)
+                (loss * weight / accum).backward()
+                logs = {loss_key: float(loss.detach()),
+                        **{f"loss_{k}": v for k, v in terms.items()}}
+                window.append(logs if ranks is None else ranks.mean_logs(logs, count))
             if hp.max_grad_norm and hp.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
             optimizer.step()
@@ -271,7 +298,8 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             result.steps += 1
             tracker.report(result.steps, epoch)
-            if result.steps % max(1, hp.log_every_steps) == 0 or result.steps == total:
+            if window and (result.steps % max(1, hp.log_every_steps) == 0
+                           or result.steps == total):
                 means = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
                 result.history.append((result.steps, means[loss_key]))
                 reporter.metrics(result.steps, {**means, "learning_rate": scheduler.get_last_lr()[0]})

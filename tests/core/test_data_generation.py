@@ -328,16 +328,19 @@ def test_run_job_writes_prompts_first_and_trains_on_them(teacher_dir: Path,
 
     summary = result.report["data_generation"]
     assert summary["kept"] == 4 and summary["written"] >= 4
-    assert result.report["training_examples"] == {"labelled": 16, "generated": 4}
+    assert result.report["training_examples"] == {
+        "labelled": 16, "generated": 4, "file answers": 16, "teacher answers": 4}
     assert "generate_data" in result.report["stage_seconds"]
-    told = [data for text, data in reporter.events if text.startswith("The teacher wrote")]
+    told = [data for text, data in reporter.events
+            if text.startswith("The teacher wrote") and "data_generation" in (data or {})]
     assert told == [{"data_generation": summary}]
     stages = reporter.stages()
     assert stages.index("generate_data") < stages.index("distill")
     assert result.generated_file is not None and result.generated_file == config.generated_file
     records = [json.loads(line) for line in result.generated_file.read_text().splitlines()]
     assert len(records) == 4
-    assert all([m["role"] for m in r["messages"]] == ["user"] for r in records)
+    # Each written prompt with the answer the teacher wrote to it (the generate stage).
+    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in records)
 
 
 def test_run_job_refuses_data_generation_it_cannot_do(tmp_path: Path) -> None:
