@@ -36,7 +36,12 @@ from distillation.models.info import BASE_TASK, ModelInfo, inspect_model, model_
 from distillation.models.loading import load_config, load_model
 from distillation.tasks.base import Problems, Side, Task, TaskData, attn_kwargs, model_kind
 from distillation.tasks.token_cache import FULL_DISTRIBUTION_LOSSES, TopKFormat
-from distillation.tasks.token_data import TokenColumns, prepare_token_data, target_rows
+from distillation.tasks.token_data import (
+    TokenColumns,
+    prepare_token_data,
+    target_rows,
+    unanswered,
+)
 from distillation.training.loop import Collator, Features, autocast, to_device
 from distillation.training.teacher_cache import EXAMPLE_INDEX
 from distillation.training.topk_cache import TopKRows
@@ -179,6 +184,23 @@ class TokenTask(Task):
     # -- data and models -------------------------------------------------------------------------
     def prepare(self, config: JobConfig, teacher: ModelInfo) -> TaskData:
         return prepare_token_data(config, self, load_config(config.teacher_path))
+
+    def check_data(self, config: JobConfig, data: TaskData) -> None:
+        """Token-level distillation learns from the answers in the files: a prompt with no
+        answer yet (`token_data.unanswered`) has nothing to learn from."""
+        splits = [("training", data.student.train)]
+        if data.eval_split == "validation":  # else the evaluation examples are training ones
+            splits.append(("validation", data.student.evaluation))
+        for split, features in splits:
+            waiting = unanswered(features)
+            if waiting:
+                raise ValueError(
+                    f"{len(waiting)} of the {len(features)} {split} examples are prompts with no "
+                    f"answer (the first: example {waiting[0] + 1}; a conversation ending with "
+                    "the user's turn, or a prompt with an empty or missing completion): "
+                    "token-level distillation learns from the answers in the file; answer "
+                    "them, or let the teacher write the answers (distillation.method "
+                    '"sequence" or "on-policy")')
 
     def load_model(self, path: Path, data: TaskData, *, attn: str | None,
                    new_head: bool = False) -> PreTrainedModel:
