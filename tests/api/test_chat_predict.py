@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from tests.factories.api import assert_error, upload_model_dir
-from tests.factories.lm import chat_records, save_chat_llama, save_gpt2
+from tests.factories.chat import save_trained_chat_llama
+from tests.factories.lm import save_gpt2
 
 USER = {"role": "user", "content": "copy red cat"}
 CONVERSATION = [{"role": "system", "content": "copy the words"}, USER]
@@ -21,31 +22,7 @@ CONVERSATION = [{"role": "system", "content": "copy the words"}, USER]
 
 @pytest.fixture(scope="module")
 def chat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny chat model after 60 steps on the copy task as chat (untrained, it repeats the
-    last token of its prompt: a newline)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from distillation.tasks.causal_lm import encode_causal
-    from distillation.tasks.token_data import TokenCollator, TokenColumns
-
-    out = save_chat_llama(tmp_path_factory.mktemp("chat") / "model")
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    rows = encode_causal(chat_records(64), TokenColumns(messages="messages"), tokenizer,
-                         max_length=48)
-    collate = TokenCollator(tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(60):
-        batch = collate(rows[(step * 16) % 64 : (step * 16) % 64 + 16])
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     labels=batch["labels"]).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(out, safe_serialization=True)
-    return out
+    return save_trained_chat_llama(tmp_path_factory.mktemp("chat") / "model")
 
 
 @pytest.fixture
@@ -59,15 +36,17 @@ def _expected(chat_dir: Path, messages: list[dict[str, str]], new_tokens: int) -
 
     tokenizer = AutoTokenizer.from_pretrained(chat_dir)
     model = AutoModelForCausalLM.from_pretrained(chat_dir).eval()
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
+    prompt: Any = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                return_tensors="pt", return_dict=True)
     ids = model.generate(**prompt, max_new_tokens=new_tokens, do_sample=False)
     return str(tokenizer.decode(ids[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True))
 
 
 def _events(response: Any) -> list[tuple[str, str]]:
     """(event, data) of a server-sent event stream, in order."""
-    events, name, data = [], "message", []
+    events: list[tuple[str, str]] = []
+    data: list[str] = []
+    name = "message"
     for line in response.iter_lines():
         if not line:
             if data:
