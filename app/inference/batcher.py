@@ -3,10 +3,11 @@ forward pass.
 
 Each (model, runtime) has one `Batcher`: a queue and a thread of its own that loads the model,
 then takes the waiting calls in batches. A batch is the oldest waiting call plus every call that
-can share its forward pass (classifiers: any; generation: the same `max_new_tokens` and a prompt
-length in the same power-of-two bucket, so that little is padded), up to `max_rows` inputs; a call
-is never split. A lone call waits at most `max_wait_s` (counted from its arrival) for company;
-while a batch runs, the next one fills anyway, so under load nobody waits for the timer.
+can share its forward pass (classifiers: any; generation, and answers to conversations: the same
+`max_new_tokens` and a prompt length in the same power-of-two bucket, so that little is padded),
+up to `max_rows` inputs; a call is never split. A streamed answer (`ChatStream`) runs alone. A
+lone call waits at most `max_wait_s` (counted from its arrival) for company; while a batch runs,
+the next one fills anyway, so under load nobody waits for the timer.
 
 Each caller gets its own rows back. A forward pass that raises is re-run call by call, so only
 the call at fault fails. A caller that went away (its future cancelled before the batch started)
@@ -37,11 +38,13 @@ from typing import Any, Protocol
 import torch
 
 from app.inference.stats import BatchHook, BatchStats
+from distillation.export.predict import ChatStream
 from distillation.export.runtimes import ServingPredictor
 
 log = logging.getLogger(__name__)
 
 PredictInput = str | list[str]
+Conversation = list[dict[str, Any]]  # chat turns, checked by `data.chat.conversation_problem`
 Rows = list[dict[str, Any]]
 
 
@@ -78,9 +81,11 @@ class CacheClosed(RuntimeError):
 
 @dataclass(eq=False)
 class _Call:
-    inputs: Sequence[PredictInput]
+    inputs: Sequence[Any]  # texts (or text pairs); conversations when `chat`
     generate: bool
     max_new_tokens: int
+    chat: bool = False
+    stream: ChatStream | None = None  # one conversation's answer, streamed
     future: Future[Rows] = field(default_factory=Future)
     arrived: float = field(default_factory=time.monotonic)
     group: tuple[Any, ...] | None = None  # what it may share a batch with (set on the thread)
@@ -114,10 +119,14 @@ class Batcher:
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, inputs: Sequence[PredictInput], *, generate: bool = False,
-               max_new_tokens: int = 0) -> Future[Rows]:
-        """Queue one caller's inputs; the future holds its rows (cancel it to drop the call)."""
-        call = _Call(inputs=inputs, generate=generate, max_new_tokens=max_new_tokens)
+    def submit(self, inputs: Sequence[PredictInput] | Sequence[Conversation], *,
+               generate: bool = False, max_new_tokens: int = 0, chat: bool = False,
+               stream: ChatStream | None = None) -> Future[Rows]:
+        """Queue one caller's inputs (`chat`: conversations to answer; `stream`: the one
+        conversation's answer as it comes); the future holds its rows (cancel it to drop the
+        call)."""
+        call = _Call(inputs=inputs, generate=generate or chat, max_new_tokens=max_new_tokens,
+                     chat=chat, stream=stream)
         self._queue.put(call)
         return call.future
 
@@ -240,6 +249,11 @@ class Batcher:
     def _group(self, call: _Call) -> tuple[Any, ...]:
         if not call.generate:
             return ("classify",)
+        if call.stream is not None:
+            return ("stream", id(call))  # generated for one reader, batch of one
+        if call.chat:
+            chars = sum(len(str(turn.get("content", ""))) for c in call.inputs for turn in c)
+            return ("chat", call.max_new_tokens, max(1, chars // 4).bit_length())
         tokenizer = getattr(self._predictor, "tokenizer", None)
         if tokenizer is not None:
             longest = max(len(ids) for ids in tokenizer(list(call.inputs))["input_ids"])
@@ -281,7 +295,9 @@ class Batcher:
         """One forward pass over the batch's inputs, split back into each call's rows."""
         assert self._predictor is not None
         inputs = [item for call in batch for item in call.inputs]
-        if batch[0].generate:
+        if batch[0].chat:
+            out = self._predictor.chat(inputs, batch[0].max_new_tokens, stream=batch[0].stream)
+        elif batch[0].generate:
             texts = [item for item in inputs if isinstance(item, str)]
             out = self._predictor.generate(texts, batch[0].max_new_tokens)
         else:

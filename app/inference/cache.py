@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from app.inference.batcher import Batcher, PredictInput, Rows
+from app.inference.batcher import Batcher, Conversation, PredictInput, Rows
 from app.inference.stats import BatchHook
 from app.kit.errors import ServiceUnavailable
 from app.storage.local import dir_mtime_ns
+from distillation.export.predict import ChatStream
 from distillation.export.predictors import load_predictor
 from distillation.export.runtimes import Runtime, ServingPredictor
 
@@ -95,10 +96,12 @@ class PredictorCache:
         self.evictions = 0  # resident models closed to make room, ever
 
     def submit(self, model_id: str, runtime: Runtime, model_dir: Path, size_bytes: int,
-               inputs: Sequence[PredictInput], *, generate: bool = False,
-               max_new_tokens: int = 0, stamp: int | None = None) -> Future[Rows]:
+               inputs: Sequence[PredictInput] | Sequence[Conversation], *,
+               generate: bool = False, max_new_tokens: int = 0, stamp: int | None = None,
+               chat: bool = False, stream: ChatStream | None = None) -> Future[Rows]:
         """Queue a predict call on the model's batcher in `runtime` (the model loads on its first
-        call; a changed directory, new mtime, is loaded afresh). `size_bytes`: the weights' size;
+        call; a changed directory, new mtime, is loaded afresh); `chat`, `stream`: conversations
+        to answer, one streamed (`Batcher.submit`). `size_bytes`: the weights' size;
         `stamp`: the directory's `dir_mtime_ns` when the caller looked the model up lately (the
         look-up memo's); without it the directory is read on every call. No file-system call
         on this path when given: a `stat` releases the GIL, and taking it back from a busy model
@@ -129,7 +132,8 @@ class PredictorCache:
                 )
             self._slots.move_to_end(key)
             slot.pending += 1
-            return slot.batcher.submit(inputs, generate=generate, max_new_tokens=max_new_tokens)
+            return slot.batcher.submit(inputs, generate=generate, max_new_tokens=max_new_tokens,
+                                       chat=chat, stream=stream)
 
     # -- the batchers' side (on their threads) ---------------------------------------------------
     def _admit(self, slot: _Slot) -> bool:

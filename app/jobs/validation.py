@@ -21,10 +21,16 @@ from app.models.service import ResolvedModel, resolve_model_ref
 from app.settings import Settings
 from distillation.config import DataSpec, LossSpec
 from distillation.data.augment import check_augmentation
-from distillation.data.checks import check_label_sets, classification_labels
-from distillation.data.records import iter_file
+from distillation.data.chat import CHAT_COLUMN
+from distillation.data.checks import (
+    causal_records_problem,
+    check_label_sets,
+    classification_labels,
+)
+from distillation.data.records import iter_file, iter_lines
 from distillation.losses.checks import check_losses
-from distillation.models.info import BASE_TASK
+from distillation.models.files import UnsafeModel, has_chat_template
+from distillation.models.info import BASE_TASK, CAUSAL_LM
 from distillation.students.build import check_architecture
 from distillation.students.prune import pruning_problems
 from distillation.tasks import TASKS, get_task
@@ -168,6 +174,8 @@ def check_job_request(
             raise InvalidRequest(message, param=param, code="vocabulary_not_prunable")
     if get_task(request.task).labelled:
         _check_classification_data(request, train, validation, teacher, settings=settings)
+    if request.task == CAUSAL_LM:
+        _check_causal_data(request, train, validation, teacher, settings=settings)
     if request.student.target is not None:
         check_student_target(request, teacher, [train, validation, transfer], settings=settings)
     return CheckedJob(training_file=train, validation_file=validation, teacher=teacher,
@@ -229,6 +237,41 @@ def _check_classification_data(
                                teacher.info.labels if teacher.info.task == request.task else None)
     if problem is not None:
         raise InvalidRequest(problem.message, param=problem.param, code="invalid_labels")
+
+
+def _check_causal_data(
+    request: JobCreate, train: FileRow, validation: FileRow | None, teacher: ResolvedModel,
+    *, settings: Settings,
+) -> None:
+    """Chat records are sound conversations and the teacher has a chat template to render them;
+    every prompt has its answer (token-level distillation learns from them). Reads the first
+    `validation_max_records` records of each file, as a stream."""
+    for param, row, is_validation in (("training_file", train, False),
+                                      ("validation_file", validation, True)):
+        if row is None:
+            continue
+        chat = CHAT_COLUMN in row.columns
+        if chat and not _has_chat_template(teacher):
+            raise InvalidRequest(
+                f"{param} {row.id!r} holds chat records ({CHAT_COLUMN!r}), and the teacher "
+                f"{request.teacher.model!r} has no chat template to render them with: use a chat "
+                "model, or prompt + completion records.",
+                param="teacher.model", code="no_chat_template")
+        records = islice(iter_lines(file_path(row, settings=settings)),
+                         settings.validation_max_records)
+        problem = causal_records_problem(
+            records, file_param=param, chat=chat,
+            columns=_task_columns(request, row, validation=is_validation))
+        if problem is not None:
+            raise InvalidRequest(problem.message, param=problem.param, code=problem.code)
+
+
+def _has_chat_template(model: ResolvedModel) -> bool:
+    try:
+        return has_chat_template(model.path)
+    except UnsafeModel as exc:
+        raise InvalidRequest(f"teacher.model {model.ref!r}: {exc}.", param="teacher.model",
+                             code="invalid_tokenizer") from None
 
 
 def _check_pair(

@@ -6,12 +6,13 @@ import contextlib
 import functools
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal, overload
 
 import httpx
 
+from distill_client._answer import AnswerStream
 from distill_client._archive import pack_folder, prepare_destination, staging_dir, unpack
 from distill_client._http import Transport
 from distill_client.errors import APIConnectionError
@@ -80,17 +81,47 @@ class Models:
                 response.close()
             return unpack(archive, dest, scratch)
 
-    def predict(self, model_id: str, inputs: Sequence[str | Sequence[str]], *,
-                runtime: str | None = None, max_new_tokens: int | None = None) -> Predictions:
+    @overload
+    def predict(self, model_id: str, inputs: Sequence[str | Sequence[str]] | None = None, *,
+                messages: Sequence[Mapping[str, str]] | None = None, runtime: str | None = None,
+                max_new_tokens: int | None = None, stream: Literal[False] = False
+                ) -> Predictions: ...
+
+    @overload
+    def predict(self, model_id: str, inputs: None = None, *,
+                messages: Sequence[Mapping[str, str]], runtime: str | None = None,
+                max_new_tokens: int | None = None, stream: Literal[True]) -> AnswerStream: ...
+
+    def predict(self, model_id: str, inputs: Sequence[str | Sequence[str]] | None = None, *,
+                messages: Sequence[Mapping[str, str]] | None = None, runtime: str | None = None,
+                max_new_tokens: int | None = None, stream: bool = False
+                ) -> Predictions | AnswerStream:
         """Labels and scores (classifiers; an input may be a [text, text_pair] pair) or
-        generated text (causal-lm, seq2seq). `runtime`: `torch`, `onnx` or `onnx-int8`."""
-        body: dict[str, Any] = {"inputs": [x if isinstance(x, str) else list(x) for x in inputs]}
+        generated text (causal-lm, seq2seq). `runtime`: `torch`, `onnx` or `onnx-int8`.
+
+        `messages` instead of `inputs`, for chat models: one conversation
+        (`[{"role": "user", "content": "…"}]`, ending with the user's turn), answered as one
+        prediction; with `stream=True`, an `AnswerStream` of the answer's text as it is written.
+        """
+        body: dict[str, Any] = {}
+        if inputs is not None:
+            body["inputs"] = [x if isinstance(x, str) else list(x) for x in inputs]
+        if messages is not None:
+            body["messages"] = [dict(turn) for turn in messages]
         if runtime is not None:
             body["runtime"] = runtime
         if max_new_tokens is not None:
             body["max_new_tokens"] = max_new_tokens
-        return Predictions.model_validate(self._t.request(
-            "POST", f"/v1/models/{model_id}/predict", json=body, idempotent=True))
+        path = f"/v1/models/{model_id}/predict"
+        if not stream:
+            return Predictions.model_validate(self._t.request("POST", path, json=body,
+                                                              idempotent=True))
+        body["stream"] = True
+        response = self._t.send(
+            functools.partial(self._t.http.build_request, "POST", path, json=body,
+                              headers={"Accept": "text/event-stream"}),
+            idempotent=True, stream=True)
+        return AnswerStream(response)
 
 
 def _upload_request(transport: Transport, name: str, handle: IO[bytes]) -> httpx.Request:

@@ -169,7 +169,15 @@ class Prediction(APIObject):
     text: str | None = None
 
 
+class Usage(APIObject):
+    """Tokens a chat model read (`prompt_tokens`) and wrote (`completion_tokens`) for an answer."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
 class Predictions(APIObject):
     object: str = "list"
     model: str | None = None
     data: list[Prediction] = Field(default_factory=list)
+    usage: Usage | None = None  # a streamed answer's `completion` event carries it

@@ -1,5 +1,6 @@
-"""Checks of classification records that the API runs at job creation, so a file of the wrong
-shape is a 400 naming the field instead of a job that fails in the worker."""
+"""Checks of records that the API runs at job creation (classification labels; causal-LM
+prompts and conversations), so a file of the wrong shape is a 400 naming the field and the line
+instead of a job that fails in the worker."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from distillation.data.chat import (
+    CHAT_COLUMN,
+    ChatFileCheck,
+    conversation_problem,
+)
 from distillation.data.labels import label_index, label_text
 
 Record = dict[str, Any]
@@ -19,6 +25,7 @@ MAX_LABELS = 10_000
 class RecordProblem:
     param: str
     message: str
+    code: str = "invalid_records"
 
 
 def _is_label(value: Any) -> bool:
@@ -87,4 +94,25 @@ def check_label_sets(
         return RecordProblem("validation_file",
                              f"validation_file has labels the training file never uses: "
                              f"{', '.join(extra[:10])}")
+    return None
+
+
+def causal_records_problem(
+    records: Iterable[tuple[int, Record]], *, file_param: str, columns: dict[str, str | None],
+    chat: bool,
+) -> RecordProblem | None:
+    """The first problem of a causal-LM file's (line, record)s: a chat record that is no sound
+    conversation (`chat.conversation_problem`), or chat and other records mixed. A prompt with
+    no answer (a conversation ending with the user's turn) is no problem: the teacher answers it
+    (`distillation.methods`). `columns` maps the request fields to the columns read."""
+    check = ChatFileCheck()
+    for line, record in records:
+        where = f"{file_param} line {line}"
+        if chat:
+            # A file whose `messages` are no lists at all is read as chat too: each record says so.
+            problem = check.problem(record, line) or (
+                found.message if (found := conversation_problem(record.get(CHAT_COLUMN)))
+                else None)
+            if problem is not None:
+                return RecordProblem(file_param, f"{where}: {problem}")
     return None

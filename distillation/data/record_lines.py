@@ -108,21 +108,48 @@ def _unpaired_surrogate(text: str) -> bool:
     return False
 
 
+_SCALARS = (str, int, float)
+
+
+def _flat_object(item: Any) -> bool:
+    return isinstance(item, dict) and all(v is None or isinstance(v, _SCALARS)
+                                          for v in item.values())
+
+
+def _strings(item: Any) -> list[Any]:
+    """The strings a field's value holds (keys of its objects too), to check as Unicode."""
+    if isinstance(item, list):
+        return [s for x in item for s in _strings(x)]
+    if isinstance(item, dict):
+        return [*item.keys(), *item.values()]
+    return [item]
+
+
 def json_record(text: str, *, line: int) -> dict[str, Any]:
-    """One JSONL line as a record: an object whose values are strings, numbers, booleans, null
-    or lists of those, and whose text is valid Unicode."""
+    """One JSONL line as a record: an object whose values are strings, numbers, booleans, null,
+    or lists of strings, numbers and flat objects (a chat record's `messages`: objects whose
+    values are strings, numbers, booleans or null), and whose text is valid Unicode."""
     value = _decode(text, line)
     if not isinstance(value, dict):
         raise RecordError("each line must be a JSON object", line=line)
     # A `\u` escape is the only way an unpaired surrogate gets in (the bytes were valid UTF-8).
     escaped = "\\u" in text
     for key, item in value.items():
-        if isinstance(item, dict) or (
-            isinstance(item, list) and not all(isinstance(x, (str, int, float)) for x in item)
-        ):
-            raise RecordError(f"field {key!r} must be a string or number", line=line)
+        if isinstance(item, dict):
+            raise RecordError(f"field {key!r} must be a string or number (or a list of them, "
+                              "or of chat turns)", line=line)
+        if isinstance(item, list):
+            for index, x in enumerate(item):
+                if isinstance(x, dict) and not _flat_object(x):
+                    inner = next(k for k, v in x.items() if isinstance(v, (list, dict)))
+                    raise RecordError(f"field {key!r}: {inner!r} of item {index} must be a "
+                                      "string or number", line=line)
+                if not isinstance(x, (*_SCALARS, dict)):
+                    raise RecordError(f"field {key!r}: item {index} must be a string, a number "
+                                      'or an object (a chat turn: {"role": …, "content": …})',
+                                      line=line)
         if escaped and any(isinstance(s, str) and _unpaired_surrogate(s)
-                           for s in (key, *(item if isinstance(item, list) else [item]))):
+                           for s in (key, *_strings(item))):
             raise RecordError(f"field {key!r} holds an unpaired surrogate (a \\ud800-\\udfff "
                               "escape on its own), which is not Unicode text", line=line)
     return value

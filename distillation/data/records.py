@@ -5,7 +5,8 @@ Files are read a line at a time, so checking one (`scan`) holds only the line at
 column names and a count, whatever the file's size; `read_file` keeps the records for training.
 Every problem is a RecordError naming its line: bytes that are not UTF-8 text (NUL, UTF-16),
 JSON that Python would read but a dataset must not hold (NaN, 1e999, integers past Python's
-4,300-digit limit, duplicate keys, unpaired surrogates, nesting), malformed CSV.
+4,300-digit limit, duplicate keys, unpaired surrogates, nesting), malformed CSV, a chat record
+that is no sound conversation or a file mixing chat records with others (`chat`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from distillation.data.chat import ChatFileCheck
 from distillation.data.record_lines import RecordError, json_record, text_lines
 
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
@@ -27,7 +29,7 @@ MAX_COLUMNS = 1000
 MAX_COLUMN_NAME = 255
 
 __all__ = ["Dataset", "Limits", "RecordError", "Summary", "TooManyRecords", "format_for",
-           "iter_file", "missing_columns", "parse_bytes", "read_file", "scan"]
+           "iter_file", "iter_lines", "missing_columns", "parse_bytes", "read_file", "scan"]
 
 
 class TooManyRecords(RecordError):
@@ -80,7 +82,13 @@ class _Reader:
         self._lines = text_lines(stream, max_line_bytes=limits.max_line_bytes)
 
     def __iter__(self) -> Iterator[Record]:
+        for _, record in self.numbered():
+            yield record
+
+    def numbered(self) -> Iterator[tuple[int, Record]]:
+        """(the line the record starts on, the record), in order."""
         rows = self._jsonl() if self.format == "jsonl" else self._delimited()
+        chat = ChatFileCheck()
         for number, record in rows:
             self.count += 1
             limit = self.limits.max_records
@@ -88,7 +96,10 @@ class _Reader:
                 raise TooManyRecords(
                     f"the file holds more than {limit} records, the limit per file "
                     "(DISTILL_MAX_RECORDS_PER_FILE): split it", line=number)
-            yield record
+            problem = chat.problem(record, number)
+            if problem is not None:
+                raise RecordError(problem, line=number)
+            yield number, record
 
     def _add_column(self, name: str, number: int) -> None:
         if name in self.columns:
@@ -177,6 +188,14 @@ def iter_file(path: str | Path) -> Iterator[Record]:
     path = Path(path)
     with path.open("rb") as stream:
         yield from _reader(stream, filename=path.name, limits=Limits())
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, Record]]:
+    """(line number, record) of a stored dataset file, one at a time: for messages that name the
+    line (a JSONL file may have blank lines, a CSV record may span several)."""
+    path = Path(path)
+    with path.open("rb") as stream:
+        yield from _reader(stream, filename=path.name, limits=Limits()).numbered()
 
 
 def _collect(stream: BinaryIO, *, filename: str) -> Dataset:

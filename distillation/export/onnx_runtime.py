@@ -113,3 +113,9 @@ class OnnxPredictor:
         """Language models run in torch only."""
         raise ValueError("generate needs a causal-lm or seq2seq model in the torch runtime; "
                          "this is a sequence-classification model in ONNX Runtime")
+
+    def chat(self, conversations: Any, max_new_tokens: int, *,
+             stream: Any = None) -> list[dict[str, Any]]:
+        """Chat models run in torch only."""
+        raise ValueError("messages need a causal-lm chat model in the torch runtime; this is a "
+                         "sequence-classification model in ONNX Runtime")

@@ -1,20 +1,62 @@
 """Inference on an exported model directory, through its task's predict head: labels and scores
-for classifiers, text for language models."""
+for classifiers, text for language models, answers to conversations for chat models (a causal LM
+whose tokenizer has a chat template), streamed token by token when asked."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
-from distillation.models.info import BASE_TASK, inspect_model, max_input_length
+from distillation.data.chat import Message
+from distillation.data.chat_template import render
+from distillation.models.info import BASE_TASK, CAUSAL_LM, inspect_model, max_input_length
 from distillation.models.loading import load_model, load_tokenizer
 from distillation.tasks import get_task, tasks_with_head
 
 ClassifyInput = str | tuple[str, str] | list[str]
+# How long a streamed answer's reader waits for the next piece of text before giving up: far
+# longer than a token takes, so only a stuck model trips it.
+STREAM_TIMEOUT_S = 120.0
+
+
+class ChatStream:
+    """One streamed answer, between the thread that generates it and the reader of its text: the
+    generating thread hands over the streamer of text pieces (`started`) as generation begins,
+    and ends it however generation ends; `cancel()` (the reader went away) stops generation at
+    the next token."""
+
+    def __init__(self) -> None:
+        self.started: Future[TextIteratorStreamer] = Future()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+class _StopWhenCancelled(StoppingCriteria):
+    def __init__(self, stream: ChatStream) -> None:
+        self.stream = stream
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
+                 **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.stream.cancelled,  # type: ignore[return-value]
+                          dtype=torch.bool, device=input_ids.device)
 
 
 class Predictor:
@@ -71,3 +113,59 @@ class Predictor:
         return self.spec.generate(self.model, self.tokenizer, inputs,
                                   max_new_tokens=max_new_tokens, max_length=self.max_length,
                                   device=self.device)
+
+    def chat(self, conversations: Sequence[Sequence[Message]], max_new_tokens: int, *,
+             stream: ChatStream | None = None) -> list[dict[str, Any]]:
+        """[{"text", "usage": {"prompt_tokens", "completion_tokens"}}] for each conversation
+        (checked: `data.chat.conversation_problem(..., answerable=True)`): the chat template with
+        the generation prompt, then greedy decoding of the answer. `stream` (one conversation):
+        its text as it is generated. ValueError when the model is no chat model."""
+        self._require("generate")
+        if self.task != CAUSAL_LM or not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("messages need a causal-lm model whose tokenizer has a chat template")
+        if stream is not None and len(conversations) != 1:
+            raise ValueError("a streamed answer is one conversation's")
+        tokenizer, budget = self.tokenizer, max(1, self.max_length - max_new_tokens)
+        prompts = [tokenizer(render(tokenizer, conversation, generation_prompt=True),
+                             add_special_tokens=False)["input_ids"][-budget:]
+                   for conversation in conversations]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        width = max(len(p) for p in prompts)
+        # Padded on the left: a causal LM continues from the last position.
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
+                            device=self.device)
+        kwargs: dict[str, Any] = {}
+        streamer = None
+        if stream is not None:
+            streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, timeout=STREAM_TIMEOUT_S,
+                                            skip_special_tokens=True)
+            kwargs = {"streamer": streamer,
+                      "stopping_criteria": StoppingCriteriaList([_StopWhenCancelled(stream)])}
+            stream.started.set_result(streamer)
+        try:
+            with torch.inference_mode():
+                generated = self.model.generate(  # type: ignore[operator]
+                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                    do_sample=False, use_cache=True, pad_token_id=pad, **kwargs)
+        except BaseException:
+            if streamer is not None:
+                streamer.end()  # the reader sees the text end, then the call's error
+            raise
+        stops = _eos_ids(self.model, tokenizer)
+        rows = []
+        for prompt, row in zip(prompts, generated[:, width:].tolist(), strict=True):
+            ends = [i for i, token in enumerate(row) if token in stops]
+            answer = row[: ends[0] + 1] if ends else row
+            rows.append({"text": tokenizer.decode(answer, skip_special_tokens=True),
+                         "usage": {"prompt_tokens": len(prompt),
+                                   "completion_tokens": len(answer)}})
+        return rows
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The tokens that end generation (the generation config's, else the tokenizer's)."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set(eos) if isinstance(eos, list) else ({int(eos)} if eos is not None else set())

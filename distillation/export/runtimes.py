@@ -36,6 +36,9 @@ class ServingPredictor(Protocol):
 
     def generate(self, inputs: Any, max_new_tokens: int) -> list[dict[str, Any]]: ...
 
+    def chat(self, conversations: Any, max_new_tokens: int, *,
+             stream: Any = None) -> list[dict[str, Any]]: ...
+
 
 def runtime_dir(model_dir: Path, runtime: Runtime) -> Path:
     """The directory that `runtime` loads: the model directory itself for torch."""

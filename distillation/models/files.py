@@ -306,3 +306,23 @@ def check_json_files(model_dir: Path) -> None:
         if "auto_map" in top_level_keys(path, what):
             raise UnsafeModel(f"{what} has an 'auto_map' entry (remote code); upload a model "
                               "that transformers loads without trust_remote_code")
+
+
+# Where a tokenizer keeps its chat template: a file of its own (transformers 4.43+ saves
+# `chat_template.jinja`; named extras under `additional_chat_templates/`), `chat_template.json`
+# (processors), or a `chat_template` key of `tokenizer_config.json` (older saves).
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+CHAT_TEMPLATE_DIR = "additional_chat_templates"
+
+
+def has_chat_template(model_dir: Path) -> bool:
+    """Whether the directory's tokenizer has a chat template, read from its files (no tokenizer
+    loaded); UnsafeModel when its tokenizer config is too large or not JSON."""
+    if any((model_dir / name).is_file() and (model_dir / name).stat().st_size
+           for name in CHAT_TEMPLATE_FILES):
+        return True
+    extras = model_dir / CHAT_TEMPLATE_DIR
+    if extras.is_dir() and any(extras.glob("*.jinja")):
+        return True
+    config = model_dir / TOKENIZER_CONFIG
+    return config.is_file() and "chat_template" in top_level_keys(config, TOKENIZER_CONFIG)

@@ -1,16 +1,18 @@
-"""Causal language modelling: a text (or a prompt) → its continuation.
+"""Causal language modelling: a text (or a prompt, or a conversation) → its continuation.
 
 Records: a `text` record is learnt on every token; a `prompt` + `completion` record only on the
-completion, its prompt tokens labelled −100. The prompt is tokenised as `generate` tokenises a
-prompt (with the tokenizer's special tokens), the completion follows it without them, and an
-end-of-sequence token closes the example so the model learns to stop. Labels are the input ids
-themselves (Hugging Face's convention); the one-position shift happens where the logits meet the
-labels (`token.target_rows`). Quality: perplexity on the target tokens.
+completion, its prompt tokens labelled −100; a chat record (`messages`, see `data.chat`) through
+the teacher's chat template, learnt on its assistant turns only (`data.chat_template`). The
+prompt is tokenised as `generate` tokenises a prompt (with the tokenizer's special tokens), the
+completion follows it without them, and an end-of-sequence token closes the example so the model
+learns to stop. Labels are the input ids themselves (Hugging Face's convention); the one-position
+shift happens where the logits meet the labels (`token.target_rows`). Quality: perplexity on the
+target tokens.
 
-Every example says where its answer starts (`prompt_length`: the tokens before it, 0 for a
-text record). A prompt with an empty or missing completion is a prompt without an answer yet:
-its example is the prompt alone (`len(input_ids) == prompt_length`, every label −100), and the
-`generate` stage has the teacher write the answer (`distillation.methods`).
+Every example also says where its final answer starts (`prompt_length`: 0 for a text). A prompt
+with no answer yet (a conversation ending with the user's turn, a prompt whose completion is
+empty or missing) is kept as its prompt alone (`len(input_ids) == prompt_length`, no target),
+for a stage that has the teacher answer it (`token_data.unanswered` finds them).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from distillation.config import DataSpec
+from distillation.data.chat import CHAT_COLUMN
+from distillation.data.chat_template import encode_conversation
 from distillation.data.records import Record
 from distillation.models.info import CAUSAL_LM
 from distillation.tasks.base import MissingColumns, TaskCard
@@ -34,12 +38,16 @@ from distillation.training.loop import Features
 
 def causal_columns(spec: DataSpec, file_columns: Sequence[str], *,
                    validation: bool = False) -> TokenColumns:
-    """A file with both the prompt and the completion column is read as prompt + completion
-    (a record's completion may be empty: a prompt without an answer), otherwise as plain text
-    (the validation file may rename its text column)."""
-    if spec.prompt_column in file_columns and spec.completion_column in file_columns:
-        return TokenColumns(prompt=spec.prompt_column, completion=spec.completion_column)
+    """A file of chat records (`messages`) is read as conversations; one with the prompt column
+    (and the completion column, or no text column) as prompt + completion, the completion
+    possibly empty or missing; otherwise as plain text (the validation file may rename its text
+    column)."""
     text = (spec.validation_text_column if validation else None) or spec.text_column
+    if CHAT_COLUMN in file_columns:
+        return TokenColumns(messages=CHAT_COLUMN)
+    if spec.prompt_column in file_columns and (spec.completion_column in file_columns
+                                               or text not in file_columns):
+        return TokenColumns(prompt=spec.prompt_column, completion=spec.completion_column)
     return TokenColumns(text=text)
 
 
@@ -63,42 +71,65 @@ def has_answer(features: Features) -> bool:
     return len(features["input_ids"]) > features[PROMPT_LENGTH]
 
 
+def fit_example(prompt: list[int], prompt_labels: list[int], answer: list[int], *,
+                max_length: int) -> Features:
+    """An example of at most `max_length` tokens: the answer keeps at least half the budget
+    (cut at its end), the prompt keeps its end (the tokens nearest the answer). A prompt with no
+    answer keeps at most half the budget, leaving the rest for the answer it is to get, and has
+    no target at all (not even an earlier answer of its conversation)."""
+    if answer:
+        answer = answer[: max(max_length - len(prompt), max_length // 2)]
+        room = max_length - len(answer)
+    else:
+        room = max_length - max_length // 2
+        prompt_labels = [IGNORE_INDEX] * len(prompt)
+    cut = max(0, len(prompt) - room)
+    ids = prompt[cut:] + answer
+    return {"input_ids": ids, "attention_mask": [1] * len(ids),
+            "labels": prompt_labels[cut:] + answer, PROMPT_LENGTH: len(prompt) - cut}
+
+
+def _has_target(labels: list[int]) -> bool:
+    return any(label != IGNORE_INDEX for label in labels[1:])
+
+
 def encode_causal(
     records: Sequence[Record], columns: TokenColumns, tokenizer: PreTrainedTokenizerBase, *,
     max_length: int,
 ) -> list[Features]:
-    """input_ids, attention_mask and labels (prompt positions −100) per record.
+    """input_ids, attention_mask, labels (−100 where nothing is learnt) and prompt_length per
+    record, cut to `max_length` by `fit_example` (plain text at its end).
 
-    Too long: the completion keeps at least half the budget, the prompt keeps its end (the
-    tokens nearest the completion); plain text is cut at the end. A prompt without a completion
-    keeps at most half the budget too, the rest being the room for the answer the teacher will
-    write. A record left with no target token after the shift is dropped, unless it is such a
-    prompt.
+    A prompt with no answer is kept with no target; an answered record left with no target
+    token after the shift (a one-token text) is dropped. ValueError naming the record when its
+    conversation cannot be encoded.
     """
     eos = tokenizer.eos_token_id
     features: list[Features] = []
-    for record in records:
+    for number, record in enumerate(records, start=1):
+        row: Features
         if columns.text is not None:
             ids = _with_eos(tokenizer(str(record[columns.text]))["input_ids"], eos)[:max_length]
-            example: Features = {"input_ids": ids, "attention_mask": [1] * len(ids),
-                                 "labels": list(ids), PROMPT_LENGTH: 0}
+            row = {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids),
+                   PROMPT_LENGTH: 0}
+        elif columns.messages is not None:
+            try:
+                chat = encode_conversation(tokenizer, record[columns.messages])
+            except ValueError as exc:
+                raise ValueError(f"record {number}: {exc}") from None
+            split = chat.prompt_length
+            row = fit_example(chat.input_ids[:split], chat.labels[:split],
+                              chat.input_ids[split:], max_length=max_length)
         else:
             assert columns.prompt is not None and columns.completion is not None
             prompt = tokenizer(str(record[columns.prompt]))["input_ids"]
-            text = record.get(columns.completion)
-            if text is None or str(text) == "":  # a prompt the teacher answers
-                example = answered(prompt[max(0, len(prompt) - (max_length - max_length // 2)):],
-                                   [])
-                if example["input_ids"]:
-                    features.append(example)
-                continue
-            completion = _with_eos(tokenizer(str(text), add_special_tokens=False)["input_ids"],
-                                   eos)
-            completion = completion[: max(max_length - len(prompt), max_length // 2)]
-            example = answered(prompt[max(0, len(prompt) - (max_length - len(completion))):],
-                               completion)
-        if any(label != IGNORE_INDEX for label in example["labels"][1:]):
-            features.append(example)
+            completion = record.get(columns.completion)
+            answer = (_with_eos(tokenizer(str(completion), add_special_tokens=False)["input_ids"],
+                                eos) if completion not in (None, "") else [])
+            row = fit_example(prompt, [IGNORE_INDEX] * len(prompt), answer,
+                              max_length=max_length)
+        if len(row["input_ids"]) == row[PROMPT_LENGTH] or _has_target(row["labels"]):
+            features.append(row)
     return features
 
 
@@ -128,12 +159,15 @@ generator("Once upon a time", max_new_tokens=32, do_sample=False)""",
             text_param = "data.validation_text_column" if validation else "data.text_column"
             raise MissingColumns(
                 text_param,
-                f"neither a {columns.text!r} column nor both {spec.prompt_column!r} and "
-                f"{spec.completion_column!r}",
-                f"causal-lm records are text, or prompt + completion: set {text_param}, or "
-                "data.prompt_column and data.completion_column.",
+                f"neither a {columns.text!r} column, a {spec.prompt_column!r} column (and "
+                f"{spec.completion_column!r}) nor chat records ({CHAT_COLUMN!r})",
+                f"causal-lm records are text, prompt + completion, or chat messages: set "
+                f"{text_param}, or data.prompt_column and data.completion_column.",
             )
-        return super().record_columns(spec, file_columns, validation=validation)
+        found = super().record_columns(spec, file_columns, validation=validation)
+        # A file of prompts alone is read with no completion column: prompts to be answered.
+        return {param: column for param, column in found.items()
+                if param != "data.completion_column" or column in file_columns}
 
     def encode(self, records: Sequence[Record], columns: TokenColumns,
                tokenizer: PreTrainedTokenizerBase, *, max_length: int) -> list[Features]:

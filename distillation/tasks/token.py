@@ -36,7 +36,11 @@ from distillation.models.info import BASE_TASK, ModelInfo, inspect_model, model_
 from distillation.models.loading import load_config, load_model
 from distillation.tasks.base import Problems, Side, Task, TaskData, attn_kwargs, model_kind
 from distillation.tasks.token_cache import FULL_DISTRIBUTION_LOSSES, TopKFormat
-from distillation.tasks.token_data import TokenColumns, prepare_token_data, target_rows
+from distillation.tasks.token_data import (
+    TokenColumns,
+    prepare_token_data,
+    target_rows,
+)
 from distillation.training.loop import Collator, Features, autocast, to_device
 from distillation.training.teacher_cache import EXAMPLE_INDEX
 from distillation.training.topk_cache import TopKRows

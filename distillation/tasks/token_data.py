@@ -20,6 +20,7 @@ from torch import Tensor
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from distillation.config import DataSpec, JobConfig
+from distillation.data.chat import conversation_problem
 from distillation.data.records import Record, read_file
 from distillation.models.info import max_input_length
 from distillation.models.loading import load_tokenizer
@@ -28,23 +29,26 @@ from distillation.training.loop import Features
 from distillation.training.teacher_cache import EXAMPLE_INDEX
 
 IGNORE_INDEX = -100
-# Causal LM: the tokens before an example's answer (`causal_lm`); batches carry it too.
+# Causal-LM examples: the tokens before the final answer (`causal_lm`); a batch carries them too.
 PROMPT_LENGTH = "prompt_length"
 
 
 @dataclass
 class TokenColumns:
-    """The columns a file's records are read from; `prompt`/`completion` set means that mode."""
+    """The columns a file's records are read from; `prompt`/`completion` set means that mode,
+    `messages` chat records."""
 
     text: str | None = None
     prompt: str | None = None
     completion: str | None = None
     source: str | None = None
     target: str | None = None
+    messages: str | None = None
 
     def wanted(self) -> list[str]:
-        return [c for c in (self.text, self.prompt, self.completion, self.source, self.target)
-                if c]
+        """The columns every record must fill: all but the completion, which a prompt still to
+        be answered lacks."""
+        return [c for c in (self.text, self.prompt, self.source, self.target, self.messages) if c]
 
 
 class TokenTaskView(Protocol):
@@ -68,7 +72,7 @@ class TokenTaskView(Protocol):
 def read_token_records(path: Path, task: TokenTaskView, spec: DataSpec, *,
                        validation: bool = False) -> tuple[list[Record], TokenColumns]:
     """The file's records and the columns they are read from; ValueError naming the record
-    when a column is missing or empty."""
+    when a column is missing or empty, or a chat record is no conversation."""
     dataset = read_file(path)
     columns = task.columns(spec, dataset.columns, validation=validation)
     # An empty completion is a prompt without an answer yet (`causal_lm`), not a gap.
@@ -77,7 +81,17 @@ def read_token_records(path: Path, task: TokenTaskView, spec: DataSpec, *,
         missing = [c for c in required if record.get(c) in (None, "")]
         if missing:
             raise ValueError(f"{path.name}: record {number} has no {', '.join(missing)}")
+        if columns.messages is not None and (
+            problem := conversation_problem(record[columns.messages])
+        ) is not None:
+            raise ValueError(f"{path.name}: record {number}: {problem.message}")
     return dataset.records, columns
+
+
+def unanswered(features: Sequence[Features]) -> list[int]:
+    """Which examples are prompts with no answer yet (`len(input_ids) == prompt_length`)."""
+    return [i for i, row in enumerate(features)
+            if PROMPT_LENGTH in row and len(row["input_ids"]) == row[PROMPT_LENGTH]]
 
 
 def target_rows(logits: Tensor, labels: Tensor, *, shift: bool) -> tuple[Tensor, Tensor]:
@@ -108,7 +122,7 @@ class TokenCollator:
     """Pads on the right (ids with the pad token, labels with −100); for seq2seq it also builds
     `decoder_input_ids` from the labels. Rows that say which example they are
     (`teacher_cache.EXAMPLE_INDEX`, for the teacher cache) or where their answer starts
-    (`PROMPT_LENGTH`) make a batch that says it too."""
+    (`PROMPT_LENGTH`) make a batch that says it too, one number per row."""
 
     def __init__(self, pad_id: int, decoder_start_id: int | None = None) -> None:
         self.pad_id = pad_id

@@ -180,12 +180,12 @@ def test_columns_are_checked_per_task(
     client: Any, auth: dict[str, str], model_dirs: dict[str, Path], redis_db: int
 ) -> None:
     gpt2, t5 = (_upload(client, auth, model_dirs, name) for name in ("gpt2", "t5"))
-    prompts_only = upload_records(client, auth, [{"prompt": "copy red"}])
+    questions = upload_records(client, auth, [{"question": "copy red"}])
     pairs = upload_records(client, auth, copy_records(4))
     no_target = upload_records(client, auth, [{"source": "red cat"}], purpose="validation")
     sources = upload_records(client, auth, reverse_records(4))
 
-    causal = client.post(JOBS, headers=auth, json=_lm_body("causal-lm", gpt2, prompts_only))
+    causal = client.post(JOBS, headers=auth, json=_lm_body("causal-lm", gpt2, questions))
     seq2seq = client.post(JOBS, headers=auth, json=_lm_body("seq2seq", t5, pairs))
     validation = client.post(JOBS, headers=auth,
                              json=_lm_body("seq2seq", t5, sources, no_target))
