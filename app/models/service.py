@@ -20,6 +20,7 @@ from app.kit.ids import new_id
 from app.models import repository
 from app.models.archive import invalid_archive, unpack_model_archive
 from app.models.builtin import available_builtins, get_builtin
+from app.models.gguf_upload import convert_uploaded_gguf, is_gguf_upload
 from app.models.store import (
     iter_stored_model_tar_gz,
     local_model_dir,
@@ -87,14 +88,19 @@ def create_uploaded_model(
     filename: str | None,
     archive: BinaryIO,
 ) -> ModelView:
-    """Register a teacher from a .tar.gz of a Hugging Face directory (checked, then stored)."""
+    """Register a teacher from a .tar.gz of a Hugging Face directory, or from a .gguf file
+    (converted into one), checked, then stored."""
     model_id = new_id("model")
     staging = local.staging_dir(settings.models_dir)
     try:
-        unpack_model_archive(
-            archive, staging,
-            max_total_bytes=settings.max_model_upload_bytes * UNPACKED_SIZE_FACTOR,
-        )
+        if is_gguf_upload(filename, archive):
+            staging.rmdir()  # the conversion renames its folder into place
+            convert_uploaded_gguf(archive, staging, max_parameters=settings.max_gguf_parameters)
+        else:
+            unpack_model_archive(
+                archive, staging,
+                max_total_bytes=settings.max_model_upload_bytes * UNPACKED_SIZE_FACTOR,
+            )
         # Runtime exports are the service's own (made and measured at a job's export): an
         # upload's `onnx/` folders (Hub snapshots often carry one) are not served.
         for name in (*RUNTIME_SUBDIRS.values(), RUNTIMES_FILE):
