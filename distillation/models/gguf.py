@@ -43,6 +43,7 @@ MAX_METADATA_KEYS = 65_536
 MAX_HEADER_BYTES = 64 * 1024 * 1024
 MAX_KEY_BYTES = 65_535
 MAX_STRING_BYTES = 1024 * 1024
+MAX_ARRAY_STRINGS = 1 << 20  # each is parsed one by one, here and by transformers
 MAX_TENSOR_NAME_BYTES = 64
 MAX_DIMS = 4
 MAX_ALIGNMENT = 1 << 20
@@ -192,7 +193,10 @@ class _Header:
         if etype == GGUFValueType.ARRAY:
             raise InvalidGguf(f"{what} is an array of arrays, which transformers cannot read")
         width = 8 if etype == GGUFValueType.STRING else struct.calcsize(_FIXED[etype])
-        length = self.count(f"the length of {what}", (MAX_HEADER_BYTES - self.pos) // width)
+        limit = (MAX_HEADER_BYTES - self.pos) // width
+        if etype == GGUFValueType.STRING:
+            limit = min(limit, MAX_ARRAY_STRINGS)
+        length = self.count(f"the length of {what}", limit)
         if etype == GGUFValueType.STRING:
             for index in range(length):
                 self.string(f"{what}[{index}]", MAX_STRING_BYTES, keep=False)

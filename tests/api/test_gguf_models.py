@@ -157,7 +157,8 @@ HOSTILE: dict[str, tuple[Build, str]] = {
     "huge array length": (
         lambda d, lay, m, t: patched(d, _key_value_at(lay, "tokenizer.ggml.tokens") + 4, "<Q",
                                      2**50),
-        "the length of metadata 'tokenizer.ggml.tokens' is 1125899906842624"),
+        "the length of metadata 'tokenizer.ggml.tokens' is 1125899906842624; at most 1048576 "
+        "are accepted"),
     "tensor offset past the end": (
         lambda d, lay, m, t: patched(d, lay.tensors[-1].offset_at, "<Q", 2**40),
         "at offset 1099511627776) ends at byte 1099511635424, past the end of the file (122336 bytes)"),
