@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, description="Upload size limit.")
     max_model_upload_bytes: int = Field(default=2 * 1024**3, description="Model archive limit.")
+    max_gguf_parameters: int = Field(
+        default=2_000_000_000, ge=1, description="Values the tensors of an uploaded .gguf file "
+        "may hold (400 invalid_gguf above it): the API process dequantises it to float32 "
+        "safetensors, 4 bytes a value, holding the whole model in memory while it converts."
+    )
     max_request_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1, description="Bytes of any other request body (the JSON "
         "of a job or a predict call): a larger one is refused (413) before it is read or "

@@ -28,7 +28,8 @@ UPLOAD_BODY = multipart_openapi(
         "file": {
             "type": "string",
             "format": "binary",
-            "description": ".tar.gz of a Hugging Face model directory with safetensors weights",
+            "description": ".tar.gz of a Hugging Face model directory with safetensors weights, "
+            "or a single .gguf file (a causal language model, converted to safetensors)",
         }
     },
     required=["file"],
@@ -50,7 +51,9 @@ def list_models(session: SessionDep, tenant: TenantDep) -> ListResponse[ModelObj
 async def upload_model(
     request: Request, session: SessionDep, settings: SettingsDep, tenant: TenantDep
 ) -> ModelObject:
-    """Register a teacher from a .tar.gz; pickles, code and escaping paths are refused (400)."""
+    """Register a teacher from a .tar.gz (pickles, code and escaping paths are refused: 400
+    `invalid_model_archive`) or from a .gguf file, checked from its header before anything is
+    allocated and converted to safetensors (a refused file: 400 `invalid_gguf`)."""
     form = await receive_upload(request, max_file_bytes=settings.max_model_upload_bytes)
     try:
         view = await run_in_threadpool(

@@ -20,6 +20,7 @@ class ModelObject(BaseModel):
     labels: list[str] | None = None
     report: dict[str, Any] | None = None
     created_at: int
+    description: str | None = None  # what a built-in model is
 
 
 class ModelDeleted(BaseModel):

@@ -19,7 +19,8 @@ from app.kit.errors import Conflict, InvalidRequest, NotFound
 from app.kit.ids import new_id
 from app.models import repository
 from app.models.archive import invalid_archive, unpack_model_archive
-from app.models.builtin import BUILTINS, get_builtin
+from app.models.builtin import available_builtins, get_builtin
+from app.models.gguf_upload import convert_uploaded_gguf, is_gguf_upload
 from app.models.store import (
     iter_stored_model_tar_gz,
     local_model_dir,
@@ -62,8 +63,8 @@ class ResolvedModel:
 
 
 def list_models(*, session: Session, tenant_id: str) -> list[ModelView]:
-    """Built-in models first, then the tenant's models, newest first."""
-    builtins = [from_builtin(model) for model in BUILTINS.values()]
+    """Built-in models first, then the tenant's models, newest first (nothing is converted)."""
+    builtins = [from_builtin(model, get_settings()) for model in available_builtins()]
     rows = repository.list_for_tenant(session, tenant_id=tenant_id)
     return builtins + [from_row(r) for r in rows]
 
@@ -72,7 +73,7 @@ def get_model(*, session: Session, tenant_id: str, model_id: str) -> ModelView:
     """A built-in model or the tenant's model; 404 for a missing id and another tenant's alike."""
     builtin = get_builtin(model_id)
     if builtin is not None:
-        return from_builtin(builtin)
+        return from_builtin(builtin, get_settings())
     row = repository.get_for_tenant(session, tenant_id=tenant_id, model_id=model_id)
     if row is None:
         raise NotFound(f"No model with id {model_id!r}.", param="model_id")
@@ -87,14 +88,19 @@ def create_uploaded_model(
     filename: str | None,
     archive: BinaryIO,
 ) -> ModelView:
-    """Register a teacher from a .tar.gz of a Hugging Face directory (checked, then stored)."""
+    """Register a teacher from a .tar.gz of a Hugging Face directory, or from a .gguf file
+    (converted into one), checked, then stored."""
     model_id = new_id("model")
     staging = local.staging_dir(settings.models_dir)
     try:
-        unpack_model_archive(
-            archive, staging,
-            max_total_bytes=settings.max_model_upload_bytes * UNPACKED_SIZE_FACTOR,
-        )
+        if is_gguf_upload(filename, archive):
+            staging.rmdir()  # the conversion renames its folder into place
+            convert_uploaded_gguf(archive, staging, max_parameters=settings.max_gguf_parameters)
+        else:
+            unpack_model_archive(
+                archive, staging,
+                max_total_bytes=settings.max_model_upload_bytes * UNPACKED_SIZE_FACTOR,
+            )
         # Runtime exports are the service's own (made and measured at a job's export): an
         # upload's `onnx/` folders (Hub snapshots often carry one) are not served.
         for name in (*RUNTIME_SUBDIRS.values(), RUNTIMES_FILE):
@@ -191,13 +197,14 @@ def download_model(
             raise _no_such_export(model_id, fmt, formats)
         return iter_stored_model_tar_gz(get_settings(), view.location, files,
                                         prefix=f"{EXPORT_DIRS[fmt]}/")
-    if not (view.path / "config.json").is_file():
+    path = local_model_path(get_settings(), view)  # a built-in's folder made on first use
+    if not (path / "config.json").is_file():
         raise _files_missing(model_id)
     if fmt == "hf":
-        return iter_tar_gz(view.path, skip_dirs=RUNTIME_SUBDIRS.values())
-    if fmt not in (formats := download_formats(view.path)):
+        return iter_tar_gz(path, skip_dirs=RUNTIME_SUBDIRS.values())
+    if fmt not in (formats := download_formats(path)):
         raise _no_such_export(model_id, fmt, formats)
-    return iter_tar_gz(view.path / EXPORT_DIRS[fmt])
+    return iter_tar_gz(path / EXPORT_DIRS[fmt])
 
 
 def _files_missing(model_id: str) -> NotFound:
@@ -209,7 +216,11 @@ def local_model_path(settings: Settings, view: ModelView, *, weights: bool = Tru
     """A local directory of the model to load (predict): the model's own directory, or with a
     remote store its copy in this process's scratch cache, pulled on first use and re-pulled
     when the stored model changes (the path changes with it); `weights=False`: all but the
-    weights (its card and curve, for the dashboard). Blocking."""
+    weights (its card and curve, for the dashboard). A built-in model converted on first use
+    (SmolLM2, from its GGUF) is converted here when `weights` are asked for. Blocking."""
+    builtin = get_builtin(view.id) if view.is_builtin else None
+    if builtin is not None:
+        return builtin.prepare(settings) if weights else builtin.directory(settings)
     try:
         return local_model_dir(settings, view.location, weights=weights)
     except FileNotFoundError as exc:
@@ -231,7 +242,8 @@ def resolve_model_ref(
     builtin = get_builtin(ref)
     row = None if builtin else repository.get_for_tenant(session, tenant_id=tenant_id, model_id=ref)
     if builtin is not None:
-        path, model_id = builtin.path, builtin.id
+        # A GGUF built-in is converted here on its first use (once per data folder).
+        path, model_id = builtin.prepare(settings), builtin.id
     elif row is not None:
         model_id = row.id
         try:

@@ -7,10 +7,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from app.models.builtin import BuiltinModel
+from app.models.builtin import BuiltinModel, GgufBuiltin
 from app.models.schemas import ModelObject
 from app.models.tables import ModelRow
 from app.models.weights import weight_stats
+from app.settings import Settings
 from app.storage.local import dir_mtime_ns
 from distillation.models.info import ModelInfo, inspect_model
 
@@ -32,6 +33,7 @@ class ModelView:
     filename: str | None
     created_at: int
     location: str = ""  # where the files are stored: `path`, or an object-store URL
+    description: str | None = None  # built-in models: what they are
 
     def __post_init__(self) -> None:
         self.location = self.location or str(self.path)
@@ -53,6 +55,7 @@ class ModelView:
             labels=self.labels,
             report=self.report,
             created_at=self.created_at,
+            description=self.description,
         )
 
 
@@ -66,23 +69,32 @@ def inspect_cached(path: Path) -> ModelInfo:
     return _inspect(str(path.resolve()), dir_mtime_ns(path))
 
 
-def from_builtin(model: BuiltinModel) -> ModelView:
-    path = model.path
-    info = inspect_cached(path)
-    stats = weight_stats(path)
+def from_builtin(model: BuiltinModel, settings: Settings) -> ModelView:
+    """A built-in model as it is on disk; one still to be converted (a GGUF built-in before its
+    first use) as its file's header describes it, without converting it."""
+    path = model.directory(settings)
+    if isinstance(model, GgufBuiltin) and not model.is_ready(settings):
+        task, labels = model.task, None
+        parameters, size_bytes = model.converted_size()
+    else:
+        info = inspect_cached(path)
+        stats = weight_stats(path)
+        task, labels = info.task, info.labels
+        parameters, size_bytes = stats.parameters, stats.size_bytes
     return ModelView(
         id=model.id,
-        task=info.task,
+        task=task,
         source="builtin",
         owned_by=SYSTEM_OWNER,
         path=path,
-        parameters=stats.parameters,
-        size_bytes=stats.size_bytes,
-        labels=info.labels,
+        parameters=parameters,
+        size_bytes=size_bytes,
+        labels=labels,
         report=None,
         source_job=None,
         filename=None,
         created_at=model.created_at,
+        description=model.description,
     )
 
 

@@ -82,9 +82,10 @@ def _entry_shape(file: str, name: str, entry: Any, data_bytes: int) -> tuple[int
     return tuple(shape)
 
 
-def _check_counts(config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+def check_counts(config: dict[str, Any], shapes: dict[str, tuple[int, ...]], *,
+                 what: str = CONFIG) -> None:
     """Layer and expert counts bounded by the weights before a model is built from them (each
-    layer is a module of Python objects, even on the meta device)."""
+    layer is a module of Python objects, even on the meta device); `what` names the config."""
     tensors = len(shapes)
     experts = max([tensors] + [shape[0] for shape in shapes.values() if len(shape) >= 3])
     stack = [config]
@@ -95,10 +96,10 @@ def _check_counts(config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) ->
                 stack.append(value)
             elif type(value) is int:
                 if _LAYER_KEY.search(key) and value > tensors:
-                    raise UnsafeModel(f"{CONFIG}: '{key}' is {value}, but the weights hold only "
+                    raise UnsafeModel(f"{what}: '{key}' is {value}, but the weights hold only "
                                       f"{tensors} tensors")
                 if _EXPERT_KEY.search(key) and value > experts:
-                    raise UnsafeModel(f"{CONFIG}: '{key}' is {value}, more experts than the "
+                    raise UnsafeModel(f"{what}: '{key}' is {value}, more experts than the "
                                       "weights can hold")
 
 
@@ -113,14 +114,15 @@ def _model_class(config: Any) -> Any:
     return AutoModel
 
 
-def _meta_model(config: Any, model_class: Any) -> torch.nn.Module:
+def meta_model(config: Any, model_class: Any, *, what: str = CONFIG) -> torch.nn.Module:
+    """The model `config` describes, built on the meta device (shapes, no memory)."""
     try:
         with torch.device("meta"):
             if isinstance(model_class, type) and issubclass(model_class, PreTrainedModel):
                 return model_class._from_config(config)
             return model_class.from_config(config, trust_remote_code=False)  # type: ignore[no-any-return]
     except Exception as exc:  # transformers raises many kinds for a config it cannot build
-        raise UnsafeModel(f"{CONFIG} does not describe a model transformers can build "
+        raise UnsafeModel(f"{what} does not describe a model transformers can build "
                           f"({str(exc)[:300]})") from exc
 
 
@@ -134,13 +136,13 @@ def check_weights_fit_config(model_dir: Path, model_class: Any | None = None) ->
     raw = read_json(model_dir / CONFIG)
     if not isinstance(raw, dict):
         raise UnsafeModel(f"{CONFIG} is not a JSON object")
-    _check_counts(raw, shapes)
+    check_counts(raw, shapes)
     try:
         config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False,
                                             local_files_only=True)
     except Exception as exc:  # transformers raises many kinds for a bad config
         raise UnsafeModel(f"not a loadable Hugging Face config: {str(exc)[:300]}") from exc
-    model = _meta_model(config, model_class or _model_class(config))
+    model = meta_model(config, model_class or _model_class(config))
     prefix = getattr(model, "base_model_prefix", "") or ""
     for key, tensor in model.state_dict().items():
         candidates = [key, key.removeprefix(prefix + "."), f"{prefix}.{key}"] if prefix else [key]
@@ -150,11 +152,16 @@ def check_weights_fit_config(model_dir: Path, model_class: Any | None = None) ->
                 f"{CONFIG} does not match the weights: by its dimensions {key} has shape "
                 f"{list(tensor.shape)}, the weights hold {list(stored)}"
             )
+    check_built_size(model, sum(math.prod(shape) for shape in shapes.values()))
+
+
+def check_built_size(model: torch.nn.Module, stored_total: int, *, what: str = CONFIG) -> None:
+    """UnsafeModel when the (meta) model holds more values than the weights' `stored_total` and
+    a task head's worth: the loader would create the difference at full size."""
     built = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
-    stored_total = sum(math.prod(shape) for shape in shapes.values())
     allowed = stored_total + max(int(stored_total * MISSING_FRACTION), MISSING_FLOOR)
     if built > allowed:
         raise UnsafeModel(
-            f"{CONFIG} describes a model of {built:,} values but the weights hold {stored_total:,}: "
+            f"{what} describes a model of {built:,} values but the weights hold {stored_total:,}: "
             "the loader would create the difference at full size"
         )

@@ -232,7 +232,7 @@ def test_hostile_archive_is_refused_and_nothing_is_stored(
     assert stored(settings) == [victim_id]
     assert model_rows(settings) == [victim_id]
     listed = [m["id"] for m in client.get("/v1/models", headers=auth).json()["data"]]
-    assert listed == ["all-minilm-l6-v2", victim_id]
+    assert listed == ["all-minilm-l6-v2", "smollm2-135m-instruct", victim_id]
     if CORPUS[case].bounded:
         assert traced_peak < MEMORY_BOUND
         assert rss_growth is None or rss_growth < MEMORY_BOUND

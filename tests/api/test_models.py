@@ -87,7 +87,7 @@ def test_unsafe_or_incomplete_archives_are_refused(
     assert needle in error["message"]
     assert stored_models(settings) == []
     assert [m["id"] for m in client.get("/v1/models", headers=auth).json()["data"]] == [
-        "all-minilm-l6-v2"
+        "all-minilm-l6-v2", "smollm2-135m-instruct"
     ]
 
 

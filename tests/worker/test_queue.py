@@ -190,4 +190,4 @@ def test_a_cancel_that_arrives_as_training_ends_is_honoured(
     job = client.get(f"/v1/distillation/jobs/{job_id}", headers=auth).json()
     assert job["status"] == "cancelled" and job["result_model"] is None
     assert [m["id"] for m in client.get("/v1/models", headers=auth).json()["data"]] == [
-        "all-minilm-l6-v2", teacher]
+        "all-minilm-l6-v2", "smollm2-135m-instruct", teacher]
