@@ -105,7 +105,8 @@ def test_the_set_a_job_wrote_is_its_tenants_generated_file(
     job = client.get(f"{JOBS}/{job_id}", headers=auth).json()
     model = client.get(f"/v1/models/{job['result_model']}", headers=auth).json()
     assert model["report"]["data_generation"]["file"] == file_id
-    assert model["report"]["training_examples"] == {"labelled": 16, "generated": 4}
+    assert model["report"]["training_examples"] == {
+        "labelled": 16, "generated": 4, "file answers": 16, "teacher answers": 4}
 
     # and the tenant lists it among its files, of purpose generated
     listed = client.get("/v1/files?purpose=generated", headers=auth).json()["data"]
