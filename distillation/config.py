@@ -129,6 +129,38 @@ class Hyperparameters:
     # Devices the distill stage trains on (DDP, `distillation.training.parallel`): each rank takes its
     # share of every batch of `batch_size`, so the run sees the same global batches.
     devices: int = 1
+    # Minutes of wall clock the job's epochs are planned to fit; None: no budget.
+    time_budget_minutes: float | None = None
+
+
+@dataclass
+class OnPolicySpec:
+    """On-policy (generalised) distillation: with probability `lambda_` a batch's answers are
+    sampled from the student, and the loss is the generalised JSD with `beta` (0: forward KL,
+    1: reverse KL)."""
+
+    lambda_: float = 0.5
+    beta: float = 0.5
+
+
+@dataclass
+class GenerationSpec:
+    """How answers are generated (by the teacher, or sampled from the student)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    num_samples: int = 1  # answers per prompt
+
+
+@dataclass
+class DataGenerationSpec:
+    """Prompts the teacher writes in the style of `examples_file`, for `task_description`."""
+
+    task_description: str
+    examples_file: Path
+    num_samples: int
+    temperature: float
 
 
 @dataclass
@@ -158,6 +190,14 @@ class JobConfig:
     benchmark_runs: int = 10
     # Export a classifier student to its ONNX runtimes (fp32, int8), each measured; off: torch only.
     export_runtimes: bool = True
+    # Generative tasks: "token" (token-level distillation on the file's answers), "sequence"
+    # (on the teacher's own answers) or "on-policy" (`on_policy`).
+    method: str = "token"
+    on_policy: OnPolicySpec = field(default_factory=OnPolicySpec)
+    generation: GenerationSpec = field(default_factory=GenerationSpec)
+    data_generation: DataGenerationSpec | None = None
+    # Where the generated set is written (to be registered as a tenant file of purpose `generated`).
+    generated_file: Path | None = None
 
     @property
     def teacher_output_dir(self) -> Path:
