@@ -1,10 +1,14 @@
-"""From a stored job to the training core's config: the one place that maps the API's request
-schema onto `distillation.config.JobConfig` (model refs and file ids resolved to paths)."""
+"""From a job request to the training core's config: the one place that maps the API's request
+schema onto the core (`plan_job`: a `distillation.plan.JobPlan`, built once when the request is
+validated and stored with the job), and the paths each attempt adds to it (`to_job_config`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
 from app.files.service import file_path, get_file
@@ -22,11 +26,55 @@ from distillation.config import (
     LossSpec,
     StudentSpec,
 )
+from distillation.plan import JobPaths, JobPlan
+
+_PLAN = TypeAdapter(JobPlan)
 
 
 def stored_request(job: JobRow) -> JobCreate:
     """The job's request, read back through the schema it was validated with."""
     return JobCreate.model_validate(job.request)
+
+
+def plan_job(request: JobCreate) -> JobPlan:
+    """The core's plan of a (schema-valid) request: everything but where its models and files
+    are, which each attempt resolves from the ids the request names."""
+    arch = request.student.architecture
+    finetune = request.teacher.finetune
+    target = request.student.target
+    augmentation = request.augmentation
+    return JobPlan(
+        task=request.task,
+        teacher_name=request.teacher.model,
+        teacher_finetune=FinetuneSpec(**finetune.model_dump()) if finetune else None,
+        student=StudentSpec(
+            architecture=arch.model_dump(exclude_none=True) if arch else None,
+            init=request.student.init,
+            prune_vocabulary=request.student.prune_vocabulary,
+            target=target.model_dump(exclude_none=True) if target else None,
+        ),
+        augmentation=AugmentSpec(methods=tuple(augmentation.methods),
+                                 multiplier=augmentation.multiplier) if augmentation else None,
+        data=DataSpec(**dataclasses.asdict(request.data)),
+        temperature=request.distillation.temperature,
+        temperature_end=request.distillation.temperature_end,
+        losses=[LossSpec(type=loss.type, weight=loss.weight, weight_end=loss.weight_end,
+                         beta=loss.beta, layer_map=loss.layer_map)
+                for loss in request.distillation.losses],
+        hyperparameters=Hyperparameters(**request.hyperparameters.model_dump()),
+    )
+
+
+def dump_plan(plan: JobPlan) -> dict[str, Any]:
+    """The plan as the job row stores it (JSON)."""
+    return _PLAN.dump_python(plan, mode="json")  # type: ignore[no-any-return]
+
+
+def job_plan(job: JobRow) -> JobPlan:
+    """The plan stored with the job; for a job created before plans were stored, its request's."""
+    if job.plan is None:
+        return plan_job(stored_request(job))
+    return _PLAN.validate_python(job.plan)
 
 
 def _file(session: Session, job: JobRow, file_id: str | None, *, field: str,
@@ -40,7 +88,7 @@ def _file(session: Session, job: JobRow, file_id: str | None, *, field: str,
 
 
 def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobConfig:
-    """The training core's config for a job row, writing into the folder of its current
+    """The training core's config for a job row: its stored plan at the paths of its current
     attempt (`job.attempts`, as its claim set it)."""
     request = stored_request(job)
     teacher = resolve_model_ref(session=session, tenant_id=job.tenant_id, settings=settings,
@@ -53,37 +101,13 @@ def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobCo
     train_path = _file(session, job, request.training_file, field="training_file",
                        settings=settings)
     assert train_path is not None
-    arch = request.student.architecture
-    finetune = request.teacher.finetune
-    return JobConfig(
-        task=request.task,
-        teacher_path=teacher.path,
-        teacher_name=request.teacher.model,
-        teacher_finetune=FinetuneSpec(**finetune.model_dump()) if finetune else None,
-        student=StudentSpec(
-            model_path=student_path,
-            architecture=arch.model_dump(exclude_none=True) if arch else None,
-            init=request.student.init,
-            prune_vocabulary=request.student.prune_vocabulary,
-            target=request.student.target.model_dump(exclude_none=True)
-            if request.student.target else None,
-        ),
-        train_file=train_path,
+    paths = JobPaths(
+        teacher=teacher.path, student_model=student_path, train_file=train_path,
         validation_file=_file(session, job, request.validation_file, field="validation_file",
                               settings=settings),
         transfer_file=_file(session, job, request.transfer_file, field="transfer_file",
                             settings=settings),
-        augmentation=AugmentSpec(methods=tuple(request.augmentation.methods),
-                                 multiplier=request.augmentation.multiplier)
-        if request.augmentation else None,
-        data=DataSpec(**request.data.model_dump()),
-        temperature=request.distillation.temperature,
-        temperature_end=request.distillation.temperature_end,
-        losses=[LossSpec(type=loss.type, weight=loss.weight, weight_end=loss.weight_end,
-                         beta=loss.beta, layer_map=loss.layer_map)
-                for loss in request.distillation.losses],
-        hyperparameters=Hyperparameters(**request.hyperparameters.model_dump()),
         output_dir=workspace.output_dir(settings, job.id, job.attempts),
         work_dir=workspace.work_dir(settings, job.id, job.attempts),
-        export_runtimes=settings.export_runtimes,
     )
+    return job_plan(job).config(paths, export_runtimes=settings.export_runtimes)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from distillation.config import FINETUNE_LEARNING_RATE, FINETUNE_MIN_STEPS
+from distillation.config import FINETUNE_LEARNING_RATE, FINETUNE_MIN_STEPS, DataSpec
 
 
 class Strict(BaseModel):
@@ -64,20 +65,11 @@ class StudentIn(Strict):
         return self
 
 
-class DataIn(Strict):
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    validation_text_column: str | None = None
-    validation_text_pair_column: str | None = None
-    validation_label_column: str | None = None
-    # causal-lm: `text`, or `prompt` + `completion` (a file with both is read that way).
-    prompt_column: str = "prompt"
-    completion_column: str = "completion"
-    # seq2seq: `source` → `target`.
-    source_column: str = "source"
-    target_column: str = "target"
-    max_seq_length: int = Field(128, ge=8, le=4096)
+@pydantic_dataclass(config=ConfigDict(extra="forbid"))
+class DataIn(DataSpec):
+    """The core's `DataSpec` as the request takes it: its fields, checked, with bounds."""
+
+    max_seq_length: int = Field(default=DataSpec.max_seq_length, ge=8, le=4096)
 
 
 class LossIn(Strict):
@@ -127,6 +119,8 @@ class HyperparametersIn(Strict):
     # Devices the distill stage trains on at once (DDP, one process each; the global batch
     # stays `batch_size`); a worker class with that many must be configured.
     devices: int = Field(1, ge=1, le=64)
+    # Minutes of wall clock the job's epochs are planned to fit (up to a week); unset: none.
+    time_budget_minutes: float | None = Field(None, gt=0, le=7 * 24 * 60)
 
 
 class JobCreate(Strict):
