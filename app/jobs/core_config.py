@@ -21,12 +21,14 @@ from distillation.config import (
     AugmentSpec,
     DataSpec,
     FinetuneSpec,
+    GenerationSpec,
     Hyperparameters,
     JobConfig,
     LossSpec,
+    OnPolicySpec,
     StudentSpec,
 )
-from distillation.plan import JobPaths, JobPlan
+from distillation.plan import DataGenerationPlan, JobPaths, JobPlan
 
 _PLAN = TypeAdapter(JobPlan)
 
@@ -43,6 +45,11 @@ def plan_job(request: JobCreate) -> JobPlan:
     finetune = request.teacher.finetune
     target = request.student.target
     augmentation = request.augmentation
+    distillation = request.distillation
+    on_policy = {name: value for name, value in (("lambda_", distillation.lambda_),
+                                                 ("beta", distillation.beta))
+                 if value is not None}
+    writes = request.data_generation
     return JobPlan(
         task=request.task,
         teacher_name=request.teacher.model,
@@ -56,12 +63,19 @@ def plan_job(request: JobCreate) -> JobPlan:
         augmentation=AugmentSpec(methods=tuple(augmentation.methods),
                                  multiplier=augmentation.multiplier) if augmentation else None,
         data=DataSpec(**dataclasses.asdict(request.data)),
-        temperature=request.distillation.temperature,
-        temperature_end=request.distillation.temperature_end,
+        temperature=distillation.temperature,
+        temperature_end=distillation.temperature_end,
         losses=[LossSpec(type=loss.type, weight=loss.weight, weight_end=loss.weight_end,
                          beta=loss.beta, layer_map=loss.layer_map)
-                for loss in request.distillation.losses],
+                for loss in distillation.losses],
         hyperparameters=Hyperparameters(**request.hyperparameters.model_dump()),
+        method=distillation.method,
+        on_policy=OnPolicySpec(**on_policy),
+        generation=GenerationSpec(**request.generation.model_dump())
+        if request.generation else GenerationSpec(),
+        data_generation=DataGenerationPlan(
+            task_description=writes.task_description, num_samples=writes.num_samples,
+            temperature=writes.temperature) if writes else None,
     )
 
 
@@ -107,6 +121,9 @@ def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobCo
                               settings=settings),
         transfer_file=_file(session, job, request.transfer_file, field="transfer_file",
                             settings=settings),
+        examples_file=_file(session, job, request.data_generation.examples_file,
+                            field="data_generation.examples_file", settings=settings)
+        if request.data_generation else None,
         output_dir=workspace.output_dir(settings, job.id, job.attempts),
         work_dir=workspace.work_dir(settings, job.id, job.attempts),
     )

@@ -50,6 +50,9 @@ def to_out(row: JobRow) -> JobOut:
         data=dataclasses.asdict(req.data),
         hyperparameters=req.hyperparameters.model_dump(mode="json"),
         distillation=req.distillation.model_dump(mode="json"),
+        generation=req.generation.model_dump(mode="json") if req.generation else None,
+        data_generation=req.data_generation.model_dump(mode="json")
+        if req.data_generation else None,
         metadata=req.metadata,
         progress=ProgressOut(**row.progress),
         metrics=row.metrics,
@@ -148,6 +151,8 @@ def create_job(
         training_file_id=request.training_file,
         validation_file_id=request.validation_file,
         transfer_file_id=request.transfer_file,
+        examples_file_id=request.data_generation.examples_file
+        if request.data_generation else None,
         teacher_model_id=_stored_model_id(session, tenant, request.teacher.model),
         student_model_id=_stored_model_id(session, tenant, request.student.model),
         progress=ProgressOut().model_dump(),

@@ -34,6 +34,8 @@ class JobRow(Base):
         ForeignKey("files.id", ondelete="SET NULL"), nullable=True, index=True)
     transfer_file_id: Mapped[str | None] = mapped_column(
         ForeignKey("files.id", ondelete="SET NULL"), nullable=True, index=True)
+    examples_file_id: Mapped[str | None] = mapped_column(  # data_generation.examples_file
+        ForeignKey("files.id", ondelete="SET NULL"), nullable=True, index=True)
     teacher_model_id: Mapped[str | None] = mapped_column(
         ForeignKey("models.id", ondelete="SET NULL"), nullable=True, index=True)
     student_model_id: Mapped[str | None] = mapped_column(

@@ -24,7 +24,13 @@ from app.models.service import ResolvedModel, resolve_model_ref
 from app.settings import Settings
 from distillation.data.checks import check_label_sets, classification_labels
 from distillation.data.records import iter_file
-from distillation.job_checks import Model, Problem, job_problems, task_problem
+from distillation.job_checks import (
+    MIN_GENERATION_EXAMPLES,
+    Model,
+    Problem,
+    job_problems,
+    task_problem,
+)
 from distillation.plan import JobPlan
 from distillation.tasks import get_task
 from distillation.tasks.base import MissingColumns
@@ -67,16 +73,54 @@ def _check_columns(row: FileRow, wanted: dict[str, str | None], *, file_param: s
             )
 
 
-def _task_columns(plan: JobPlan, row: FileRow, *, validation: bool) -> dict[str, str | None]:
-    """{param: column} that the task reads from a training (or validation) file."""
+def _task_columns(plan: JobPlan, row: FileRow, *, validation: bool,
+                  file_param: str | None = None) -> dict[str, str | None]:
+    """{param: column} that the task reads from a training (or validation) file, or from
+    another file of training records (`file_param`)."""
     try:
         return get_task(plan.task).record_columns(plan.data, row.columns, validation=validation)
     except MissingColumns as missing:
+        file_param = file_param or ("validation_file" if validation else "training_file")
         raise InvalidRequest(
-            f"{'validation_file' if validation else 'training_file'} {row.id!r} has "
-            f"{missing.what} (its columns: {', '.join(map(str, row.columns))}); {missing.hint}",
+            f"{file_param} {row.id!r} has {missing.what} (its columns: "
+            f"{', '.join(map(str, row.columns))}); {missing.hint}",
             param=missing.param, code="missing_column",
         ) from None
+
+
+def _check_generation_fields(request: JobCreate) -> None:
+    """Settings given for a method or a task that does not use them (the plan holds their
+    defaults either way, so only the request tells that they were given)."""
+    distillation = request.distillation
+    for name, value in (("lambda", distillation.lambda_), ("beta", distillation.beta)):
+        if value is not None and distillation.method != "on-policy":
+            raise InvalidRequest(
+                f"distillation.{name} is for distillation.method \"on-policy\"; this job's "
+                f"method is {distillation.method!r}: leave distillation.{name} out, or set the "
+                "method to \"on-policy\".", param=f"distillation.{name}",
+                code="unsupported_option")
+    task = get_task(request.task)
+    if request.generation is not None and task.head != "generate":
+        raise InvalidRequest(
+            f"generation is for language-model jobs (causal-lm, seq2seq), whose answers a model "
+            f"writes; a {task.name} job generates nothing.", param="generation",
+            code="unsupported_option")
+
+
+def _check_examples(session: Session, *, tenant_id: str, plan: JobPlan, file_id: str) -> None:
+    """The example records the teacher writes prompts like: the tenant's training-records file,
+    with enough of them."""
+    param = "data_generation.examples_file"
+    row = _check_file(session, tenant_id=tenant_id, file_id=file_id, purpose="train",
+                      param=param)
+    _check_columns(row, _task_columns(plan, row, validation=False, file_param=param),
+                   file_param=param)
+    if row.num_records < MIN_GENERATION_EXAMPLES:
+        raise InvalidRequest(
+            f"{param} {file_id!r} holds {row.num_records} record"
+            f"{'' if row.num_records == 1 else 's'}; the teacher needs at least "
+            f"{MIN_GENERATION_EXAMPLES} examples to write prompts like them.",
+            param=param, code="too_few_examples")
 
 
 def _refuse(problems: list[Problem]) -> None:
@@ -93,6 +137,7 @@ def check_job_request(
     here is what needs the database and the files."""
     unknown = task_problem(request.task)
     _refuse([unknown] if unknown is not None else [])
+    _check_generation_fields(request)
     plan = plan_job(request)
     train = _check_file(
         session, tenant_id=tenant_id, file_id=request.training_file, purpose="train",
@@ -134,6 +179,9 @@ def check_job_request(
     _refuse(job_problems(plan, model(teacher, "teacher.model"),
                          model(student, "student.model") if student is not None else None,
                          transfer_file=transfer is not None))
+    if request.data_generation is not None:  # a task that writes data: the file it imitates
+        _check_examples(session, tenant_id=tenant_id, plan=plan,
+                        file_id=request.data_generation.examples_file)
     if get_task(plan.task).labelled:
         _check_classification_data(plan, train, validation, teacher, settings=settings)
     if plan.student.target is not None:

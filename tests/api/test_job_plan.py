@@ -6,16 +6,32 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from pydantic import BaseModel
 
 from app.jobs.core_config import dump_plan, job_plan, plan_job, stored_request, to_job_config
-from app.jobs.schemas import DataIn, FinetuneIn, HyperparametersIn
+from app.jobs.schemas import (
+    DataGenerationIn,
+    DataIn,
+    DistillationIn,
+    FinetuneIn,
+    GenerationIn,
+    HyperparametersIn,
+    Method,
+)
 from app.jobs.tables import JobRow
 from app.kit.db import session_scope
-from distillation.config import DataSpec, FinetuneSpec, Hyperparameters
+from distillation.config import (
+    DataGenerationSpec,
+    DataSpec,
+    FinetuneSpec,
+    GenerationSpec,
+    Hyperparameters,
+    OnPolicySpec,
+)
+from distillation.job_checks import METHODS
 from distillation.plan import plan_of
 from tests.factories.api import job_body, sentiment_files, upload_model_dir
 
@@ -28,11 +44,21 @@ def _spec_defaults(spec: type) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("schema", "spec"), [
     (FinetuneIn, FinetuneSpec), (HyperparametersIn, Hyperparameters),
+    (GenerationIn, GenerationSpec),
 ])
 def test_request_sections_have_the_core_specs_fields_and_defaults(
     schema: type[BaseModel], spec: type
 ) -> None:
     assert {name: f.default for name, f in schema.model_fields.items()} == _spec_defaults(spec)
+
+
+def test_the_generative_fields_name_what_the_core_takes() -> None:
+    assert get_args(Method) == METHODS
+    assert set(DataGenerationIn.model_fields) == {
+        f.name for f in dataclasses.fields(DataGenerationSpec)}
+    on_policy = DistillationIn.model_fields
+    assert (on_policy["lambda_"].alias, on_policy["beta"].default) == ("lambda", None)
+    assert {f.name for f in dataclasses.fields(OnPolicySpec)} == {"lambda_", "beta"}
 
 
 def test_the_data_section_is_the_core_data_spec() -> None:
