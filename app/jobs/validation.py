@@ -135,8 +135,8 @@ def check_job_request(
     """Plan a job request and validate it against what the tenant has; raises InvalidRequest
     naming the field. The rules on the plan and its models are the core's (`job_checks`);
     here is what needs the database and the files."""
-    unknown = task_problem(request.task)
-    _refuse([unknown] if unknown is not None else [])
+    if (unknown := task_problem(request.task)) is not None:
+        _refuse([unknown])
     _check_generation_fields(request)
     plan = plan_job(request)
     train = _check_file(
