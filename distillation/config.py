@@ -149,6 +149,8 @@ class Hyperparameters:
     # Devices the distill stage trains on (DDP, `distillation.training.parallel`): each rank takes its
     # share of every batch of `batch_size`, so the run sees the same global batches.
     devices: int = 1
+    # Minutes of wall clock the job's epochs are planned to fit; None: no budget.
+    time_budget_minutes: float | None = None
 
 
 @dataclass

@@ -48,6 +48,7 @@ from distillation.export.runtime_report import measure_runtimes
 from distillation.export.selection import EpochSelector
 from distillation.export.teacher import export_teacher
 from distillation.finetune import check_finetuned_teacher, finetune_teacher
+from distillation.job_checks import check_config
 from distillation.layout import teacher_dir
 from distillation.losses.functions import CompositeLoss
 from distillation.methods.base import Method
@@ -280,13 +281,8 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     """Run a distillation job end to end; raises `Cancelled` when the reporter asks to stop."""
     task, hp = get_task(config.task), config.hyperparameters
     teacher_info = inspect_model(config.teacher_path)
-    task.check_teacher(config, teacher_info)
-    task.check_job(config, teacher_info)
+    check_config(config, teacher_info)  # the rules the API checked at creation, again
     method = method_for(config.method)
-    method.check(config)
-    if (config.transfer_file or config.augmentation) and not task.transfer_data:
-        raise ValueError(f"a transfer file and augmentation are for sequence-classification "
-                         f"jobs, not {task.name}")
     set_seed(hp.seed)
     device = resolve_device(config.device)
     attn = "eager" if {spec.type for spec in config.losses} & set(ATTENTION_LOSSES) else None

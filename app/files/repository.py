@@ -41,6 +41,6 @@ def active_jobs_using(session: Session, *, tenant_id: str, file_id: str) -> list
         select(JobRow.id).where(
             JobRow.tenant_id == tenant_id, JobRow.status.in_(ACTIVE_JOB_STATUSES),
             or_(JobRow.training_file_id == file_id, JobRow.validation_file_id == file_id,
-                JobRow.transfer_file_id == file_id),
+                JobRow.transfer_file_id == file_id, JobRow.examples_file_id == file_id),
         )
     ))

@@ -1,10 +1,14 @@
-"""From a stored job to the training core's config: the one place that maps the API's request
-schema onto `distillation.config.JobConfig` (model refs and file ids resolved to paths)."""
+"""From a job request to the training core's config: the one place that maps the API's request
+schema onto the core (`plan_job`: a `distillation.plan.JobPlan`, built once when the request is
+validated and stored with the job), and the paths each attempt adds to it (`to_job_config`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
 from app.files.service import file_path, get_file
@@ -14,21 +18,82 @@ from app.jobs.tables import JobRow
 from app.models.service import resolve_model_ref
 from app.settings import Settings
 from distillation.config import (
+    ON_POLICY_TEMPERATURE,
     AugmentSpec,
-    DataGenerationSpec,
     DataSpec,
     FinetuneSpec,
+    GenerationSpec,
     Hyperparameters,
     JobConfig,
     LossSpec,
+    OnPolicySpec,
     StudentSpec,
 )
 from distillation.layout import generated_set_path
+from distillation.plan import DataGenerationPlan, JobPaths, JobPlan
+
+_PLAN = TypeAdapter(JobPlan)
 
 
 def stored_request(job: JobRow) -> JobCreate:
     """The job's request, read back through the schema it was validated with."""
     return JobCreate.model_validate(job.request)
+
+
+def plan_job(request: JobCreate) -> JobPlan:
+    """The core's plan of a (schema-valid) request: everything but where its models and files
+    are, which each attempt resolves from the ids the request names."""
+    arch = request.student.architecture
+    finetune = request.teacher.finetune
+    target = request.student.target
+    augmentation = request.augmentation
+    distillation = request.distillation
+    on_policy = {name: value for name, value in (("lambda_", distillation.lambda_),
+                                                 ("beta", distillation.beta))
+                 if value is not None}
+    writes = request.data_generation
+    return JobPlan(
+        task=request.task,
+        teacher_name=request.teacher.model,
+        teacher_finetune=FinetuneSpec(**finetune.model_dump()) if finetune else None,
+        student=StudentSpec(
+            architecture=arch.model_dump(exclude_none=True) if arch else None,
+            init=request.student.init,
+            prune_vocabulary=request.student.prune_vocabulary,
+            target=target.model_dump(exclude_none=True) if target else None,
+        ),
+        augmentation=AugmentSpec(methods=tuple(augmentation.methods),
+                                 multiplier=augmentation.multiplier) if augmentation else None,
+        data=DataSpec(**dataclasses.asdict(request.data)),
+        # On-policy samples from, and scores, the student's unsoftened distribution unless the
+        # request names a temperature.
+        temperature=ON_POLICY_TEMPERATURE if distillation.method == "on-policy"
+        and "temperature" not in distillation.model_fields_set else distillation.temperature,
+        temperature_end=distillation.temperature_end,
+        losses=[LossSpec(type=loss.type, weight=loss.weight, weight_end=loss.weight_end,
+                         beta=loss.beta, layer_map=loss.layer_map)
+                for loss in distillation.losses],
+        hyperparameters=Hyperparameters(**request.hyperparameters.model_dump()),
+        method=distillation.method,
+        on_policy=OnPolicySpec(**on_policy),
+        generation=GenerationSpec(**request.generation.model_dump())
+        if request.generation else GenerationSpec(),
+        data_generation=DataGenerationPlan(
+            task_description=writes.task_description, num_samples=writes.num_samples,
+            temperature=writes.temperature) if writes else None,
+    )
+
+
+def dump_plan(plan: JobPlan) -> dict[str, Any]:
+    """The plan as the job row stores it (JSON)."""
+    return _PLAN.dump_python(plan, mode="json")  # type: ignore[no-any-return]
+
+
+def job_plan(job: JobRow) -> JobPlan:
+    """The plan stored with the job; for a job created before plans were stored, its request's."""
+    if job.plan is None:
+        return plan_job(stored_request(job))
+    return _PLAN.validate_python(job.plan)
 
 
 def _file(session: Session, job: JobRow, file_id: str | None, *, field: str,
@@ -42,7 +107,7 @@ def _file(session: Session, job: JobRow, file_id: str | None, *, field: str,
 
 
 def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobConfig:
-    """The training core's config for a job row, writing into the folder of its current
+    """The training core's config for a job row: its stored plan at the paths of its current
     attempt (`job.attempts`, as its claim set it)."""
     request = stored_request(job)
     teacher = resolve_model_ref(session=session, tenant_id=job.tenant_id, settings=settings,
@@ -55,55 +120,20 @@ def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobCo
     train_path = _file(session, job, request.training_file, field="training_file",
                        settings=settings)
     assert train_path is not None
-    arch = request.student.architecture
-    finetune = request.teacher.finetune
-    data_generation = _data_generation(session, job, request, settings=settings)
-    return JobConfig(
-        task=request.task,
-        teacher_path=teacher.path,
-        teacher_name=request.teacher.model,
-        teacher_finetune=FinetuneSpec(**finetune.model_dump()) if finetune else None,
-        student=StudentSpec(
-            model_path=student_path,
-            architecture=arch.model_dump(exclude_none=True) if arch else None,
-            init=request.student.init,
-            prune_vocabulary=request.student.prune_vocabulary,
-            target=request.student.target.model_dump(exclude_none=True)
-            if request.student.target else None,
-        ),
-        train_file=train_path,
+    paths = JobPaths(
+        teacher=teacher.path, student_model=student_path, train_file=train_path,
         validation_file=_file(session, job, request.validation_file, field="validation_file",
                               settings=settings),
         transfer_file=_file(session, job, request.transfer_file, field="transfer_file",
                             settings=settings),
-        augmentation=AugmentSpec(methods=tuple(request.augmentation.methods),
-                                 multiplier=request.augmentation.multiplier)
-        if request.augmentation else None,
-        data=DataSpec(**request.data.model_dump()),
-        temperature=request.distillation.temperature,
-        temperature_end=request.distillation.temperature_end,
-        losses=[LossSpec(type=loss.type, weight=loss.weight, weight_end=loss.weight_end,
-                         beta=loss.beta, layer_map=loss.layer_map)
-                for loss in request.distillation.losses],
-        hyperparameters=Hyperparameters(**request.hyperparameters.model_dump()),
+        examples_file=_file(session, job, request.data_generation.examples_file,
+                            field="data_generation.examples_file", settings=settings)
+        if request.data_generation else None,
         output_dir=workspace.output_dir(settings, job.id, job.attempts),
         work_dir=workspace.work_dir(settings, job.id, job.attempts),
-        export_runtimes=settings.export_runtimes,
-        data_generation=data_generation,
-        # The generated set, in the attempt's work folder: the worker registers it as a file.
-        generated_file=generated_set_path(workspace.work_dir(settings, job.id, job.attempts))
-        if data_generation is not None else None,
     )
-
-
-def _data_generation(session: Session, job: JobRow, request: JobCreate, *,
-                     settings: Settings) -> DataGenerationSpec | None:
-    """The request's `data_generation`, its examples file resolved to a path."""
-    spec = getattr(request, "data_generation", None)
-    if spec is None:
-        return None
-    examples = _file(session, job, spec.examples_file, field="data_generation.examples_file",
-                     settings=settings)
-    assert examples is not None
-    return DataGenerationSpec(task_description=spec.task_description, examples_file=examples,
-                              num_samples=spec.num_samples, temperature=spec.temperature)
+    config = job_plan(job).config(paths, export_runtimes=settings.export_runtimes)
+    if config.data_generation is not None:
+        # The generated set, in the attempt's work folder: the worker registers it as a file.
+        config.generated_file = generated_set_path(paths.work_dir)
+    return config

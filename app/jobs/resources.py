@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
-from app.jobs.schemas import JobCreate
 from app.jobs.validation import CheckedJob
 from app.kit.errors import InvalidRequest
 from app.settings import Settings
@@ -45,33 +44,33 @@ class Resources:
         return self.estimate.total if self.estimate is not None else None
 
 
-def _student_config(request: JobCreate, checked: CheckedJob,
-                    teacher_config: PretrainedConfig) -> PretrainedConfig:
+def _student_config(checked: CheckedJob, teacher_config: PretrainedConfig) -> PretrainedConfig:
     """The student's config: its model's, the teacher's resized, or (for a target, whose shape
     is picked later) the teacher's own: a student is never bigger, so that is an upper bound."""
     if checked.student is not None:
         return load_config(checked.student.path)
-    if request.student.architecture is not None:
-        return sized_config(teacher_config,
-                            request.student.architecture.model_dump(exclude_none=True))
+    if checked.plan.student.architecture is not None:
+        return sized_config(teacher_config, checked.plan.student.architecture)
     return teacher_config
 
 
-def estimate_job(request: JobCreate, checked: CheckedJob) -> MemoryEstimate:
+def estimate_job(checked: CheckedJob) -> MemoryEstimate:
     """The job's memory per device (see `distillation.students.memory`)."""
     teacher_config = load_config(checked.teacher.path)
-    hp = request.hyperparameters
-    finetune = request.teacher.finetune
+    plan = checked.plan
+    hp = plan.hyperparameters
+    finetune = plan.teacher_finetune
     return estimate_memory(
-        teacher_config, _student_config(request, checked, teacher_config), task=request.task,
-        batch_size=hp.batch_size, max_length=request.data.max_seq_length, devices=hp.devices,
+        teacher_config, _student_config(checked, teacher_config), task=plan.task,
+        batch_size=hp.batch_size, max_length=plan.data.max_seq_length, devices=hp.devices,
         finetune_batch_size=(finetune.batch_size or hp.batch_size) if finetune else None)
 
 
-def _too_big(estimate: MemoryEstimate, request: JobCreate) -> str:
+def _too_big(estimate: MemoryEstimate, checked: CheckedJob) -> str:
     """The request field whose change shrinks the estimate most (its biggest part)."""
-    student = ("student.model" if request.student.model else
-               "student.architecture" if request.student.architecture else "student.target")
+    spec = checked.plan.student
+    student = ("student.model" if checked.student is not None else
+               "student.architecture" if spec.architecture is not None else "student.target")
     if estimate.finetune > estimate.distill:
         return "teacher.finetune.batch_size"
     parts = {"hyperparameters.batch_size": estimate.activations,
@@ -79,10 +78,10 @@ def _too_big(estimate: MemoryEstimate, request: JobCreate) -> str:
     return max(parts, key=lambda name: parts[name])
 
 
-def plan_resources(*, request: JobCreate, checked: CheckedJob, settings: Settings) -> Resources:
+def plan_resources(*, checked: CheckedJob, settings: Settings) -> Resources:
     """The job's estimate and queue; InvalidRequest when no configured class could hold it."""
     queues = settings.queue_classes
-    devices = request.hyperparameters.devices
+    devices = checked.plan.hyperparameters.devices
     most = max(q.devices for q in queues)
     if devices > most:
         raise InvalidRequest(
@@ -92,10 +91,11 @@ def plan_resources(*, request: JobCreate, checked: CheckedJob, settings: Setting
             param="hyperparameters.devices", code="insufficient_devices")
     fitting = [q for q in queues if q.devices >= devices]
     try:
-        estimate = estimate_job(request, checked)
+        estimate = estimate_job(checked)
     except Exception:
         # Fail closed: a job whose size is unknown goes only where size does not matter.
-        log.warning("could not estimate the memory of a %s job", request.task, exc_info=True)
+        log.warning("could not estimate the memory of a %s job", checked.plan.task,
+                    exc_info=True)
         unbounded = [q for q in fitting if q.memory_bytes is None]
         if unbounded:
             return Resources(estimate=None, queue=unbounded[0].name, devices=devices)
@@ -110,7 +110,7 @@ def plan_resources(*, request: JobCreate, checked: CheckedJob, settings: Setting
         if queue.holds(total, devices):
             return Resources(estimate=estimate, queue=queue.name, devices=devices)
     largest = max(q.memory_bytes or 0 for q in fitting)
-    param = _too_big(estimate, request)
+    param = _too_big(estimate, checked)
     raise InvalidRequest(
         f"This job needs an estimated {format_bytes(estimate.total)} of accelerator memory per "
         f"device (teacher weights {format_bytes(estimate.teacher_weights)}, student weights, "

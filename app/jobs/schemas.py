@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from distillation.config import FINETUNE_LEARNING_RATE, FINETUNE_MIN_STEPS
+from distillation.config import FINETUNE_LEARNING_RATE, FINETUNE_MIN_STEPS, DataSpec
 
 
 class Strict(BaseModel):
@@ -64,20 +65,11 @@ class StudentIn(Strict):
         return self
 
 
-class DataIn(Strict):
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    validation_text_column: str | None = None
-    validation_text_pair_column: str | None = None
-    validation_label_column: str | None = None
-    # causal-lm: `text`, or `prompt` + `completion` (a file with both is read that way).
-    prompt_column: str = "prompt"
-    completion_column: str = "completion"
-    # seq2seq: `source` → `target`.
-    source_column: str = "source"
-    target_column: str = "target"
-    max_seq_length: int = Field(128, ge=8, le=4096)
+@pydantic_dataclass(config=ConfigDict(extra="forbid"))
+class DataIn(DataSpec):
+    """The core's `DataSpec` as the request takes it: its fields, checked, with bounds."""
+
+    max_seq_length: int = Field(default=DataSpec.max_seq_length, ge=8, le=4096)
 
 
 class LossIn(Strict):
@@ -93,11 +85,46 @@ def _default_losses() -> list[LossIn]:
     return [LossIn(type="kl", weight=0.5), LossIn(type="ce", weight=0.5)]
 
 
+# `distillation.job_checks.METHODS`, for the schema (a test keeps them equal).
+Method = Literal["token", "sequence", "on-policy"]
+
+
 class DistillationIn(Strict):
+    # `lambda` is a Python keyword: the field is `lambda_`, read and written as "lambda".
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    # "token": on the answers in the file; "sequence": on the teacher's own answers (written
+    # once, `generation`); "on-policy": answers sampled from the student too, scored by the
+    # teacher. The last two are for language models.
+    method: Method = "token"
+    # on-policy only (unset: 0.5 each): the share of batches whose answers the student samples,
+    # and the generalised JSD's weight (0: forward KL, 1: reverse KL).
+    lambda_: float | None = Field(None, ge=0, le=1, alias="lambda")
+    beta: float | None = Field(None, ge=0, le=1)
     temperature: float = Field(2.0, gt=0, le=100)
     # Set: the temperature moves linearly from `temperature` to this over the optimizer steps.
     temperature_end: float | None = Field(None, gt=0, le=100)
     losses: list[LossIn] = Field(default_factory=_default_losses, min_length=1, max_length=16)
+
+
+class GenerationIn(Strict):
+    """The answers the teacher writes (and the student samples) in language-model jobs."""
+
+    max_new_tokens: int = Field(64, ge=1, le=1024)
+    temperature: float = Field(0.0, ge=0, le=2)  # 0: greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    num_samples: int = Field(1, ge=1, le=16)  # answers per prompt
+
+
+class DataGenerationIn(Strict):
+    """Prompts the teacher writes for a task, in the style of a file of example records."""
+
+    task_description: str = Field(min_length=1, max_length=4000)
+    # A file of the tenant uploaded with purpose `train`, with at least
+    # `distillation.job_checks.MIN_GENERATION_EXAMPLES` records.
+    examples_file: str = Field(min_length=1, max_length=255)
+    num_samples: int = Field(100, ge=1, le=10_000)
+    temperature: float = Field(0.8, ge=0, le=2)
 
 
 class AugmentationIn(Strict):
@@ -127,6 +154,8 @@ class HyperparametersIn(Strict):
     # Devices the distill stage trains on at once (DDP, one process each; the global batch
     # stays `batch_size`); a worker class with that many must be configured.
     devices: int = Field(1, ge=1, le=64)
+    # Minutes of wall clock the job's epochs are planned to fit (up to a week); unset: none.
+    time_budget_minutes: float | None = Field(None, gt=0, le=7 * 24 * 60)
 
 
 class JobCreate(Strict):
@@ -139,6 +168,8 @@ class JobCreate(Strict):
     augmentation: AugmentationIn | None = None
     data: DataIn = Field(default_factory=DataIn)
     distillation: DistillationIn = Field(default_factory=DistillationIn)
+    generation: GenerationIn | None = None
+    data_generation: DataGenerationIn | None = None
     hyperparameters: HyperparametersIn = Field(default_factory=HyperparametersIn)
     metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
 
@@ -178,6 +209,8 @@ class JobOut(BaseModel):
     data: dict[str, Any]
     hyperparameters: dict[str, Any]
     distillation: dict[str, Any]
+    generation: dict[str, Any] | None = None
+    data_generation: dict[str, Any] | None = None
     metadata: dict[str, Any]
     progress: ProgressOut
     metrics: dict[str, Any]

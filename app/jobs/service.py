@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.tables import TenantRow
 from app.jobs import lifecycle, repository, resources, routing, workspace
-from app.jobs.core_config import stored_request
+from app.jobs.core_config import dump_plan, stored_request
 from app.jobs.queue import send_wakeup
 from app.jobs.quota import check_queued_jobs
 from app.jobs.schemas import (
@@ -46,9 +47,12 @@ def to_out(row: JobRow) -> JobOut:
         validation_file=req.validation_file,
         transfer_file=req.transfer_file,
         augmentation=req.augmentation.model_dump(mode="json") if req.augmentation else None,
-        data=req.data.model_dump(mode="json"),
+        data=dataclasses.asdict(req.data),
         hyperparameters=req.hyperparameters.model_dump(mode="json"),
         distillation=req.distillation.model_dump(mode="json"),
+        generation=req.generation.model_dump(mode="json") if req.generation else None,
+        data_generation=req.data_generation.model_dump(mode="json")
+        if req.data_generation else None,
         metadata=req.metadata,
         progress=ProgressOut(**row.progress),
         metrics=row.metrics,
@@ -134,7 +138,7 @@ def create_job(
     check_queued_jobs(session, tenant_id=tenant.id, settings=settings)
     checked = check_job_request(session=session, tenant_id=tenant.id, settings=settings,
                                 request=request)
-    planned = resources.plan_resources(request=request, checked=checked, settings=settings)
+    planned = resources.plan_resources(checked=checked, settings=settings)
     check_queued_jobs(session, tenant_id=tenant.id, settings=settings, lock=True)
     created = now()
     job = JobRow(
@@ -143,9 +147,12 @@ def create_job(
         status=JobStatus.QUEUED,
         task=request.task,
         request=request.model_dump(mode="json"),
+        plan=dump_plan(checked.plan),
         training_file_id=request.training_file,
         validation_file_id=request.validation_file,
         transfer_file_id=request.transfer_file,
+        examples_file_id=request.data_generation.examples_file
+        if request.data_generation else None,
         teacher_model_id=_stored_model_id(session, tenant, request.teacher.model),
         student_model_id=_stored_model_id(session, tenant, request.student.model),
         progress=ProgressOut().model_dump(),

@@ -23,6 +23,9 @@ class JobRow(Base):
     task: Mapped[str] = mapped_column(String(64))
     # The validated request as the user sent it (teacher, student, files, data, losses, ...).
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The core's plan of it (`distillation.plan.JobPlan`: the config less its paths), built
+    # once at creation; null for jobs created before plans were stored (read from `request`).
+    plan: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # The stored files and models the request names (null for a built-in teacher, or once the
     # file or model is deleted after the job finished): "is it in use" asks these keys.
     training_file_id: Mapped[str | None] = mapped_column(
@@ -30,6 +33,8 @@ class JobRow(Base):
     validation_file_id: Mapped[str | None] = mapped_column(
         ForeignKey("files.id", ondelete="SET NULL"), nullable=True, index=True)
     transfer_file_id: Mapped[str | None] = mapped_column(
+        ForeignKey("files.id", ondelete="SET NULL"), nullable=True, index=True)
+    examples_file_id: Mapped[str | None] = mapped_column(  # data_generation.examples_file
         ForeignKey("files.id", ondelete="SET NULL"), nullable=True, index=True)
     teacher_model_id: Mapped[str | None] = mapped_column(
         ForeignKey("models.id", ondelete="SET NULL"), nullable=True, index=True)

@@ -14,31 +14,31 @@ from itertools import islice
 
 from app.files.service import file_path
 from app.files.tables import FileRow
-from app.jobs.schemas import JobCreate
 from app.jobs.vocabulary import vocabulary_of
 from app.kit.errors import InvalidRequest
 from app.models.service import ResolvedModel
 from app.settings import Settings
 from distillation.data.records import iter_file
 from distillation.models.loading import load_config
+from distillation.plan import JobPlan
 from distillation.students.prune import pruned_size_of_texts, prunes
-from distillation.students.sizing import TargetUnreachable, check_target, target_task_problem
+from distillation.students.sizing import TargetUnreachable, check_target
 from distillation.tasks import get_task
 
 
-def _prunes(request: JobCreate, teacher: ResolvedModel, *, settings: Settings) -> bool:
-    return prunes(request.student.prune_vocabulary, sized_to_target=True,
-                  task=get_task(request.task),
+def _prunes(plan: JobPlan, teacher: ResolvedModel, *, settings: Settings) -> bool:
+    return prunes(plan.student.prune_vocabulary, sized_to_target=True,
+                  task=get_task(plan.task),
                   tokenizer_kind=lambda: vocabulary_of(teacher, param="teacher.model",
                                                        settings=settings).kind)
 
 
-def _texts(request: JobCreate, files: list[FileRow | None], *,
+def _texts(plan: JobPlan, files: list[FileRow | None], *,
            settings: Settings) -> Iterator[tuple[str, str | None]]:
     """(text, pair or None) of the first `validation_max_records` records of each of the job's
     files, streamed from disk (the validation file, second in `files`, may name its columns
     differently)."""
-    data = request.data
+    data = plan.data
     for n, row in enumerate(files):
         if row is None:
             continue
@@ -51,20 +51,17 @@ def _texts(request: JobCreate, files: list[FileRow | None], *,
                    str(record.get(pair or "", "")) if data.text_pair_column else None)
 
 
-def check_student_target(request: JobCreate, teacher: ResolvedModel,
+def check_student_target(plan: JobPlan, teacher: ResolvedModel,
                          files: list[FileRow | None], *, settings: Settings) -> None:
-    """InvalidRequest naming `student.target.<key>` when the target is out of reach."""
-    assert request.student.target is not None
-    problem = target_task_problem(request.task)
-    if problem is not None:
-        raise InvalidRequest(problem, param="student.target", code="unsupported_option")
-    target = request.student.target.model_dump(exclude_none=True)
+    """InvalidRequest naming `student.target.<key>` when the target is out of reach (a task
+    that cannot size its student to a target is refused before, by `job_checks`)."""
+    assert plan.student.target is not None
     config = load_config(teacher.path)
     vocab = int(config.vocab_size)
-    if _prunes(request, teacher, settings=settings):
-        examples = _texts(request, files, settings=settings)
-        vocab = pruned_size_of_texts(teacher.path, examples, max_length=request.data.max_seq_length)
+    if _prunes(plan, teacher, settings=settings):
+        examples = _texts(plan, files, settings=settings)
+        vocab = pruned_size_of_texts(teacher.path, examples, max_length=plan.data.max_seq_length)
     try:
-        check_target(config, target, vocab_size=vocab)
+        check_target(config, plan.student.target, vocab_size=vocab)
     except TargetUnreachable as exc:
         raise InvalidRequest(str(exc), param=exc.param, code="target_unreachable") from None

@@ -1,7 +1,9 @@
 """Checks of a job request against the tenant's files and models, before anything is created.
 
-Field-level ranges are in the schemas; here is what needs the database or a model's config.
-Every problem is an InvalidRequest naming the field, so no job is ever queued to fail later.
+Field-level ranges are in the schemas, the rules on the job's plan and models in the core
+(`distillation.job_checks`, which `run_job` checks again); here is what needs the database or
+the files. Every problem is an InvalidRequest naming the field, so no job is ever queued to fail
+later.
 """
 
 from __future__ import annotations
@@ -13,32 +15,33 @@ from sqlalchemy.orm import Session
 
 from app.files.service import file_path, get_file
 from app.files.tables import FileRow
+from app.jobs.core_config import plan_job
 from app.jobs.schemas import JobCreate
 from app.jobs.target_checks import check_student_target
 from app.jobs.vocabulary import vocabulary_of
 from app.kit.errors import InvalidRequest
 from app.models.service import ResolvedModel, resolve_model_ref
 from app.settings import Settings
-from distillation.config import DataSpec, LossSpec
-from distillation.data.augment import check_augmentation
 from distillation.data.chat import CHAT_COLUMN
-from distillation.data.checks import (
-    causal_records_problem,
-    check_label_sets,
-    classification_labels,
-)
+from distillation.data.checks import causal_records_problem, check_label_sets, classification_labels
 from distillation.data.records import iter_file, iter_lines
-from distillation.losses.checks import check_losses
+from distillation.job_checks import (
+    MIN_GENERATION_EXAMPLES,
+    Model,
+    Problem,
+    job_problems,
+    task_problem,
+)
 from distillation.models.files import UnsafeModel, has_chat_template
-from distillation.models.info import BASE_TASK, CAUSAL_LM
-from distillation.students.build import check_architecture
-from distillation.students.prune import pruning_problems
-from distillation.tasks import TASKS, get_task
+from distillation.models.info import CAUSAL_LM
+from distillation.plan import JobPlan
+from distillation.tasks import get_task
 from distillation.tasks.base import MissingColumns
 
 
 @dataclass
 class CheckedJob:
+    plan: JobPlan  # the core's plan of the request, stored with the job
     training_file: FileRow
     validation_file: FileRow | None
     teacher: ResolvedModel
@@ -73,35 +76,77 @@ def _check_columns(row: FileRow, wanted: dict[str, str | None], *, file_param: s
             )
 
 
-def _task_columns(
-    request: JobCreate, row: FileRow, *, validation: bool
-) -> dict[str, str | None]:
-    """{param: column} that the task reads from a training (or validation) file."""
+def _task_columns(plan: JobPlan, row: FileRow, *, validation: bool,
+                  file_param: str | None = None) -> dict[str, str | None]:
+    """{param: column} that the task reads from a training (or validation) file, or from
+    another file of training records (`file_param`)."""
     try:
-        return get_task(request.task).record_columns(
-            DataSpec(**request.data.model_dump()), row.columns, validation=validation)
+        return get_task(plan.task).record_columns(plan.data, row.columns, validation=validation)
     except MissingColumns as missing:
+        file_param = file_param or ("validation_file" if validation else "training_file")
         raise InvalidRequest(
-            f"{'validation_file' if validation else 'training_file'} {row.id!r} has "
-            f"{missing.what} (its columns: {', '.join(map(str, row.columns))}); {missing.hint}",
+            f"{file_param} {row.id!r} has {missing.what} (its columns: "
+            f"{', '.join(map(str, row.columns))}); {missing.hint}",
             param=missing.param, code="missing_column",
         ) from None
+
+
+def _check_generation_fields(request: JobCreate) -> None:
+    """Settings given for a method or a task that does not use them (the plan holds their
+    defaults either way, so only the request tells that they were given)."""
+    distillation = request.distillation
+    for name, value in (("lambda", distillation.lambda_), ("beta", distillation.beta)):
+        if value is not None and distillation.method != "on-policy":
+            raise InvalidRequest(
+                f"distillation.{name} is for distillation.method \"on-policy\"; this job's "
+                f"method is {distillation.method!r}: leave distillation.{name} out, or set the "
+                "method to \"on-policy\".", param=f"distillation.{name}",
+                code="unsupported_option")
+    task = get_task(request.task)
+    if request.generation is not None and task.head != "generate":
+        raise InvalidRequest(
+            f"generation is for language-model jobs (causal-lm, seq2seq), whose answers a model "
+            f"writes; a {task.name} job generates nothing.", param="generation",
+            code="unsupported_option")
+
+
+def _check_examples(session: Session, *, tenant_id: str, plan: JobPlan, file_id: str) -> None:
+    """The example records the teacher writes prompts like: the tenant's training-records file,
+    with enough of them."""
+    param = "data_generation.examples_file"
+    row = _check_file(session, tenant_id=tenant_id, file_id=file_id, purpose="train",
+                      param=param)
+    _check_columns(row, _task_columns(plan, row, validation=False, file_param=param),
+                   file_param=param)
+    if row.num_records < MIN_GENERATION_EXAMPLES:
+        raise InvalidRequest(
+            f"{param} {file_id!r} holds {row.num_records} record"
+            f"{'' if row.num_records == 1 else 's'}; the teacher needs at least "
+            f"{MIN_GENERATION_EXAMPLES} examples to write prompts like them.",
+            param=param, code="too_few_examples")
+
+
+def _refuse(problems: list[Problem]) -> None:
+    if problems:
+        first = problems[0]
+        raise InvalidRequest(first.message, param=first.param, code=first.code)
 
 
 def check_job_request(
     *, session: Session, tenant_id: str, settings: Settings, request: JobCreate
 ) -> CheckedJob:
-    """Validate a job request against what the tenant has; raises InvalidRequest naming the field."""
-    if request.task not in TASKS:
-        raise InvalidRequest(
-            f"Unknown task {request.task!r}; supported: {', '.join(TASKS)}.",
-            param="task", code="unsupported_task",
-        )
+    """Plan a job request and validate it against what the tenant has; raises InvalidRequest
+    naming the field. The rules on the plan and its models are the core's (`job_checks`);
+    here is what needs the database and the files."""
+    if (unknown := task_problem(request.task)) is not None:
+        _refuse([unknown])
+    _check_generation_fields(request)
+    plan = plan_job(request)
     train = _check_file(
         session, tenant_id=tenant_id, file_id=request.training_file, purpose="train",
         param="training_file",
     )
-    _check_columns(train, _task_columns(request, train, validation=False),
+    _check_columns(train, _task_columns(plan, train, validation=False),
                    file_param="training_file")
     validation = None
     if request.validation_file is not None:
@@ -109,110 +154,49 @@ def check_job_request(
             session, tenant_id=tenant_id, file_id=request.validation_file, purpose="validation",
             param="validation_file",
         )
-        _check_columns(validation, _task_columns(request, validation, validation=True),
+        _check_columns(validation, _task_columns(plan, validation, validation=True),
                        file_param="validation_file")
-
-    transfer = _check_extra_texts(session, tenant_id=tenant_id, request=request)
+    transfer = None
+    if request.transfer_file is not None:
+        transfer = _check_file(session, tenant_id=tenant_id, file_id=request.transfer_file,
+                               purpose="unlabeled", param="transfer_file")
+        _check_columns(transfer, {"data.text_column": plan.data.text_column,
+                                  "data.text_pair_column": plan.data.text_pair_column},
+                       file_param="transfer_file")
 
     teacher = resolve_model_ref(
         session=session, tenant_id=tenant_id, settings=settings, ref=request.teacher.model,
         param="teacher.model",
     )
-    if teacher.info.task == BASE_TASK and request.teacher.finetune is None:
-        raise InvalidRequest(
-            f"Teacher {request.teacher.model!r} is a base model with no {request.task} head: add "
-            '"teacher": {"finetune": {"epochs": 1}} to fine-tune it on the training file first.',
-            param="teacher.finetune", code="teacher_needs_finetune",
-        )
-    if teacher.info.task not in (BASE_TASK, request.task):
-        raise InvalidRequest(
-            f"Teacher {request.teacher.model!r} is a {teacher.info.task} model, not {request.task}.",
-            param="teacher.model", code="wrong_model_task",
-        )
-
     student = None
     if request.student.model is not None:
         student = resolve_model_ref(
             session=session, tenant_id=tenant_id, settings=settings, ref=request.student.model,
             param="student.model",
         )
-        student_layers = student.info.num_layers
-    elif request.student.target is not None:
-        if any(x.layer_map for x in request.distillation.losses):
-            raise InvalidRequest(
-                "distillation.losses[].layer_map needs a student of a known depth: give "
-                "student.architecture, or leave layer_map out (layers are then evenly spread).",
-                param="student.target", code="invalid_loss")
-        student_layers = 1  # layer losses spread the student's layers over the teacher's
-    else:
-        assert request.student.architecture is not None
-        arch = request.student.architecture.model_dump(exclude_none=True)
-        problems = check_architecture(arch, teacher.info)
-        if problems:
-            param, message = problems[0]
-            raise InvalidRequest(message, param=param, code="invalid_architecture")
-        student_layers = arch.get("num_layers", teacher.info.num_layers)
 
-    specs = [LossSpec(type=x.type, weight=x.weight, layer_map=x.layer_map,
-                      weight_end=x.weight_end, beta=x.beta)
-             for x in request.distillation.losses]
-    problems = check_losses(
-        specs, request.distillation.temperature, temperature_end=request.distillation.temperature_end,
-        student_layers=student_layers, teacher_layers=teacher.info.num_layers,
-    )
-    if problems:
-        param, message = problems[0]
-        raise InvalidRequest(message, param=param, code="invalid_loss")
-    _check_pair(request, teacher, student, specs, settings=settings)
-    if request.student.prune_vocabulary:
-        problems = pruning_problems(
-            get_task(request.task), vocabulary_of(teacher, param="teacher.model", settings=settings),
-            vocabulary_of(student, param="student.model", settings=settings)
-            if student is not None else None)
-        if problems:
-            param, message = problems[0]
-            raise InvalidRequest(message, param=param, code="vocabulary_not_prunable")
-    if get_task(request.task).labelled:
-        _check_classification_data(request, train, validation, teacher, settings=settings)
-    if request.task == CAUSAL_LM:
-        _check_causal_data(request, train, validation, teacher, settings=settings)
-    if request.student.target is not None:
-        check_student_target(request, teacher, [train, validation, transfer], settings=settings)
-    return CheckedJob(training_file=train, validation_file=validation, teacher=teacher,
-                      student=student)
+    def model(resolved: ResolvedModel, param: str) -> Model:
+        return Model(resolved.info, lambda: vocabulary_of(resolved, param=param,
+                                                          settings=settings))
 
-
-def _check_extra_texts(session: Session, *, tenant_id: str,
-                       request: JobCreate) -> FileRow | None:
-    """The transfer file and augmentation: a task that learns from unlabelled texts, a file
-    uploaded as `unlabeled` with the text column(s), known augmentation methods."""
-    task = get_task(request.task)
-    for param, value in (("transfer_file", request.transfer_file),
-                         ("augmentation", request.augmentation)):
-        if value is not None and not task.transfer_data:
-            raise InvalidRequest(
-                f"{param} is for sequence-classification jobs (the teacher labels the extra "
-                f"texts with its class probabilities); a {request.task} job learns from the "
-                "training file's texts.", param=param, code="unsupported_option",
-            )
-    transfer = None
-    if request.transfer_file is not None:
-        transfer = _check_file(session, tenant_id=tenant_id, file_id=request.transfer_file,
-                               purpose="unlabeled", param="transfer_file")
-        _check_columns(transfer, {"data.text_column": request.data.text_column,
-                                  "data.text_pair_column": request.data.text_pair_column},
-                       file_param="transfer_file")
-    if request.augmentation is not None:
-        problems = check_augmentation(request.augmentation.methods,
-                                      request.augmentation.multiplier)
-        if problems:
-            param, message = problems[0]
-            raise InvalidRequest(message, param=param, code="invalid_augmentation")
-    return transfer
+    _refuse(job_problems(plan, model(teacher, "teacher.model"),
+                         model(student, "student.model") if student is not None else None,
+                         transfer_file=transfer is not None))
+    if request.data_generation is not None:  # a task that writes data: the file it imitates
+        _check_examples(session, tenant_id=tenant_id, plan=plan,
+                        file_id=request.data_generation.examples_file)
+    if get_task(plan.task).labelled:
+        _check_classification_data(plan, train, validation, teacher, settings=settings)
+    if plan.task == CAUSAL_LM:
+        _check_causal_data(request, plan, train, validation, teacher, settings=settings)
+    if plan.student.target is not None:
+        check_student_target(plan, teacher, [train, validation, transfer], settings=settings)
+    return CheckedJob(plan=plan, training_file=train, validation_file=validation,
+                      teacher=teacher, student=student)
 
 
 def _check_classification_data(
-    request: JobCreate, train: FileRow, validation: FileRow | None, teacher: ResolvedModel,
+    plan: JobPlan, train: FileRow, validation: FileRow | None, teacher: ResolvedModel,
     *, settings: Settings,
 ) -> None:
     """Every record has its text and a string or integer label; two classes at least; labels
@@ -228,20 +212,20 @@ def _check_classification_data(
                          settings.validation_max_records)
         labels, problem = classification_labels(
             records, file_param=param,
-            columns=_task_columns(request, row, validation=is_validation),
+            columns=_task_columns(plan, row, validation=is_validation),
         )
         if problem is not None:
             raise InvalidRequest(problem.message, param=problem.param, code="invalid_records")
         label_sets[param] = labels
     problem = check_label_sets(label_sets["training_file"], label_sets.get("validation_file"),
-                               teacher.info.labels if teacher.info.task == request.task else None)
+                               teacher.info.labels if teacher.info.task == plan.task else None)
     if problem is not None:
         raise InvalidRequest(problem.message, param=problem.param, code="invalid_labels")
 
 
 def _check_causal_data(
-    request: JobCreate, train: FileRow, validation: FileRow | None, teacher: ResolvedModel,
-    *, settings: Settings,
+    request: JobCreate, plan: JobPlan, train: FileRow, validation: FileRow | None,
+    teacher: ResolvedModel, *, settings: Settings,
 ) -> None:
     """Chat records are sound conversations and the teacher has a chat template to render them;
     every prompt has its answer (token-level distillation learns from them). Reads the first
@@ -261,7 +245,7 @@ def _check_causal_data(
                          settings.validation_max_records)
         problem = causal_records_problem(
             records, file_param=param, chat=chat,
-            columns=_task_columns(request, row, validation=is_validation))
+            columns=_task_columns(plan, row, validation=is_validation))
         if problem is not None:
             raise InvalidRequest(problem.message, param=problem.param, code=problem.code)
 
@@ -274,25 +258,3 @@ def _has_chat_template(model: ResolvedModel) -> bool:
                              code="invalid_tokenizer") from None
 
 
-def _check_pair(
-    request: JobCreate, teacher: ResolvedModel, student: ResolvedModel | None,
-    specs: list[LossSpec], *, settings: Settings,
-) -> None:
-    """The teacher and the student can be distilled together with these losses: one kind and
-    one vocabulary for token-level tasks; hidden states to compare for layer losses."""
-    teacher_vocab = student_vocab = None
-    if student is not None:
-        teacher_vocab = vocabulary_of(teacher, param="teacher.model", settings=settings).fingerprint
-        student_vocab = vocabulary_of(student, param="student.model", settings=settings).fingerprint
-    student_info = student.info if student is not None else None
-    task = get_task(request.task)
-    problems = task.check_pair(teacher.info, student_info,
-                               teacher_vocab=teacher_vocab, student_vocab=student_vocab)
-    problems += task.check_pair_losses(
-        specs, teacher.info, student_info,
-        same_tokenizer=not (teacher_vocab and student_vocab and teacher_vocab != student_vocab),
-    )
-    if problems:
-        param, message = problems[0]
-        codes = {"student.model": "incompatible_student", "teacher.model": "incompatible_teacher"}
-        raise InvalidRequest(message, param=param, code=codes.get(param, "invalid_loss"))

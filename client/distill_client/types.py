@@ -110,6 +110,9 @@ class Job(APIObject):
     transfer_file: str | None = None
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     distillation: dict[str, Any] = Field(default_factory=dict)
+    # Language-model jobs: how answers are written, and prompts the teacher writes (or None).
+    generation: dict[str, Any] | None = None
+    data_generation: dict[str, Any] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     progress: JobProgress = Field(default_factory=JobProgress)
     metrics: dict[str, Any] = Field(default_factory=dict)

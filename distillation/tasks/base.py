@@ -22,7 +22,7 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 from distillation.config import DataSpec, JobConfig, LossSpec
 from distillation.losses.checks import as_spec
 from distillation.losses.functions import LossInputs
-from distillation.models.info import BASE_TASK, ModelInfo, model_info
+from distillation.models.info import ModelInfo, model_info
 from distillation.training.loop import Collator, Features
 from distillation.training.teacher_cache import CacheFormat
 
@@ -103,7 +103,6 @@ class Task:
     labelled: ClassVar[bool] = False  # records carry class labels the API checks
     # Learns from unlabelled texts too (a transfer file, augmentation), labelled by the teacher.
     transfer_data: ClassVar[bool] = False
-    finetune_verb: ClassVar[str] = "fine-tune"  # "set teacher_finetune to <verb> it on …"
     # Loss terms the task cannot use, with the reason.
     unavailable_losses: ClassVar[Mapping[str, str]] = {}
     # Whether layer losses can compare encoder-decoder models (their decoders) in this task.
@@ -112,26 +111,12 @@ class Task:
     # where it can (then it implements `with_student_vocabulary`).
     vocabulary_pruning_refusal: ClassVar[str | None] = "it is implemented for classifiers only"
 
-    # -- checks (API at job creation; engine again) ---------------------------------------------
+    # -- checks (`job_checks`: at job creation, and again in the engine) ------------------------
     def record_columns(self, spec: DataSpec, file_columns: Sequence[str], *,
                        validation: bool) -> dict[str, str | None]:
         """{request field: column} the task reads from a training (or validation) file;
         `MissingColumns` when the file cannot serve the task at all."""
         raise NotImplementedError
-
-    def check_teacher(self, config: JobConfig, teacher: ModelInfo) -> None:
-        """ValueError unless the teacher can teach this task (fine-tuned first, if a base)."""
-        if teacher.task == BASE_TASK and config.teacher_finetune is None:
-            raise ValueError(
-                f"the teacher {config.teacher_name!r} is a base {teacher.model_type} model with "
-                f"no {self.name} head: set teacher_finetune to {self.finetune_verb} it on the "
-                "training file first"
-            )
-        if teacher.task not in (BASE_TASK, self.name):
-            raise ValueError(f"the teacher is a {teacher.task} model, not {self.name}")
-
-    def check_job(self, config: JobConfig, teacher: ModelInfo) -> None:
-        """ValueError when the job's student or losses cannot serve the task (engine side)."""
 
     def check_pair(self, teacher: ModelInfo, student: ModelInfo | None, *,
                    teacher_vocab: str | None = None, student_vocab: str | None = None) -> Problems:

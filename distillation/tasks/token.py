@@ -30,9 +30,8 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from distillation.config import DataSpec, JobConfig, LossSpec
 from distillation.data.records import Record
-from distillation.data.vocab import vocab_fingerprint
 from distillation.losses.functions import LossInputs
-from distillation.models.info import BASE_TASK, ModelInfo, inspect_model, model_info
+from distillation.models.info import BASE_TASK, ModelInfo, model_info
 from distillation.models.loading import load_config, load_model
 from distillation.tasks.base import Problems, Side, Task, TaskData, attn_kwargs, model_kind
 from distillation.tasks.token_cache import FULL_DISTRIBUTION_LOSSES, TopKFormat
@@ -84,7 +83,6 @@ class TokenTask(Task):
     """The token-level tasks' shared answers; `causal_lm` and `seq2seq` fill in the rest."""
 
     head = "generate"
-    finetune_verb = "train"
     unavailable_losses: ClassVar[Mapping[str, str]] = {
         "logit": "the logit margin loss compares a classifier's per-class margins and does not "
                  "scale to a vocabulary of tokens; use kl, reverse_kl, jsd, mse_logits or ce",
@@ -134,16 +132,6 @@ class TokenTask(Task):
                  "data.completion_column": columns.completion,
                  "data.source_column": columns.source, "data.target_column": columns.target}
         return {param: column for param, column in found.items() if column is not None}
-
-    def check_job(self, config: JobConfig, teacher: ModelInfo) -> None:
-        student_dir = config.student.model_path
-        student = inspect_model(student_dir) if student_dir is not None else None
-        problems = self.check_pair(
-            teacher, student, teacher_vocab=vocab_fingerprint(config.teacher_path),
-            student_vocab=vocab_fingerprint(student_dir) if student_dir is not None else None,
-        ) + self.check_pair_losses(config.losses, teacher, student)
-        if problems:
-            raise ValueError("; ".join(message for _, message in problems))
 
     def check_pair(self, teacher: ModelInfo, student: ModelInfo | None, *,
                    teacher_vocab: str | None = None, student_vocab: str | None = None) -> Problems:

@@ -1,6 +1,7 @@
 """Migrations on real Postgres: revision 0002 fills the jobs' file and model keys from the
-requests stored before it, 0004 adds the key to a job's fine-tuned teacher; both downgrade
-cleanly."""
+requests stored before it, 0004 adds the key to a job's fine-tuned teacher, 0007 the job's plan
+(null for older jobs, planned from their request), 0008 the key to its examples file; each
+downgrades cleanly."""
 
 from __future__ import annotations
 
@@ -138,4 +139,76 @@ def test_0006_adds_job_resources_and_the_workers_table(empty_db: str) -> None:
         tables = {row[0] for row in conn.execute(text(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"))}
     assert "queue" not in columns and "workers" not in tables
+    engine.dispose()
+
+
+def test_0007_adds_the_jobs_plan_and_an_older_job_is_planned_from_its_request(
+    empty_db: str,
+) -> None:
+    from app.jobs.core_config import job_plan
+    from app.jobs.tables import JobRow
+
+    # Given a job queued before plans were stored
+    upgrade(empty_db, "0006")
+    engine = create_engine(empty_db)
+    request = ('{"task": "sequence-classification", "teacher": {"model": "all-minilm-l6-v2", '
+               '"finetune": {"epochs": 1}}, "student": {"architecture": {"num_layers": 2}}, '
+               '"training_file": "file-train", "hyperparameters": {"epochs": 2}}')
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants VALUES ('tn-1', 'acme', 0)"))
+        conn.execute(text(
+            "INSERT INTO jobs (id, tenant_id, status, task, request, progress, metrics, "
+            "created_at, attempts) VALUES ('job-1', 'tn-1', 'queued', "
+            "'sequence-classification', CAST(:request AS JSON), '{}', '{}', 0, 0)"),
+            {"request": request})
+
+    # When the migrations run to the head, it has no plan, and its plan is its request's
+    upgrade(empty_db)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT request, plan FROM jobs")).one()
+    assert row.plan is None
+    plan = job_plan(JobRow(request=row.request, plan=None))
+    assert plan.student.architecture == {"num_layers": 2}
+    assert plan.hyperparameters.epochs == 2 and plan.teacher_finetune is not None
+
+    downgrade(empty_db, "0006")
+    with engine.connect() as conn:
+        columns = {row[0] for row in conn.execute(text(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'"))}
+    assert "plan" not in columns and "queue" in columns
+    engine.dispose()
+
+
+def test_0008_adds_the_jobs_examples_file_key(empty_db: str) -> None:
+    # Given a job from before data generation, at revision 0007
+    upgrade(empty_db, "0007")
+    engine = create_engine(empty_db)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants VALUES ('tn-1', 'acme', 0)"))
+        conn.execute(text(
+            "INSERT INTO jobs (id, tenant_id, status, task, request, progress, metrics, "
+            "created_at, attempts) VALUES ('job-1', 'tn-1', 'succeeded', 'causal-lm', '{}', "
+            "'{}', '{}', 0, 1)"))
+
+    # When the migrations run to the head, it names no examples file
+    upgrade(empty_db)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT examples_file_id FROM jobs")).scalar_one() is None
+        # and one named later is a key to the files table, nulled when the file is deleted
+        conn.execute(text(
+            "INSERT INTO files (id, tenant_id, filename, purpose, format, bytes, num_records, "
+            "columns, path, created_at) VALUES ('file-ex', 'tn-1', 'f.jsonl', 'train', 'jsonl', "
+            "1, 6, '[]', '/x', 0)"))
+        conn.execute(text("UPDATE jobs SET examples_file_id = 'file-ex'"))
+    with engine.begin() as conn:
+        with pytest.raises(IntegrityError, match="foreign key"), conn.begin_nested():
+            conn.execute(text("UPDATE jobs SET examples_file_id = 'file-none'"))
+        conn.execute(text("DELETE FROM files WHERE id = 'file-ex'"))
+        assert conn.execute(text("SELECT examples_file_id FROM jobs")).scalar_one() is None
+
+    downgrade(empty_db, "0007")
+    with engine.connect() as conn:
+        columns = {row[0] for row in conn.execute(text(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'"))}
+    assert "examples_file_id" not in columns and "plan" in columns
     engine.dispose()

@@ -140,6 +140,7 @@ def test_student_directory_with_its_own_tokenizer(tiny_teacher_dir: Path, tmp_pa
     assert Predictor.load(result.model_dir).classify(["a superb film"])[0]["label"] in (
         "negative", "positive")
 
-    config.losses = [LossSpec("hidden_mse")]
-    with pytest.raises(ValueError, match="need a student with the teacher's tokenizer"):
+    config.losses = [LossSpec("hidden_mse")]  # refused by run_job's checks, as by the API's
+    with pytest.raises(ValueError, match="tokenises differently from the teacher; use a "
+                                         "student with the teacher's tokenizer"):
         run_job(config, RecordingReporter())
