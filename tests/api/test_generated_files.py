@@ -46,18 +46,6 @@ def test_an_upload_downloads_as_it_was_sent(client: Any, auth: dict[str, str],
                  param="file_id")
 
 
-class WithDataGeneration:
-    """A stored request with a `data_generation` section (what the API's request schema will
-    carry), read as `core_config` reads it."""
-
-    def __init__(self, request: Any, data_generation: Any) -> None:
-        self._request = request
-        self.data_generation = data_generation
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._request, name)
-
-
 @pytest.fixture(scope="module")
 def chat_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_stopping_llama(tmp_path_factory.mktemp("stopping_llama"))
@@ -65,11 +53,8 @@ def chat_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_set_a_job_wrote_is_its_tenants_generated_file(
     client: Any, auth: dict[str, str], other_auth: dict[str, str], settings: Any,
-    chat_teacher: Path, monkeypatch: pytest.MonkeyPatch,
+    chat_teacher: Path,
 ) -> None:
-    from types import SimpleNamespace
-
-    from app.jobs import core_config
     from worker.runner import execute_job
 
     # Given a causal-lm job whose request asks the teacher to write 4 prompts like the examples
@@ -79,15 +64,13 @@ def test_the_set_a_job_wrote_is_its_tenants_generated_file(
     body = job_body(teacher=teacher, training_file=train, task="causal-lm",
                     student={"architecture": {"num_layers": 1}, "init": "teacher"},
                     data={"max_seq_length": 64},
-                    hyperparameters={"epochs": 1, "batch_size": 8, "max_steps": 2, "seed": 1})
+                    hyperparameters={"epochs": 1, "batch_size": 8, "max_steps": 2, "seed": 1},
+                    data_generation={"task_description": "Copy the words after 'copy'.",
+                                     "examples_file": examples, "num_samples": 4,
+                                     "temperature": 1.0})
     created = client.post(JOBS, headers=auth, json=body)
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]
-    asked = SimpleNamespace(task_description="Copy the words after 'copy'.",
-                            examples_file=examples, num_samples=4, temperature=1.0)
-    stored = core_config.stored_request
-    monkeypatch.setattr(core_config, "stored_request",
-                        lambda job: WithDataGeneration(stored(job), asked))
 
     # When it runs
     assert execute_job(job_id, settings=settings) == "succeeded"
