@@ -36,6 +36,7 @@ from transformers import PreTrainedModel, set_seed
 
 from distillation.config import JobConfig, JobResult, Reporter
 from distillation.data.generated import Examples
+from distillation.export.generations import compare_generations
 from distillation.export.model_dir import save_model, write_report
 from distillation.export.report import (
     build_report,
@@ -71,6 +72,8 @@ from distillation.training.prompt_writer import (
 from distillation.training.teacher_cache import skip_reason, teacher_cache, with_example_index
 
 ATTENTION_LOSSES = ("attention_mse",)
+# Evaluation prompts both models answer for the report's side-by-side section (language models).
+GENERATION_PROMPTS = 64
 
 
 class StageClock:
@@ -337,6 +340,11 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
 
     with clock("evaluate"):
         results = evaluate(config, task, data, teacher, student, device, reporter)
+        prompts = task.answer_prompts(data)[:GENERATION_PROMPTS]
+        generations = compare_generations(
+            teacher, student, data.student.tokenizer, prompts,
+            max_new_tokens=config.generation.max_new_tokens, device=device,
+            on_batch=lambda: check_stop(reporter)) if prompts else {}
 
     export_started = time.monotonic()
     tracker = Tracker(reporter, "export", 2)
@@ -357,6 +365,8 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
                           eval_split=data.eval_split, method=method.summary(config))
     if data.sources:
         report["training_examples"] = data.sources
+    if generations:
+        report["generations"] = generations
     if written is not None:
         report["data_generation"] = written.summary
     clock.seconds["export"] = round(time.monotonic() - export_started, 1)

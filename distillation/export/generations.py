@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from distillation.training.generation import Decoding, generate_answers
+
 # Answers shown side by side in the card (all of them are in the report, up to EXAMPLES_KEPT).
 CARD_EXAMPLES = 5
 EXAMPLES_KEPT = 20
@@ -46,7 +48,6 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return int(pad if pad is not None else 0)
 
 
-@torch.inference_mode()
 def greedy_answers(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Sequence[int]], *, max_new_tokens: int, device: torch.device,
@@ -55,23 +56,18 @@ def greedy_answers(
     """Each prompt's greedy answer (token ids, up to and without the end-of-sequence token).
 
     Prompts are batched by length (left-padded), so a batch wastes little on padding."""
-    model.eval()
     eos, pad = tokenizer.eos_token_id, _pad_id(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[list[int]] = [[] for _ in prompts]
+    decoding = Decoding(max_new_tokens=max_new_tokens)
     for start in range(0, len(order), batch_size):
         if on_batch is not None:
             on_batch()
         chunk = order[start:start + batch_size]
-        ids, mask = _left_padded([prompts[i] for i in chunk], pad, device)
-        out = model.generate(  # type: ignore[operator]
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-            do_sample=False, use_cache=True, pad_token_id=pad, eos_token_id=eos)
-        for row, index in enumerate(chunk):
-            new = out[row, ids.shape[1]:].tolist()
-            if eos is not None and eos in new:
-                new = new[: new.index(eos)]
-            answers[index] = [t for t in new if t != pad]
+        written = generate_answers(model, [prompts[i] for i in chunk], decoding, eos_id=eos,
+                                   pad_id=pad, device=device).answers
+        for index, answer in zip(chunk, written, strict=True):
+            answers[index] = answer[:-1] if answer and answer[-1] == eos else answer
     return answers
 
 

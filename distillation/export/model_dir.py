@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from distillation.config import JobConfig
 from distillation.export.cards import card_for, quality_rows, retention_of, runtimes_section
 from distillation.export.curve import CURVE_FILE, write_training_curve
+from distillation.export.generations import generations_section
 from distillation.export.report import weights_size
 from distillation.export.selection import describe
 
@@ -136,7 +137,7 @@ A {_human_count(s["parameters"])}-parameter {card.noun} distilled from
 
 **Retention** {f"{retention:.1%}" if retention is not None else "n/a"} of the teacher's {name} ·
 **speed-up** {_times(report.get("speedup"))} · **compression** {_times(report.get("compression"))}
-{note}{runtimes_section(report)}
+{note}{generations_section(report)}{runtimes_section(report)}
 ## Training setup
 
 - Student: {student}

@@ -228,6 +228,11 @@ class Task:
         """The report's quality metrics of `model` on `side`'s evaluation examples."""
         raise NotImplementedError
 
+    def answer_prompts(self, data: TaskData) -> list[list[int]]:
+        """The evaluation examples' prompts (token ids) whose answers the report compares
+        (`export.generations`); none for a task whose models do not answer prompts."""
+        return []
+
     # -- prediction -----------------------------------------------------------------------------
     def classify(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  labels: list[str], inputs: Sequence[Any], *, max_length: int,

@@ -30,7 +30,7 @@ from distillation.data.chat import CHAT_COLUMN
 from distillation.data.chat_template import encode_conversation
 from distillation.data.records import Record
 from distillation.models.info import CAUSAL_LM
-from distillation.tasks.base import MissingColumns, TaskCard
+from distillation.tasks.base import MissingColumns, TaskCard, TaskData
 from distillation.tasks.token import TokenTask
 from distillation.tasks.token_data import IGNORE_INDEX, PROMPT_LENGTH, TokenColumns
 from distillation.training.loop import Features
@@ -172,6 +172,10 @@ generator("Once upon a time", max_new_tokens=32, do_sample=False)""",
     def encode(self, records: Sequence[Record], columns: TokenColumns,
                tokenizer: PreTrainedTokenizerBase, *, max_length: int) -> list[Features]:
         return encode_causal(records, columns, tokenizer, max_length=max_length)
+
+    def answer_prompts(self, data: TaskData) -> list[list[int]]:
+        """The prompts of the evaluation examples that have one (not plain texts)."""
+        return [prompt_of(f) for f in data.student.evaluation if f[PROMPT_LENGTH] > 0]
 
     def can_load(self, model_type: str, *, is_encoder_decoder: bool) -> bool:
         """Encoder-only families (BERT and the like) have a causal-LM class in transformers but

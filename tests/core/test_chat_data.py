@@ -279,3 +279,9 @@ def test_a_token_job_has_the_teacher_answer_the_prompts_that_came_without_one(
 
     assert result.report["method"]["name"] == "token"
     assert result.report["method"]["teacher_answers"]["answers"] == 3
+    # The report and the card set the two models' answers to the evaluation prompts side by side.
+    generations = result.report["generations"]
+    assert generations["prompts"] == len(result.report["generations"]["examples"]) > 0
+    assert set(generations["speed"]) >= {"teacher", "student"}
+    card = (result.model_dir / "README.md").read_text()
+    assert "## Generations" in card and "| Prompt | Teacher | Student |" in card
