@@ -40,7 +40,7 @@ def chat_prompt(sentence: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": f"{QUESTION}\n\n{sentence}"}]}
 
 
-def _sentences(path: Path, n: int, *, seed: int) -> list[str]:
+def sentences(path: Path, n: int, *, seed: int) -> list[str]:
     lines = path.read_text(encoding="utf-8").splitlines()
     column = lines[0].split("\t").index("sentence" if "sentence" in lines[0] else "content")
     body = [line.split("\t")[column] for line in lines[1:]]
@@ -101,8 +101,8 @@ def run_chat_demo(*, prompts: int, validation: int, epochs: int, sst2_dir: Path 
     sst2 = sst2_folder(sst2_dir)
     console.rule("[bold]distill demo --chat")
     with demo_service(port) as client:
-        train_records = [chat_prompt(s) for s in _sentences(sst2 / "train.tsv", prompts, seed=0)]
-        dev_records = [chat_prompt(s) for s in _sentences(sst2 / "dev.tsv", validation, seed=1)]
+        train_records = [chat_prompt(s) for s in sentences(sst2 / "train.tsv", prompts, seed=0)]
+        dev_records = [chat_prompt(s) for s in sentences(sst2 / "dev.tsv", validation, seed=1)]
         train = _check(client.post("/v1/files", data={"purpose": "train"}, files={
             "file": ("review-prompts.jsonl", _jsonl(train_records), "application/jsonl")}))
         dev = _check(client.post("/v1/files", data={"purpose": "validation"}, files={
@@ -130,4 +130,4 @@ def run_chat_demo(*, prompts: int, validation: int, epochs: int, sst2_dir: Path 
         console.print(report_table(model))
 
 
-__all__ = ["chat_demo_job", "chat_prompt", "run_chat_demo"]
+__all__ = ["chat_demo_job", "chat_prompt", "run_chat_demo", "sentences"]

@@ -24,9 +24,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distillation.training.generation import Decoding, generate_answers
 
-# Answers shown side by side in the card (all of them are in the report, up to EXAMPLES_KEPT).
+# Answers shown side by side in the card (the report keeps up to EXAMPLES_KEPT).
 CARD_EXAMPLES = 5
-EXAMPLES_KEPT = 20
+EXAMPLES_KEPT = 64  # every prompt the engine asks about (GENERATION_PROMPTS)
 SPEED_NEW_TOKENS = 32
 SPEED_BATCHES = (1, 8)
 
