@@ -9,6 +9,14 @@ The same holds for language models (causal and seq2seq, LM heads included; a seq
 encoder and decoder both get `num_layers`). GPT-2's fused query/key/value projection (`c_attn`)
 is projected a third at a time; other fused layouts are copied as they are when the widths
 match, and cut to size when the student is narrower.
+
+Attention with separate query/key/value/output projections of whole heads (Llama and its kin,
+BART, OPT, T5) keeps the heads whole: a student with fewer heads of the teacher's head width
+takes a subset of the teacher's heads (only the residual-stream axis is projected), so each kept
+head computes what it computed in the teacher, up to the projection. With grouped-query
+attention (`num_key_value_heads`) the student keeps as many of the teacher's key-value heads as
+its head count allows (`kv_heads`), and each of its query heads is one of the teacher's query
+heads that read that key-value head: a query head never meets keys it was not trained with.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +39,7 @@ from distillation.tasks import CLASSIFICATION, get_task
 
 ARCH_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 # Config attributes that hold the feed-forward width, by model family (every one present is set).
-_INTERMEDIATE_ATTRS = ("intermediate_size", "hidden_dim", "n_inner", "d_ff", "ffn_dim",
+INTERMEDIATE_ATTRS = ("intermediate_size", "hidden_dim", "n_inner", "d_ff", "ffn_dim",
                        "encoder_ffn_dim", "decoder_ffn_dim")
 # The decoder's own layer and head counts in encoder-decoder configs (T5, BART, Marian).
 _DECODER_LAYER_ATTRS = ("num_decoder_layers", "decoder_layers")
@@ -39,6 +48,16 @@ _DECODER_HEAD_ATTRS = ("decoder_attention_heads",)
 _FUSED_QKV = re.compile(r"\.c_attn\.(weight|bias)$")
 # `<prefix>.layer.3.<rest>`, `.layers.3.`, `.h.3.`, `.block.3.`: a transformer layer's weights.
 _LAYER_KEY = re.compile(r"\.(layer|layers|h|block)\.(\d+)\.")
+# Weights of whole attention heads: (name, the axis of the heads, which heads, rows per head or
+# None for the head width). Llama, Mistral, Qwen2, BART, OPT (`self_attn.q_proj` … `o_proj` or
+# `out_proj`), T5 (`SelfAttention.q` … `.o`, and its relative position bias: one column a head).
+_ATTENTION = r"\.(self_attn|encoder_attn|SelfAttention|EncDecAttention)\."
+_HEAD_AXES = (
+    (re.compile(_ATTENTION + r"(q_proj|q)\.(weight|bias)$"), 0, "q", None),
+    (re.compile(_ATTENTION + r"(k_proj|v_proj|k|v)\.(weight|bias)$"), 0, "kv", None),
+    (re.compile(_ATTENTION + r"(o_proj|out_proj|o)\.weight$"), 1, "q", None),
+    (re.compile(_ATTENTION + r"relative_attention_bias\.weight$"), 1, "q", 1),
+)
 _MAX_SIZE = 1 << 16
 
 
@@ -65,6 +84,13 @@ def check_architecture(arch: Mapping[str, Any], teacher_info: ModelInfo) -> list
     return problems
 
 
+def kv_heads(num_heads: int, teacher_kv_heads: int) -> int:
+    """The key-value heads of a student with `num_heads` query heads: the most it can have, up
+    to the teacher's count, that divide its query heads evenly (grouped-query attention needs
+    whole groups). 9 heads / 3 key-value heads narrowed to 6 heads → 3, to 4 → 2, to 7 → 1."""
+    return max(k for k in range(1, min(num_heads, teacher_kv_heads) + 1) if num_heads % k == 0)
+
+
 def student_config(teacher: PreTrainedModel, arch: Mapping[str, int]) -> Any:
     """The teacher's config with the student's sizes (unset sizes stay the teacher's)."""
     return sized_config(teacher.config, arch)
@@ -73,6 +99,8 @@ def student_config(teacher: PreTrainedModel, arch: Mapping[str, int]) -> Any:
 def sized_config(teacher_config: Any, arch: Mapping[str, int]) -> Any:
     """A copy of `teacher_config` with the sizes in `arch` (unset sizes stay the teacher's)."""
     config = copy.deepcopy(teacher_config)
+    standard_head_dim = getattr(config, "head_dim", None) == (
+        config.hidden_size // config.num_attention_heads)
     if "num_layers" in arch:
         config.num_hidden_layers = arch["num_layers"]
         for name in _DECODER_LAYER_ATTRS:
@@ -89,8 +117,13 @@ def sized_config(teacher_config: Any, arch: Mapping[str, int]) -> Any:
         getattr(config, "d_kv", None), int
     ):
         config.d_kv = max(1, config.hidden_size // config.num_attention_heads)  # T5 head width
+    if ("hidden_size" in arch or "num_heads" in arch) and standard_head_dim:
+        config.head_dim = config.hidden_size // config.num_attention_heads  # Llama's head width
+    teacher_kv = getattr(teacher_config, "num_key_value_heads", None)
+    if isinstance(teacher_kv, int) and teacher_kv > 0:
+        config.num_key_value_heads = kv_heads(config.num_attention_heads, teacher_kv)
     if "intermediate_size" in arch:
-        names = [a for a in _INTERMEDIATE_ATTRS if hasattr(config, a)] or ["intermediate_size"]
+        names = [a for a in INTERMEDIATE_ATTRS if hasattr(config, a)] or ["intermediate_size"]
         for name in names:
             setattr(config, name, arch["intermediate_size"])
     config.architectures = None
@@ -176,22 +209,71 @@ def _project_axis(tensor: Tensor, axis: int, projection: Tensor) -> Tensor:
                          -1, axis)
 
 
-@torch.no_grad()
-def activation_directions(hidden_states: list[Tensor], k: int) -> Tensor:
-    """(D, k): the top-k principal directions of the teacher's hidden states (every layer's
-    output, rows of real tokens only): where its residual stream actually lives on the job's
-    data. They keep far more of a teacher than its word embeddings' directions do (SST-2, the
-    fine-tuned MiniLM cut to 2 layers × 288 before any training: 65.9% dev accuracy against
-    51.7%; 3 × 256: 71.4% against 58.7%). Nested: the first k of them serve any width k."""
-    return principal_directions(torch.cat([h.float() for h in hidden_states]), k)
+@dataclass(frozen=True)
+class HeadMap:
+    """Which of the teacher's attention heads a student with fewer heads of the same width
+    keeps: `q[i]` is the teacher's query head that student query head i copies, `kv[j]` the
+    key-value head that student key-value head j copies."""
+
+    q: list[int]
+    kv: list[int]
+    head_dim: int
+    teacher_heads: int
+    teacher_kv_heads: int
+
+    def select(self, name: str, tensor: Tensor) -> Tensor:
+        """`tensor` (a teacher weight called `name`) with only the kept heads' rows or columns;
+        unchanged when it is no weight of whole heads."""
+        for pattern, axis, kind, width in _HEAD_AXES:
+            if not pattern.search(name) or tensor.ndim <= axis:
+                continue
+            heads, count = (self.q, self.teacher_heads) if kind == "q" else (
+                self.kv, self.teacher_kv_heads)
+            unit = width or self.head_dim
+            if tensor.shape[axis] != count * unit:
+                return tensor  # not laid out as the config says: left to `transfer`
+            rows = (torch.tensor(heads)[:, None] * unit + torch.arange(unit)).flatten()
+            return tensor.index_select(axis, rows.to(tensor.device))
+        return tensor
+
+
+def _heads(config: Any) -> tuple[int, int, int]:
+    """(query heads, key-value heads, head width) of a config."""
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    kv = getattr(config, "num_key_value_heads", None)
+    width = getattr(config, "head_dim", None) or getattr(config, "d_kv", None)
+    if not isinstance(width, int):
+        width = int(config.hidden_size) // heads if heads else 0
+    return heads, kv if isinstance(kv, int) and kv > 0 else heads, width
+
+
+def head_map(student: Any, teacher: Any) -> HeadMap | None:
+    """The teacher's heads a student (config) keeps, when it has fewer of the teacher's width;
+    None when it has as many (nothing to choose) or heads of another width (no head can be
+    copied whole). Key-value heads are spread evenly over the teacher's; each keeps query heads
+    of its own group first."""
+    s_heads, s_kv, s_width = _heads(student)
+    t_heads, t_kv, t_width = _heads(teacher)
+    if (s_width != t_width or not 0 < s_heads <= t_heads or not 0 < s_kv <= t_kv
+            or t_heads % t_kv or s_heads % s_kv or (s_heads, s_kv) == (t_heads, t_kv)):
+        return None
+    kv = even_spread(s_kv, t_kv)
+    t_group, s_group = t_heads // t_kv, s_heads // s_kv
+    q: list[int] = []
+    for k in kv:
+        own = [k * t_group + m for m in range(t_group)]
+        pool = own + [h for h in range(t_heads) if h not in own]
+        q.extend([h for h in pool if h not in q][:s_group])
+    return HeadMap(q=q, kv=kv, head_dim=t_width, teacher_heads=t_heads, teacher_kv_heads=t_kv)
 
 
 @torch.no_grad()
 def init_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel, *,
                       directions: Tensor | None = None) -> None:
-    """Copy the teacher's weights into `student` (evenly spaced layers, PCA-projected widths):
-    projected onto the first columns of `directions` (`activation_directions`) when given, else
-    onto the principal directions of the teacher's word embeddings."""
+    """Copy the teacher's weights into `student` (evenly spaced layers, whole heads, PCA-projected
+    widths): projected onto the first columns of `directions` (the teacher's hidden-state
+    directions, `directions.hidden_state_directions`) when given, else onto the principal
+    directions of the teacher's word embeddings."""
     s_info, t_info = _info(student), _info(teacher)
     spread = even_spread(s_info.num_layers, t_info.num_layers)
     teacher_state = teacher.state_dict()
@@ -202,6 +284,7 @@ def init_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel, *,
         embeddings = teacher.get_input_embeddings().weight
         assert isinstance(embeddings, Tensor)
         projection = principal_directions(embeddings, s_info.hidden_size)
+    heads = head_map(student.config, teacher.config)
     new_state = {}
     for name, target in student.state_dict().items():
         match = _LAYER_KEY.search(name)
@@ -216,6 +299,8 @@ def init_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel, *,
         source = teacher_state.get(source_name, teacher_state.get(name))
         if source is None or source.ndim != target.ndim:
             continue
+        if heads is not None:
+            source = heads.select(name, source)
         new_state[name] = transfer(name, source, target, projection, t_info.hidden_size)
     student.load_state_dict(new_state, strict=False)
 
