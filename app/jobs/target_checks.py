@@ -62,6 +62,6 @@ def check_student_target(plan: JobPlan, teacher: ResolvedModel,
         examples = _texts(plan, files, settings=settings)
         vocab = pruned_size_of_texts(teacher.path, examples, max_length=plan.data.max_seq_length)
     try:
-        check_target(config, plan.student.target, vocab_size=vocab)
+        check_target(config, plan.student.target, vocab_size=vocab, task=plan.task)
     except TargetUnreachable as exc:
         raise InvalidRequest(str(exc), param=exc.param, code="target_unreachable") from None

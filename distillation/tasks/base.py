@@ -110,6 +110,12 @@ class Task:
     # Why the task cannot prune the student's vocabulary (`student.prune_vocabulary`); None
     # where it can (then it implements `with_student_vocabulary`).
     vocabulary_pruning_refusal: ClassVar[str | None] = "it is implemented for classifiers only"
+    # How a candidate student, initialised from the teacher, is compared with it before training
+    # when sizing the student to a target (`students.directions`): "agreement", the share of the
+    # teacher's choices it makes too, or "likelihood", the mean log-probability it gives them
+    # (over `prediction_rows`), for tasks where agreement is near nothing for every candidate
+    # and so cannot rank them.
+    init_score: ClassVar[str] = "agreement"
 
     # -- checks (`job_checks`: at job creation, and again in the engine) ------------------------
     def record_columns(self, spec: DataSpec, file_columns: Sequence[str], *,
@@ -214,6 +220,11 @@ class Task:
                     cached: Any, *, hidden: bool, attentions: bool) -> LossInputs:
         """What the loss terms compare on one batch: the teacher's side is `teacher_out` (a live
         forward pass) or `cached` (from the teacher cache, `teacher_out` then None)."""
+        raise NotImplementedError
+
+    def prediction_rows(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """(N, C) `model`'s logits for the N choices a batch asks of it (an example's class, a
+        target token's next token): how a candidate student is compared with its teacher."""
         raise NotImplementedError
 
     # -- evaluation -----------------------------------------------------------------------------

@@ -219,6 +219,9 @@ classifier("a moving, funny film")""",
                        prefix: str = "") -> dict[str, Any]:
         return model_inputs(model, batch, prefix)
 
+    def prediction_rows(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        return model(**self.forward_inputs(model, batch)).logits  # type: ignore[no-any-return]
+
     def cache_format(self, config: JobConfig, data: TaskData) -> LogitFormat:
         return LogitFormat(data.teacher_prefix, teacher_cache_path(config.work_dir))
 
