@@ -22,7 +22,6 @@ from distillation.models.info import BASE_TASK, CAUSAL_LM, ModelInfo, inspect_mo
 from distillation.plan import JobPlan, plan_of
 from distillation.students.build import check_architecture
 from distillation.students.prune import pruning_problems
-from distillation.students.sizing import target_task_problem
 from distillation.tasks import TASKS, Task, get_task
 
 METHODS = ("token", "sequence", "on-policy")
@@ -133,15 +132,14 @@ def _options(plan: JobPlan, task: Task, *, transfer_file: bool) -> list[Problem]
 
 
 def _student(plan: JobPlan, teacher: ModelInfo) -> list[Problem]:
-    """A student sized to a target (for the tasks that can), or an architecture that fits."""
+    """A student sized to a target (every task can), or an architecture that fits."""
     spec = plan.student
     if spec.target is not None:
         if any(loss.layer_map for loss in plan.losses):
             return [Problem("student.target", "distillation.losses[].layer_map needs a student "
                             "of a known depth: give student.architecture, or leave layer_map out "
                             "(layers are then evenly spread).", "invalid_loss")]
-        problem = target_task_problem(plan.task)
-        return [Problem("student.target", problem, "unsupported_option")] if problem else []
+        return []
     if spec.architecture is not None:
         return [Problem(param, message, "invalid_architecture")
                 for param, message in check_architecture(spec.architecture, teacher)]

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from distillation.config import JobConfig, Reporter, StudentSpec
 from distillation.students.build import build_student
 from distillation.students.prune import pruned_size
-from distillation.students.sizing import Candidate, pick, target_task_problem
+from distillation.students.sizing import Candidate, pick
 from distillation.tasks import Task, TaskData
 from distillation.training.loop import Collator, Features, check_stop, model_inputs, to_device
 
@@ -164,9 +164,6 @@ def plan_student(
                                              device=device)
     if spec.target is None:
         return spec, directions, None
-    problem = target_task_problem(task.name)
-    if problem is not None:
-        raise ValueError(problem)
     vocab = pruned_size(data, teacher.config) if prune else int(teacher.config.vocab_size)
     collator = data.teacher.collator
     rows, choices = teacher_choices(task, teacher, data.teacher.train, collator, device=device)

@@ -66,13 +66,6 @@ class Candidate:
                 f"parameters{speed})")
 
 
-def target_task_problem(task: str) -> str | None:
-    """Why a `task` job cannot size its student to a target (None: it can): the one statement of
-    the rule, checked at job creation and again when the student is planned."""
-    get_task(task)  # ValueError for an unknown task; every known one can
-    return None
-
-
 class TargetUnreachable(ValueError):
     """No candidate meets the target; the message names the closest one."""
 
