@@ -263,7 +263,8 @@ def pick(
                 f"student.target.compression {compression:g} cannot be met: the smallest "
                 f"candidate, {best.describe()}, is {total / best.parameters:.2f}x smaller than "
                 f"the teacher ({total:,} parameters)"
-                + ("" if vocab_size < int(teacher.vocab_size) else
+                + ("" if vocab_size < int(teacher.vocab_size)
+                   or get_task(task).vocabulary_pruning_refusal is not None else
                    "; set student.prune_vocabulary to true to shrink the embeddings"),
                 "student.target.compression")
         candidates = small

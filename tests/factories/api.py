@@ -112,3 +112,13 @@ def upload_archive(client: Any, auth: dict[str, str], archive: bytes) -> Any:
 
 def queued_messages(redis_db: int) -> int:
     return int(redis.Redis.from_url(f"{REDIS_URL}/{redis_db}").llen("training"))
+
+
+def download_model(client: Any, auth: dict[str, str], model_id: str, dest: Path) -> Path:
+    """A model's download (`format=hf`), extracted into `dest` as a user would."""
+    with client.stream("GET", f"/v1/models/{model_id}/download", headers=auth) as response:
+        assert response.status_code == 200, response.read()
+        data = b"".join(response.iter_bytes())
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(dest, filter="data")
+    return dest
