@@ -1,6 +1,6 @@
 """What the teacher computes on the job's data, for building a student from it: the principal
-directions of its hidden states (the basis a narrower student is projected onto), and how well a
-teacher-initialised candidate agrees with it before any training (how `sizing` ranks shapes).
+directions of its hidden states (the basis a narrower student is projected onto), and how close a
+teacher-initialised candidate is to it before any training (how `sizing` ranks shapes).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from distillation.config import DataSpec, Hyperparameters, StudentSpec
 from distillation.engine import run_job
 from distillation.export.predict import Predictor
 from distillation.losses.layer_map import even_spread
-from distillation.students.build import build_student, head_map, kv_heads, sized_config
+from distillation.students.build import build_student, sized_config
+from distillation.students.heads import head_map, kv_heads
 from distillation.students.sizing import (
     architectures,
     count,
