@@ -294,7 +294,8 @@ def pick(
                "that meet the target")
     return chosen, {
         "target": dict(target),
-        "chosen": {**chosen.architecture, "parameters": chosen.parameters,
+        "chosen": {**chosen.architecture, **_kv_heads(teacher, chosen),
+                   "parameters": chosen.parameters,
                    "compression": round(total / chosen.parameters, 2),
                    "latency_ms": chosen.latency_ms},
         "vocab_size": vocab_size,
@@ -303,6 +304,13 @@ def pick(
         "feasible": len(feasible),
         **({score_key: scores} if scores else {}),
     }
+
+
+def _kv_heads(teacher: PretrainedConfig, c: Candidate) -> dict[str, int]:
+    """{"num_key_value_heads": n} for a teacher with grouped-query attention (the student's
+    follow from its heads: `heads.kv_heads`), else nothing."""
+    kv = getattr(sized_config(teacher, c.architecture), "num_key_value_heads", None)
+    return {"num_key_value_heads": kv} if isinstance(kv, int) else {}
 
 
 def _name(c: Candidate) -> str:

@@ -182,5 +182,6 @@ def test_job_sized_to_a_target_for_a_language_model(
     heads = predictor.model.config.num_attention_heads
     kv = getattr(predictor.model.config, "num_key_value_heads", heads)
     assert heads == selection["chosen"]["num_heads"] and heads % kv == 0
+    assert selection["chosen"].get("num_key_value_heads", heads) == kv
     (generated,) = predictor.generate(["copy red cat"], 3)
     assert isinstance(generated["text"], str)
