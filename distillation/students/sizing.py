@@ -19,8 +19,9 @@ score on). When none meets the target, the error says what the closest candidate
 
 A language model's vocabulary is most of a small student: SmolLM2-135M-Instruct's tied
 49,152 × 576 embeddings are 28.3M of its 134.5M parameters, so at 4x (33.6M) a student of its
-full width has room for one layer, and the candidates that meet the target are one layer × 576,
-up to 9 × 384 and 29 × 256 and every shallower one; scored at init, 29 × 256 keeps the most.
+full width has room for one layer; the deepest that fit at narrower widths are 5 × 448, 9 × 384,
+29 × 256 and 30 × 192. Scored at init, 29 × 256 keeps the most, and it also distils best of
+1 × 576, 9 × 384 and 29 × 256 in the same budget (benchmarks/lm_student_shapes.py).
 """
 
 from __future__ import annotations
