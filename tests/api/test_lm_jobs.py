@@ -279,14 +279,18 @@ def test_transfer_file_is_for_classification(
     _assert_nothing_created(client, auth, redis_db)
 
 
-def test_student_target_is_for_classification(
+def test_a_language_model_student_may_be_sized_to_a_target(
     client: Any, auth: dict[str, str], model_dirs: dict[str, Path], redis_db: int
 ) -> None:
-    gpt2 = _upload(client, auth, model_dirs, "gpt2")
-    train = upload_records(client, auth, copy_records(4))
+    gpt2, t5 = (_upload(client, auth, model_dirs, name) for name in ("gpt2", "t5"))
+    causal = upload_records(client, auth, copy_records(4))
+    pairs = upload_records(client, auth, reverse_records(4))
+    target = {"target": {"compression": 2}}
 
-    response = client.post(JOBS, headers=auth, json={
-        **_lm_body("causal-lm", gpt2, train), "student": {"target": {"compression": 2}}})
+    responses = [client.post(JOBS, headers=auth, json={**_lm_body(task, teacher, train),
+                                                       "student": target})
+                 for task, teacher, train in (("causal-lm", gpt2, causal),
+                                              ("seq2seq", t5, pairs))]
 
-    assert_error(response, 400, code="unsupported_option", param="student.target")
-    _assert_nothing_created(client, auth, redis_db)
+    assert [r.status_code for r in responses] == [201, 201], [r.text for r in responses]
+    assert queued_messages(redis_db) == 2
