@@ -146,7 +146,7 @@ def main() -> None:
         task="causal-lm", teacher_path=teacher, teacher_name="smollm2-135m-instruct",
         student=StudentSpec(target={"compression": 4}), train_file=train,
         validation_file=heldout, output_dir=work / "out", work_dir=work / "work",
-        data=DataSpec(max_seq_length=128), hyperparameters=hp,
+        data=DataSpec(max_seq_length=256), hyperparameters=hp,
         generation=GenerationSpec(max_new_tokens=24), device=args.device, benchmark_runs=3,
         export_runtimes=False,
     )

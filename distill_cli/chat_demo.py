@@ -63,7 +63,7 @@ def chat_demo_job(train_id: str, dev_id: str, epochs: int) -> dict[str, Any]:
         "validation_file": dev_id,
         "distillation": {"method": "on-policy", "lambda": 0.5, "beta": 0.5},
         "generation": {"max_new_tokens": 24},
-        "data": {"max_seq_length": 128},
+        "data": {"max_seq_length": 256},
         "hyperparameters": {"epochs": epochs, "batch_size": 16, "seed": 42},
         "metadata": {"source": "distill demo --chat"},
     }

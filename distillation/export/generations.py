@@ -22,25 +22,13 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distillation.training.generation import Decoding, generate_answers
+from distillation.training.generation import Decoding, generate_answers, left_padded
 
 # Answers shown side by side in the card (the report keeps up to EXAMPLES_KEPT).
 CARD_EXAMPLES = 5
 EXAMPLES_KEPT = 64  # every prompt the engine asks about (GENERATION_PROMPTS)
 SPEED_NEW_TOKENS = 32
 SPEED_BATCHES = (1, 8)
-
-
-def _left_padded(prompts: Sequence[Sequence[int]], pad_id: int,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        if prompt:
-            ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-            mask[row, width - len(prompt):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -113,7 +101,7 @@ def generation_speed(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     pad = _pad_id(tokenizer)
     speed: dict[str, float] = {}
     for batch in SPEED_BATCHES:
-        ids, mask = _left_padded([prompt] * batch, pad, device)
+        ids, mask = (t.to(device) for t in left_padded([prompt] * batch, pad))
 
         def run(ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> None:
             model.generate(  # type: ignore[operator]

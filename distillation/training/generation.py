@@ -63,6 +63,19 @@ def cut_at_eos(tokens: Sequence[int], eos_id: int | None) -> list[int]:
     return tokens
 
 
+def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of `prompts` padded on the left to the longest, so every
+    prompt ends at the last position, where a causal model continues."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def generate_answers(
     model: nn.Module, prompts: Sequence[Sequence[int]], decoding: Decoding, *,
@@ -75,13 +88,8 @@ def generate_answers(
     if not prompts:
         return Generated([], 0.0)
     started = time.perf_counter()
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        if prompt:
-            ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-            mask[row, width - len(prompt):] = 1
+    ids, mask = left_padded(prompts, pad_id)
+    width = ids.shape[1]
     limits = [decoding.max_new_tokens if budgets is None else min(decoding.max_new_tokens, b)
               for b in (budgets or [decoding.max_new_tokens] * len(prompts))]
     longest = max(1, max(limits))

@@ -44,6 +44,7 @@ from distillation.data.generated import (
 )
 from distillation.data.records import read_file
 from distillation.layout import generated_prompts_path
+from distillation.training.generation import Decoding, generate_answers
 from distillation.training.loop import Features, Tracker, check_stop
 from distillation.training.teacher_cache import teacher_identity
 
@@ -141,14 +142,6 @@ def _save_replies(path: Path, header: dict[str, Any], replies: list[dict[str, An
     os.replace(partial, path)  # a worker killed mid-write leaves the last whole version
 
 
-def _left_padded(rows: list[list[int]], pad_id: int,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
-    return ids.to(device), mask.to(device)
-
-
 def _write_batch(teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  spec: DataGenerationSpec, examples: Examples, *, start: int, count: int,
                  seed: int, budget: int, device: torch.device) -> list[dict[str, Any]]:
@@ -162,17 +155,12 @@ def _write_batch(teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         rows.append(list(tokenizer(str(text), add_special_tokens=False)["input_ids"]))
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     pad = pad if pad is not None else eos
-    ids, mask = _left_padded(rows, int(pad), device)
-    sampling: dict[str, Any] = ({"do_sample": True, "temperature": spec.temperature,
-                                 "top_k": 0, "top_p": 1.0}
-                                if spec.temperature > 0 else {"do_sample": False})
+    # top_p 1 and no top-k: the teacher's whole distribution at `temperature` (0: greedy).
+    decoding = Decoding(max_new_tokens=budget, temperature=spec.temperature)
     torch.manual_seed(seed + start)
-    with torch.no_grad():
-        out = teacher.generate(  # type: ignore[operator]
-            input_ids=ids, attention_mask=mask, max_new_tokens=budget, eos_token_id=eos,
-            pad_token_id=pad, **sampling)
+    written = generate_answers(teacher, rows, decoding, eos_id=eos, pad_id=int(pad), device=device)
     replies = []
-    for row in out[:, ids.shape[1]:].tolist():
+    for row in written.answers:
         finished = eos in row
         tokens = row[:row.index(eos)] if finished else row
         replies.append({"text": str(tokenizer.decode(tokens, skip_special_tokens=True)),
