@@ -267,7 +267,7 @@ def demo(
     transfer: Annotated[int, typer.Option(
         help="Other training rows' sentences to upload as unlabelled transfer text.")] = 8000,
     epochs: Annotated[int | None, typer.Option(
-        help="Distillation epochs (default: 2, or 3 with --chat).")] = None,
+        help="Distillation epochs (default: 2, or 5 with --chat).")] = None,
     chat: Annotated[bool, typer.Option(
         "--chat", help="Distil the built-in chat model SmolLM2-135M-Instruct instead, for one "
         "narrow job (answering whether a review is positive or negative).")] = False,
@@ -286,7 +286,7 @@ def demo(
     if chat:
         from distill_cli.chat_demo import run_chat_demo
 
-        run_chat_demo(prompts=prompts, validation=validation, epochs=epochs or 3,
+        run_chat_demo(prompts=prompts, validation=validation, epochs=epochs or 5,
                       sst2_dir=sst2_dir, port=port)
         return
     from distill_cli.demo import run_demo

@@ -160,15 +160,20 @@ def compare_generations(
                   "student": generation_speed(student, tokenizer, speed_prompt, device=device),
                   "new_tokens": SPEED_NEW_TOKENS, "device": device.type},
         "examples": [
-            {"prompt": str(tokenizer.decode(list(p), skip_special_tokens=False)), "teacher": t, "student": s}
+            {"prompt": str(tokenizer.decode(list(p), skip_special_tokens=True)).strip(),
+             "teacher": t, "student": s}
             for p, t, s in list(zip(prompts, teacher_text, student_text, strict=True))[
                 :EXAMPLES_KEPT]],
     }
 
 
-def _cell(text: str, limit: int = 120) -> str:
+def _cell(text: str, limit: int = 120, *, tail: bool = False) -> str:
+    """One table cell: on one line, at most `limit` characters (the end of it when `tail`: a
+    prompt's end is its question, after any system turn)."""
     text = " ".join(text.split()).replace("|", "\\|")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    return "…" + text[1 - limit:] if tail else text[: limit - 1] + "…"
 
 
 def generations_section(report: dict[str, Any], prompt_text: Callable[[str], str] | None = None
@@ -178,7 +183,7 @@ def generations_section(report: dict[str, Any], prompt_text: Callable[[str], str
     if not gen:
         return ""
     show = prompt_text or (lambda p: p)
-    rows = "\n".join(f"| {_cell(show(e['prompt']))} | {_cell(e['teacher'])} | "
+    rows = "\n".join(f"| {_cell(show(e['prompt']), tail=True)} | {_cell(e['teacher'])} | "
                      f"{_cell(e['student'])} |" for e in gen["examples"][:CARD_EXAMPLES])
     t, s = gen["speed"]["teacher"], gen["speed"]["student"]
     return f"""
