@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=48, help="held-out prompts (SST-2 dev)")
     parser.add_argument("--steps", type=int, default=96, help="optimizer steps per row")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--rows", default="hard-tokens,token-kd,on-policy-b0.5,on-policy-b1")
     parser.add_argument("--sst2-dir", type=Path, default=ROOT.parent / "shared" / "data" / "sst2")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get(
