@@ -124,7 +124,9 @@ def test_a_message_for_a_claimed_job_does_not_run_it_again(
 
     job = client.get(f"/v1/distillation/jobs/{job_id}", headers=auth).json()
     assert job["status"] == "succeeded" and job["attempts"] == 1
-    assert len(client.get("/v1/models", headers=auth).json()["data"]) == 3  # built-in + 2
+    models = [m["id"] for m in client.get("/v1/models", headers=auth).json()["data"]]
+    assert models[:2] == ["all-minilm-l6-v2", "smollm2-135m-instruct"]  # the built-ins
+    assert len(models) == 4  # and one teacher and one student
 
 
 def _age(settings: Any, job_id: str, **fields: float) -> None:
