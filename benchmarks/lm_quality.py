@@ -14,7 +14,8 @@ stage, greedy, and handed to the others' work folders) and the same budget of op
 - `on-policy-b1`: on-policy, λ = 0.5, β = 1 (the reverse KL).
 
 Rows, on held-out prompts (SST-2 dev reviews) answered greedily by the teacher and each student:
-the label agreement with the teacher (the first of "positive"/"negative" each answer says), the
+the label agreement with the teacher (the first of "positive"/"negative" each answer says, on
+the prompts where the teacher's answer says one), the
 ROUGE-L of the student's answer against the teacher's, the student's perplexity on the teacher's
 answers, and the run's minutes. Written to `benchmarks/results/lm_quality.json`.
 
@@ -100,10 +101,13 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 def row_of(name: str, report: dict[str, Any], seconds: float) -> dict[str, Any]:
     gen = report["generations"]
     pairs = [(label(e["teacher"]), label(e["student"])) for e in gen["examples"]]
+    labelled = [(t, s) for t, s in pairs if t is not None]  # the teacher named a label
     return {
         "name": name,
-        "label_agreement": round(sum(t == s for t, s in pairs) / len(pairs), 4),
-        "teacher_labelled": sum(t is not None for t, _ in pairs),
+        "label_agreement": round(sum(t == s for t, s in labelled) / max(1, len(labelled)), 4),
+        "teacher_labelled": len(labelled),
+        "student_labelled": sum(s is not None for _, s in pairs),
+        "empty_answers": sum(not e["student"].strip() for e in gen["examples"]),
         "rougeL_vs_teacher": gen["rougeL_vs_teacher"],
         "first_line_match": gen["first_line_match"],
         "student_perplexity_on_teacher": gen["student_perplexity_on_teacher"],
