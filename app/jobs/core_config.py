@@ -18,6 +18,7 @@ from app.jobs.tables import JobRow
 from app.models.service import resolve_model_ref
 from app.settings import Settings
 from distillation.config import (
+    LM_STUDENT_LEARNING_RATE,
     ON_POLICY_TEMPERATURE,
     AugmentSpec,
     DataSpec,
@@ -30,6 +31,7 @@ from distillation.config import (
     StudentSpec,
 )
 from distillation.layout import generated_set_path
+from distillation.models.info import CAUSAL_LM
 from distillation.plan import DataGenerationPlan, JobPaths, JobPlan
 
 _PLAN = TypeAdapter(JobPlan)
@@ -65,10 +67,7 @@ def plan_job(request: JobCreate) -> JobPlan:
         augmentation=AugmentSpec(methods=tuple(augmentation.methods),
                                  multiplier=augmentation.multiplier) if augmentation else None,
         data=DataSpec(**dataclasses.asdict(request.data)),
-        # On-policy samples from, and scores, the student's unsoftened distribution unless the
-        # request names a temperature.
-        temperature=ON_POLICY_TEMPERATURE if distillation.method == "on-policy"
-        and "temperature" not in distillation.model_fields_set else distillation.temperature,
+        temperature=distillation.temperature,
         temperature_end=distillation.temperature_end,
         losses=[LossSpec(type=loss.type, weight=loss.weight, weight_end=loss.weight_end,
                          beta=loss.beta, layer_map=loss.layer_map)
@@ -82,6 +81,22 @@ def plan_job(request: JobCreate) -> JobPlan:
             task_description=writes.task_description, num_samples=writes.num_samples,
             temperature=writes.temperature) if writes else None,
     )
+
+
+def with_task_defaults(request: JobCreate) -> JobCreate:
+    """The request with the defaults that depend on what else it asks filled in where it names
+    none, so the job shows what runs: on-policy distillation at `ON_POLICY_TEMPERATURE`, a
+    causal-LM student the service builds at `LM_STUDENT_LEARNING_RATE`."""
+    distillation, hp = request.distillation, request.hyperparameters
+    changes: dict[str, Any] = {}
+    if distillation.method == "on-policy" and "temperature" not in distillation.model_fields_set:
+        changes["distillation"] = distillation.model_copy(
+            update={"temperature": ON_POLICY_TEMPERATURE})
+    if (request.task == CAUSAL_LM and request.student.model is None
+            and "learning_rate" not in hp.model_fields_set):
+        changes["hyperparameters"] = hp.model_copy(
+            update={"learning_rate": LM_STUDENT_LEARNING_RATE})
+    return request.model_copy(update=changes) if changes else request
 
 
 def dump_plan(plan: JobPlan) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.tables import TenantRow
 from app.jobs import lifecycle, repository, resources, routing, workspace
-from app.jobs.core_config import dump_plan, stored_request
+from app.jobs.core_config import dump_plan, stored_request, with_task_defaults
 from app.jobs.queue import send_wakeup
 from app.jobs.quota import check_queued_jobs
 from app.jobs.schemas import (
@@ -123,6 +123,7 @@ def create_job(
     idempotency_key: str | None = None,
 ) -> tuple[JobRow, bool]:
     """Validate, insert and commit the job, then wake a worker. Returns (job, created)."""
+    request = with_task_defaults(request)
     request_hash = _request_hash(request)
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= 255:

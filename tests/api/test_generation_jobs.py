@@ -66,6 +66,24 @@ def test_a_method_alone_gives_a_job_with_the_defaults(
     assert config.generation == GenerationSpec(max_new_tokens=64, temperature=0.0, top_p=1.0,
                                                num_samples=1)
     assert config.data_generation is None and config.hyperparameters.time_budget_minutes is None
+    # Defaults that depend on the rest, shown on the job as they run: a student the service
+    # builds learns at 1e-3, on-policy scores the unsoftened distributions.
+    assert job["hyperparameters"]["learning_rate"] == config.hyperparameters.learning_rate == 1e-3
+    temperature = 1.0 if method == "on-policy" else 2.0
+    assert job["distillation"]["temperature"] == config.temperature == temperature
+
+
+def test_defaults_that_depend_on_the_rest_never_override_what_the_request_names(
+    client: Any, auth: dict[str, str], settings: Any, setup: dict[str, Any],
+) -> None:
+    body = {**setup["body"], "distillation": {"method": "on-policy", "temperature": 2.0},
+            "hyperparameters": {"learning_rate": 5e-5}}
+
+    response = client.post(JOBS, headers=auth, json=body)
+
+    assert response.status_code == 201, response.text
+    config = _config(settings, response.json()["id"])
+    assert (config.temperature, config.hyperparameters.learning_rate) == (2.0, 5e-5)
 
 
 def test_every_field_is_accepted_shown_and_carried_into_the_config(
