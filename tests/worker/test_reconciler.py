@@ -18,7 +18,7 @@ from app.kit.clock import db_now
 from app.kit.db import session_scope
 from app.settings import Settings
 from tests.factories.api import REDIS_URL, queued_messages
-from tests.factories.faults import clock_behind_env, job_events
+from tests.factories.faults import clock_behind_env, hold_env, job_events
 from tests.factories.worker import (
     FINAL,
     create_job,
@@ -95,11 +95,12 @@ def test_a_worker_whose_clock_is_two_minutes_behind_keeps_its_job(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given a worker whose clock runs two minutes behind the reconciler's, training a job
+    # (held at step 5 until released: still running when the reconciler looks, on any machine)
+    release = tmp_path / "release"
     proc = start_worker(settings, log=tmp_path / "worker.log", DISTILL_RECONCILE_INTERVAL_S="3600",
-                        **clock_behind_env(tmp_path, 120))
+                        **clock_behind_env(tmp_path, 120), **hold_env(5, release))
     try:
-        # (600 steps: still running when the reconciler looks, even on a fast machine)
-        job_id, _ = create_job(client, auth, tiny_teacher_dir, train=1200, validation=16,
+        job_id, _ = create_job(client, auth, tiny_teacher_dir, train=64, validation=16,
                                epochs=2, batch_size=4)
         wait_for_step(client, auth, job_id, 5)
         started = [e for e in job_events(lambda url: client.get(url, headers=auth), job_id)
@@ -116,6 +117,7 @@ def test_a_worker_whose_clock_is_two_minutes_behind_keeps_its_job(
             beat, now = session.execute(select(JobRow.heartbeat_at, db_now())
                                         .where(JobRow.id == job_id)).one()
         assert beat is not None and 0 <= now - beat < 30
+        release.touch()
         final = wait_for(client, auth, job_id, FINAL, timeout=300)
     finally:
         stop_worker(proc)
