@@ -176,8 +176,9 @@ ON_POLICY_TEMPERATURE = 1.0
 # The learning rate a causal-LM job whose student the service builds (an architecture or a target,
 # not `student.model`) gets when it names none. Such a student starts far from its teacher (a 4x
 # student of SmolLM2 gives the teacher's next tokens -10.6 nats each): at the general default 5e-5
-# the chat demo's student was at perplexity 4,623 on the teacher's answers after its first epoch,
-# at 1e-3 at 1,744 and 241 after five (benchmarks/lm_quality.py runs at 1e-3).
+# (batch 16) the chat demo's student was at perplexity 4,623 on the teacher's answers after its
+# first 16 steps; at 1e-3 (batch 8) at 1,744 after 32 and 241 after 160 (benchmarks/lm_quality.py
+# runs at 1e-3). A direction, not a search for the best rate.
 LM_STUDENT_LEARNING_RATE = 1e-3
 
 
