@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from distill_cli.chat_demo import chat_prompt, sentences  # noqa: E402
+from distill_cli.chat_demo import chat_prompt, review_label, sentences  # noqa: E402
 from distillation.config import (  # noqa: E402
     DataSpec,
     GenerationSpec,
@@ -86,13 +86,6 @@ def teacher_dir(cache: Path) -> Path:
     return out
 
 
-def label(answer: str) -> str | None:
-    """"positive" or "negative": whichever the answer says first (None: neither)."""
-    text = answer.lower()
-    found = [(text.find(word), word) for word in ("positive", "negative") if word in text]
-    return min(found)[1] if found else None
-
-
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -100,7 +93,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def row_of(name: str, report: dict[str, Any], seconds: float) -> dict[str, Any]:
     gen = report["generations"]
-    pairs = [(label(e["teacher"]), label(e["student"])) for e in gen["examples"]]
+    pairs = [(review_label(e["teacher"]), review_label(e["student"])) for e in gen["examples"]]
     labelled = [(t, s) for t, s in pairs if t is not None]  # the teacher named a label
     return {
         "name": name,

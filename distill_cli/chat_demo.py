@@ -72,7 +72,7 @@ def chat_demo_job(train_id: str, dev_id: str, epochs: int) -> dict[str, Any]:
     }
 
 
-def _label(answer: str) -> str | None:
+def review_label(answer: str) -> str | None:
     """"positive" or "negative": whichever the answer says first (None: neither)."""
     text = answer.lower()
     found = [(text.find(word), word) for word in ("positive", "negative") if word in text]
@@ -90,7 +90,7 @@ def generations_table(report: dict[str, Any], rows: int = 8) -> Table:
         review = example["prompt"].split(QUESTION, 1)[-1].strip().split("\n", 1)[0]
         table.add_row(review, example["teacher"], example["student"])
     examples = gen.get("examples", [])
-    agree = [_label(e["teacher"]) == _label(e["student"]) for e in examples]
+    agree = [review_label(e["teacher"]) == review_label(e["student"]) for e in examples]
     if gen:
         table.caption = (
             f"ROUGE-L vs teacher {gen['rougeL_vs_teacher']:.1f} · first line as the teacher's "
@@ -134,4 +134,4 @@ def run_chat_demo(*, prompts: int, validation: int, epochs: int, sst2_dir: Path 
         console.print(report_table(model))
 
 
-__all__ = ["chat_demo_job", "chat_prompt", "run_chat_demo", "sentences"]
+__all__ = ["chat_demo_job", "chat_prompt", "review_label", "run_chat_demo", "sentences"]

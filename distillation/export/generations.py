@@ -22,18 +22,18 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distillation.training.generation import Decoding, generate_answers, left_padded
+from distillation.training.generation import (
+    Decoding,
+    generate_answers,
+    left_padded,
+    pad_id_of,
+)
 
 # Answers shown side by side in the card (the report keeps up to EXAMPLES_KEPT).
 CARD_EXAMPLES = 5
 EXAMPLES_KEPT = 64  # every prompt the engine asks about (GENERATION_PROMPTS)
 SPEED_NEW_TOKENS = 32
 SPEED_BATCHES = (1, 8)
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return int(pad if pad is not None else 0)
 
 
 def greedy_answers(
@@ -44,7 +44,7 @@ def greedy_answers(
     """Each prompt's greedy answer (token ids, up to and without the end-of-sequence token).
 
     Prompts are batched by length (left-padded), so a batch wastes little on padding."""
-    eos, pad = tokenizer.eos_token_id, _pad_id(tokenizer)
+    eos, pad = tokenizer.eos_token_id, pad_id_of(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[list[int]] = [[] for _ in prompts]
     decoding = Decoding(max_new_tokens=max_new_tokens)
@@ -98,7 +98,7 @@ def generation_speed(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     """New tokens per second writing exactly `new_tokens` after `prompt`, at batch 1 and 8
     (median of 3 timed runs after one warm-up)."""
     model.eval()
-    pad = _pad_id(tokenizer)
+    pad = pad_id_of(tokenizer)
     speed: dict[str, float] = {}
     for batch in SPEED_BATCHES:
         ids, mask = (t.to(device) for t in left_padded([prompt] * batch, pad))
@@ -148,7 +148,7 @@ def compare_generations(
     same_first = [_first_line(t) == _first_line(s) and _first_line(t) != ""
                   for t, s in zip(teacher_text, student_text, strict=True)]
     ppl = answer_perplexity(student, prompts, teacher_ids, eos_id=tokenizer.eos_token_id,
-                            pad_id=_pad_id(tokenizer), device=device)
+                            pad_id=pad_id_of(tokenizer), device=device)
     speed_prompt = prompts[len(prompts) // 2]
     return {
         "prompts": len(prompts),

@@ -24,6 +24,7 @@ from distillation.data.chat_template import render
 from distillation.models.info import BASE_TASK, CAUSAL_LM, inspect_model, max_input_length
 from distillation.models.loading import load_model, load_tokenizer
 from distillation.tasks import get_task, tasks_with_head
+from distillation.training.generation import left_padded, pad_id_of
 
 ClassifyInput = str | tuple[str, str] | list[str]
 # How long a streamed answer's reader waits for the next piece of text before giving up: far
@@ -129,12 +130,9 @@ class Predictor:
         prompts = [tokenizer(render(tokenizer, conversation, generation_prompt=True),
                              add_special_tokens=False)["input_ids"][-budget:]
                    for conversation in conversations]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        width = max(len(p) for p in prompts)
-        # Padded on the left: a causal LM continues from the last position.
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
-                            device=self.device)
+        pad = pad_id_of(tokenizer)
+        ids, mask = (t.to(self.device) for t in left_padded(prompts, pad))
+        width = ids.shape[1]
         kwargs: dict[str, Any] = {}
         streamer = None
         if stream is not None:

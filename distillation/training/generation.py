@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,6 +62,13 @@ def cut_at_eos(tokens: Sequence[int], eos_id: int | None) -> list[int]:
     if eos_id is not None and eos_id in tokens:
         return tokens[: tokens.index(eos_id) + 1]
     return tokens
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its end-of-sequence token
+    (decoder-only tokenizers often have no pad token), else 0."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(pad if pad is not None else 0)
 
 
 def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -44,7 +44,7 @@ from distillation.data.generated import (
 )
 from distillation.data.records import read_file
 from distillation.layout import generated_prompts_path
-from distillation.training.generation import Decoding, generate_answers
+from distillation.training.generation import Decoding, generate_answers, pad_id_of
 from distillation.training.loop import Features, Tracker, check_stop
 from distillation.training.teacher_cache import teacher_identity
 
@@ -153,12 +153,11 @@ def _write_batch(teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         text = tokenizer.apply_chat_template(request_messages(spec.task_description, shots),
                                              tokenize=False, add_generation_prompt=True)
         rows.append(list(tokenizer(str(text), add_special_tokens=False)["input_ids"]))
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    pad = pad if pad is not None else eos
+    eos, pad = tokenizer.eos_token_id, pad_id_of(tokenizer)
     # top_p 1 and no top-k: the teacher's whole distribution at `temperature` (0: greedy).
     decoding = Decoding(max_new_tokens=budget, temperature=spec.temperature)
     torch.manual_seed(seed + start)
-    written = generate_answers(teacher, rows, decoding, eos_id=eos, pad_id=int(pad), device=device)
+    written = generate_answers(teacher, rows, decoding, eos_id=eos, pad_id=pad, device=device)
     replies = []
     for row in written.answers:
         finished = eos in row
