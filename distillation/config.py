@@ -149,8 +149,17 @@ class Hyperparameters:
     # Devices the distill stage trains on (DDP, `distillation.training.parallel`): each rank takes its
     # share of every batch of `batch_size`, so the run sees the same global batches.
     devices: int = 1
-    # Minutes of wall clock the job's epochs are planned to fit; None: no budget.
+    # Minutes of wall clock the whole job is planned to fit, from the start of `run_job`: the
+    # epochs (at most `epochs`), or fewer optimizer steps, are planned from the measured speed of
+    # the first steps (`training.budget`); None: no budget.
     time_budget_minutes: float | None = None
+
+
+# The epochs a request with a time budget and no `epochs` of its own may run at most (the API
+# fills it in, so the job shows it): the budget plans as many whole epochs as fit, and a small
+# training file in a long budget would otherwise plan hundreds of epochs of over-fitting. Named
+# `epochs` are the ceiling instead.
+BUDGET_MAX_EPOCHS = 20
 
 
 @dataclass

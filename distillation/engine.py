@@ -22,6 +22,7 @@ epoch's student kept there too (`selection.py`: the student exported is the best
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ from distillation.export.report import (
     count_parameters,
     measure_speed,
     model_entry,
+    time_budget_report,
     weights_size,
 )
 from distillation.export.runtime_report import measure_runtimes
@@ -58,8 +60,18 @@ from distillation.models.info import inspect_model
 from distillation.students.build import build_student
 from distillation.students.directions import plan_student
 from distillation.students.prune import prune_job_vocabulary, should_prune
-from distillation.tasks import Task, TaskData, get_task
+from distillation.tasks import Side, Task, TaskData, get_task
 from distillation.training import parallel
+from distillation.training.budget import (
+    BudgetPlan,
+    TimeBudget,
+    batch_seconds,
+    load_plan,
+    measure_training,
+    plan_budget,
+    reserve_seconds,
+    save_plan,
+)
 from distillation.training.checkpoint import Checkpointer, teacher_finetuned
 from distillation.training.loop import FitResult, Tracker, check_stop, fit, resolve_device
 from distillation.training.prompt_writer import (
@@ -190,17 +202,61 @@ class DistillLoss:
                                             attentions=self.attentions))
 
 
+def plan_time_budget(
+    config: JobConfig, data: TaskData, teacher: PreTrainedModel, student: PreTrainedModel,
+    compute_loss: DistillLoss, features: list[Any], prepare_batch: Any, budget: TimeBudget,
+    device: torch.device, reporter: Reporter,
+) -> BudgetPlan:
+    """The distill stage planned to fit `budget` (`training.budget`), from the speed of a few
+    steps of this job's own loss and one evaluation batch of each model; an earlier attempt's
+    plan when there is one."""
+    task, hp = get_task(config.task), config.hyperparameters
+    earlier = load_plan(config.work_dir, budget.minutes)
+    if earlier is not None:
+        reporter.message(f"Time budget {budget.minutes:g} min: keeping the plan of the job's "
+                         f"first attempt, {earlier.epochs} epoch(s) ({earlier.steps} optimizer "
+                         "steps).", data={"time_budget": earlier.summary()})
+        return earlier
+    speed = measure_training(
+        modules=[student, compute_loss.losses], compute_loss=compute_loss, features=features,
+        collator=data.student.collator, hp=hp, device=device, prepare_batch=prepare_batch,
+        on_batch=lambda: check_stop(reporter),
+        shared=[teacher, compute_loss.cache, data.student.collator])
+    student.eval()
+
+    def evaluation_seconds(model: PreTrainedModel, side: Side) -> float:
+        """One pass over the evaluation split, from the time of its first batch."""
+        batches = math.ceil(len(side.evaluation) / hp.eval_batch_size)
+        return batches * batch_seconds(lambda batch: model(**task.forward_inputs(model, batch)),
+                                       side.evaluation, side.collator,
+                                       batch_size=hp.eval_batch_size, device=device)
+
+    evaluation = {"student": evaluation_seconds(student, data.student),
+                 "teacher": evaluation_seconds(teacher, data.teacher)}
+    budget_s = budget.minutes * 60
+    extra = data.sources.get("transfer", 0) + data.sources.get("augmented", 0)
+    plan = plan_budget(hp=hp, budget_minutes=budget.minutes, spent_s=budget.spent(), speed=speed,
+                       examples=len(features), extra_examples=extra, eval_s=evaluation["student"],
+                       reserve_s=reserve_seconds(budget_s, sum(evaluation.values())))
+    save_plan(config.work_dir, plan)
+    reporter.message(plan.message(), level="warning" if plan.warning else "info",
+                     data={"time_budget": plan.summary()})
+    return plan
+
+
 def distill(
     config: JobConfig, data: TaskData, teacher: PreTrainedModel, student: PreTrainedModel,
     losses: CompositeLoss, device: torch.device, reporter: Reporter,
     clock: StageClock | None = None,
     selector: EpochSelector | None = None,
     method: Method | None = None,
+    budget: TimeBudget | None = None,
 ) -> FitResult:
     """The `cache_teacher` stage (when it pays) and the `distill` stage, with the task's metrics
     on the evaluation split after every epoch (in `FitResult.evals`, and shown to `selector`);
     resumes from the job's checkpoints. `method`: the job's (default: a fresh one of
-    `config.method`)."""
+    `config.method`). `budget`: the job's time budget, planned here before training (the plan
+    is left in `budget.plan`)."""
     task, hp = get_task(config.task), config.hyperparameters
     method = method or method_for(config.method)
     hooks = method.training(config, data, student, device)
@@ -213,6 +269,11 @@ def distill(
                                teacher=teacher if cache is None else None,
                                teacher_prefix=data.teacher_prefix, hidden=hidden,
                                attentions=attentions)
+    if budget is not None:
+        budget.plan = plan_time_budget(config, data, teacher, student, compute_loss, features,
+                                       hooks.prepare_batch, budget, device, reporter)
+        hp = budget.plan.hyperparameters(hp)
+        features = features[:budget.plan.examples]
 
     def on_epoch_end(step: int, epoch: int) -> dict[str, Any]:
         metrics = {"step": step, "epoch": epoch, **task.epoch_metrics(
@@ -227,7 +288,7 @@ def distill(
 
     sources = ", ".join(f"{n:,} {name}" for name, n in data.sources.items() if n)
     reporter.message(f"Distilling into a {count_parameters(student):,}-parameter student on "
-                     f"{len(data.student.train):,} examples{f' ({sources})' if sources else ''} "
+                     f"{len(features):,} examples{f' ({sources})' if sources else ''} "
                      f"on {device.type}: {method.description(config)}.",
                      data={"method": method.name})
     loop: dict[str, Any] = {
@@ -283,6 +344,7 @@ def evaluate(
 def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     """Run a distillation job end to end; raises `Cancelled` when the reporter asks to stop."""
     task, hp = get_task(config.task), config.hyperparameters
+    budget = TimeBudget(hp.time_budget_minutes) if hp.time_budget_minutes is not None else None
     teacher_info = inspect_model(config.teacher_path)
     check_config(config, teacher_info)  # the rules the API checked at creation, again
     method = method_for(config.method)
@@ -332,7 +394,7 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
                              eval_split=data.eval_split, reporter=reporter)
     with clock("distill"):
         fit_result = distill(config, data, teacher, student, losses, device, reporter, clock,
-                             selector, method)
+                             selector, method, budget)
     clock.seconds["distill"] = round(clock.seconds["distill"]
                                      - clock.seconds.get("cache_teacher", 0.0), 1)
     evals = fit_result.evals
@@ -372,6 +434,10 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     clock.seconds["export"] = round(time.monotonic() - export_started, 1)
     # This attempt's stages; an attempt that resumed from a checkpoint counts only its own time.
     report["stage_seconds"] = clock.seconds
+    if budget is not None and budget.plan is not None:
+        report["time_budget"] = time_budget_report(
+            budget.plan.summary(), epochs=fit_result.epochs, steps=fit_result.steps,
+            stage_seconds=clock.seconds, total_seconds=budget.spent())
     if pruned is not None:
         report["vocabulary"] = pruned.summary()
     if selection is not None:

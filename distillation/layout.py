@@ -17,6 +17,8 @@ Under a job's `work_dir`:
     .*-ddp-payload.pt                      what the other DDP ranks load (`training.parallel`)
     generated_prompts.json                 the prompts the teacher wrote so far, and what from
                                            (`training.prompt_writer`)
+    time_budget.json                       the epochs planned for the job's time budget, which
+                                           a resumed attempt reuses (`training.budget`)
     generated.jsonl                        the generated set the worker registers as a file of
                                            purpose `generated` (`JobConfig.generated_file`)
 
@@ -44,6 +46,7 @@ BEST_STATE = "best.json"
 DDP_PAYLOAD = "ddp-payload.pt"
 GENERATED_PROMPTS = "generated_prompts.json"
 GENERATED_SET = "generated.jsonl"
+TIME_BUDGET_PLAN = "time_budget.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -67,6 +70,10 @@ def generated_prompts_path(work_dir: Path) -> Path:
 
 def generated_set_path(work_dir: Path) -> Path:
     return work_dir / GENERATED_SET
+
+
+def time_budget_path(work_dir: Path) -> Path:
+    return work_dir / TIME_BUDGET_PLAN
 
 
 def teacher_answers_path(work_dir: Path) -> Path:

@@ -75,3 +75,25 @@ Served by default in **{info['default']}**: {info.get('reason', '')}. The ONNX d
 (`onnx/`, `onnx-int8/`) hold their own tokenizer and a usage note; download one with
 `GET /v1/models/{{id}}/download?format=onnx` (or `onnx-int8`).
 """
+
+
+def time_budget_section(report: dict[str, Any]) -> str:
+    """The card's "Time budget" section: what was planned, what ran, and why ("" without one)."""
+    budget = report.get("time_budget")
+    if not budget:
+        return ""
+    planned, ran = budget["planned"], budget["ran"]
+    stages = ", ".join(f"{stage} {minutes:g}" for stage, minutes in ran["stage_minutes"].items())
+    examples = ("" if planned["examples"] == planned["all_examples"] else
+                f" on {planned['examples']:,} of the {planned['all_examples']:,} examples")
+    return f"""
+## Time budget
+
+- Budget: {budget["budget_minutes"]:g} min
+- Planned: {planned["epochs"]} epoch(s), {planned["steps"]} optimizer steps{examples}, about
+  {planned["distill_minutes"]:g} min of distillation after {planned["spent_minutes"]:g} min
+  of preparation, with {planned["reserved_minutes"]:g} min kept for evaluation and export
+- Ran: {ran["epochs"]} epoch(s), {ran["steps"]} optimizer steps in {ran["total_minutes"]:g} min
+  ({stages}; minutes per stage)
+- Why: {budget["reason"]}
+"""

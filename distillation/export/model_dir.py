@@ -12,7 +12,13 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distillation.config import JobConfig
-from distillation.export.cards import card_for, quality_rows, retention_of, runtimes_section
+from distillation.export.cards import (
+    card_for,
+    quality_rows,
+    retention_of,
+    runtimes_section,
+    time_budget_section,
+)
 from distillation.export.curve import CURVE_FILE, write_training_curve
 from distillation.export.generations import generations_section
 from distillation.export.report import weights_size
@@ -146,7 +152,7 @@ A {_human_count(s["parameters"])}-parameter {card.noun} distilled from
   {hp.batch_size}, learning rate {hp.learning_rate:g}, {hp.lr_scheduler} schedule, warm-up
   {hp.warmup_ratio:g}, seed {hp.seed}
 - Teacher fine-tuned first: {"yes" if config.teacher_finetune else "no"}
-{selected}{pruned}{labels}{curve}
+{selected}{pruned}{labels}{time_budget_section(report)}{curve}
 ## Usage
 
 ```python

@@ -115,3 +115,32 @@ def build_report(
         "compression": _ratio(teacher["parameters"], student["parameters"]),
         "method": method or {"name": "token", "teacher_answers": None},
     }
+
+
+def time_budget_report(
+    plan: dict[str, Any], *, epochs: int, steps: int, stage_seconds: dict[str, float],
+    total_seconds: float,
+) -> dict[str, Any]:
+    """The report's "time_budget": {"budget_minutes", "planned": {"epochs", "steps",
+    "examples", "all_examples", "distill_minutes" (estimated, evaluations included),
+    "reserved_minutes" (the final evaluation and export), "spent_minutes" (before distilling)},
+    "ran": {"epochs", "steps", "stage_minutes", "total_minutes"}, "measured": {"step_seconds",
+    "samples_per_s", "steps", "epoch_minutes", "eval_seconds"}, "reason"}. `plan`: a
+    `training.budget.BudgetPlan`'s summary; "ran" is this attempt's wall clock (a run resumed
+    from a checkpoint counts from there), its epochs and steps the whole run's."""
+    return {
+        "budget_minutes": plan["budget_minutes"],
+        "planned": {"epochs": plan["epochs"], "steps": plan["steps"],
+                    "examples": plan["examples"], "all_examples": plan["all_examples"],
+                    "distill_minutes": round(plan["estimated_s"] / 60, 2),
+                    "reserved_minutes": round(plan["reserve_s"] / 60, 2),
+                    "spent_minutes": round(plan["spent_s"] / 60, 2)},
+        "ran": {"epochs": epochs, "steps": steps,
+                "stage_minutes": {stage: round(s / 60, 2) for stage, s in stage_seconds.items()},
+                "total_minutes": round(total_seconds / 60, 2)},
+        "measured": {"step_seconds": plan["step_s"], "samples_per_s": plan["samples_per_s"],
+                     "steps": plan["steps_measured"],
+                     "epoch_minutes": round(plan["epoch_s"] / 60, 2),
+                     "eval_seconds": plan["eval_s"]},
+        "reason": plan["reason"],
+    }
