@@ -18,6 +18,7 @@ from app.jobs.tables import JobRow
 from app.models.service import resolve_model_ref
 from app.settings import Settings
 from distillation.config import (
+    BUDGET_MAX_EPOCHS,
     LM_STUDENT_LEARNING_RATE,
     ON_POLICY_TEMPERATURE,
     AugmentSpec,
@@ -86,16 +87,21 @@ def plan_job(request: JobCreate) -> JobPlan:
 def with_task_defaults(request: JobCreate) -> JobCreate:
     """The request with the defaults that depend on what else it asks filled in where it names
     none, so the job shows what runs: on-policy distillation at `ON_POLICY_TEMPERATURE`, a
-    causal-LM student the service builds at `LM_STUDENT_LEARNING_RATE`."""
+    causal-LM student the service builds at `LM_STUDENT_LEARNING_RATE`, a time budget at most
+    `BUDGET_MAX_EPOCHS` epochs (named `epochs` are the budget's ceiling instead)."""
     distillation, hp = request.distillation, request.hyperparameters
     changes: dict[str, Any] = {}
+    hp_changes: dict[str, Any] = {}
     if distillation.method == "on-policy" and "temperature" not in distillation.model_fields_set:
         changes["distillation"] = distillation.model_copy(
             update={"temperature": ON_POLICY_TEMPERATURE})
     if (request.task == CAUSAL_LM and request.student.model is None
             and "learning_rate" not in hp.model_fields_set):
-        changes["hyperparameters"] = hp.model_copy(
-            update={"learning_rate": LM_STUDENT_LEARNING_RATE})
+        hp_changes["learning_rate"] = LM_STUDENT_LEARNING_RATE
+    if hp.time_budget_minutes is not None and "epochs" not in hp.model_fields_set:
+        hp_changes["epochs"] = BUDGET_MAX_EPOCHS
+    if hp_changes:
+        changes["hyperparameters"] = hp.model_copy(update=hp_changes)
     return request.model_copy(update=changes) if changes else request
 
 

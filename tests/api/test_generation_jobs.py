@@ -14,7 +14,7 @@ import pytest
 from app.jobs.core_config import to_job_config
 from app.jobs.tables import JobRow
 from app.kit.db import session_scope
-from distillation.config import GenerationSpec, OnPolicySpec
+from distillation.config import BUDGET_MAX_EPOCHS, GenerationSpec, Hyperparameters, OnPolicySpec
 from tests.factories.api import assert_error, job_body, queued_messages, upload_model_dir, upload_records
 from tests.factories.lm import copy_records, reverse_records, save_gpt2, save_t5
 
@@ -140,6 +140,27 @@ def test_seq2seq_jobs_are_refused_the_generative_methods(
     assert "causal-lm" in error["message"]
 
 
+@pytest.mark.parametrize(("hyperparameters", "epochs"), [
+    ({"time_budget_minutes": 45}, BUDGET_MAX_EPOCHS),  # the budget plans up to the ceiling
+    ({"time_budget_minutes": 45, "epochs": 4}, 4),  # named epochs are the ceiling
+    ({"epochs": 4}, 4),
+    ({}, Hyperparameters().epochs),
+])
+def test_a_time_budget_without_epochs_shows_the_most_it_may_run(
+    client: Any, auth: dict[str, str], settings: Any, setup: dict[str, Any],
+    hyperparameters: dict[str, Any], epochs: int,
+) -> None:
+    response = client.post(JOBS, headers=auth,
+                           json={**setup["body"], "hyperparameters": hyperparameters})
+
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["hyperparameters"]["epochs"] == epochs
+    assert job["hyperparameters"]["time_budget_minutes"] == hyperparameters.get(
+        "time_budget_minutes")
+    assert _config(settings, job["id"]).hyperparameters.epochs == epochs
+
+
 def _set(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     body = copy.deepcopy(body)
     *parents, leaf = path.split(".")
@@ -205,6 +226,8 @@ BAD = [
     ("a negative time budget", "hyperparameters.time_budget_minutes", -5, 422,
      "hyperparameters.time_budget_minutes", None),
     ("a time budget that is not a number", "hyperparameters.time_budget_minutes", "soon", 422,
+     "hyperparameters.time_budget_minutes", None),
+    ("a time budget over a week", "hyperparameters.time_budget_minutes", 7 * 24 * 60 + 1, 422,
      "hyperparameters.time_budget_minutes", None),
 ]
 

@@ -105,3 +105,20 @@ def test_the_prompts_the_teacher_wrote_go_to_the_next_attempt(settings: Any) -> 
     # Then it has the prompts, linked, and writes its own generated set
     assert (second / GENERATED_PROMPTS).stat().st_ino == (first / GENERATED_PROMPTS).stat().st_ino
     assert not (second / GENERATED_SET).exists()
+
+
+def test_the_time_budget_plan_goes_to_the_next_attempt(settings: Any) -> None:
+    from app.jobs.lifecycle import Lease
+    from distillation.layout import TIME_BUDGET_PLAN
+    from worker.attempts import prepare
+
+    # Given a first attempt that planned its time budget
+    first = workspace.work_dir(settings, "job-budget", 1)
+    first.mkdir(parents=True)
+    (first / TIME_BUDGET_PLAN).write_text('{"epochs": 2}')
+
+    # When the next attempt starts
+    second = prepare(settings, Lease(job_id="job-budget", worker_id="w", attempt=2))
+
+    # Then it has the plan, linked, so it trains to the same plan
+    assert (second / TIME_BUDGET_PLAN).stat().st_ino == (first / TIME_BUDGET_PLAN).stat().st_ino
