@@ -1,14 +1,15 @@
 """An attempt's folder, started from what the attempts before it saved.
 
 Each attempt works in a folder of its own (`app.jobs.workspace`). When one starts, the newest
-complete checkpoints, the teacher's cached outputs, the prompts the teacher wrote and the
-teacher fine-tuned by the attempts before it are linked into its folder (hard links: no copy of
+complete checkpoints, the teacher's cached outputs, the prompts the teacher wrote, the plan of
+the job's time budget and the teacher fine-tuned by the attempts before it are linked into its
+folder (hard links: no copy of
 the bytes, and nothing an earlier attempt does to its own folder afterwards, such as a worker
 that has not yet noticed it lost the job deleting its checkpoints, reaches the new folder). The
 core replaces these files by writing new ones and renaming them into place, never by writing
 into them, so a link is never changed under the other folder either. Only complete things are
-carried: a checkpoint with its metadata, a teacher with its `finetuned.json`, a cache file or
-the written prompts (each written whole, then renamed), the best epoch's student with its
+carried: a checkpoint with its metadata, a teacher with its `finetuned.json`, a cache file, the
+written prompts or the budget's plan (each written whole, then renamed), the best epoch's student with its
 `best.json`. Anything else in a work folder is rebuilt by every attempt (the pruned tokenizer,
 the generated set); `tests/worker/test_attempts.py` fails when the core starts
 keeping something this module does not know.
