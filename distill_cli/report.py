@@ -59,5 +59,11 @@ def report_table(model: Mapping[str, Any]) -> Table:
     if report.get("stage_seconds"):
         lines.append("stages: " + ", ".join(
             f"{name} {seconds:.0f}s" for name, seconds in report["stage_seconds"].items()))
+    if report.get("time_budget"):
+        budget = report["time_budget"]
+        planned, ran = budget["planned"], budget["ran"]
+        lines.append(f"time budget {budget['budget_minutes']:g} min: planned {planned['epochs']} "
+                     f"epochs ({planned['steps']} steps), ran {ran['epochs']} ({ran['steps']} "
+                     f"steps) in {ran['total_minutes']:g} min: {budget['reason']}")
     table.caption = "\n".join(lines) or None
     return table

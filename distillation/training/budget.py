@@ -63,19 +63,6 @@ MARGIN_SHARE = 0.05
 MARGIN_SECONDS = 60.0
 
 
-@dataclass
-class TimeBudget:
-    """A job's budget, counted from when `run_job` started, and the plan made for it."""
-
-    minutes: float
-    started: float = field(default_factory=time.monotonic)
-    plan: BudgetPlan | None = None
-
-    def spent(self) -> float:
-        """Seconds of this attempt so far."""
-        return time.monotonic() - self.started
-
-
 class BudgetTooSmall(ValueError):
     """The time budget leaves no room for a useful amount of training."""
 
@@ -127,6 +114,19 @@ class BudgetPlan:
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class TimeBudget:
+    """A job's budget, counted from when `run_job` started, and the plan made for it."""
+
+    minutes: float
+    started: float = field(default_factory=time.monotonic)
+    plan: BudgetPlan | None = None
+
+    def spent(self) -> float:
+        """Seconds of this attempt so far."""
+        return time.monotonic() - self.started
 
 
 def min_steps_of(steps_per_epoch: int) -> int:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from distill_cli.report import report_table
 from distillation.config import Hyperparameters, JobConfig
 from distillation.engine import run_job
 from distillation.layout import time_budget_path
@@ -170,6 +171,8 @@ def test_a_job_with_a_budget_plans_runs_and_reports(tiny_teacher_dir: Path,
     assert "## Time budget" in (budgeted.output_dir / "README.md").read_text()
     assert json.loads((budgeted.output_dir / "report.json").read_text())["time_budget"] == budget
     assert json.loads(time_budget_path(budgeted.work_dir).read_text())["epochs"] == 2
+    caption = str(report_table({"report": result.report}).caption)
+    assert "time budget 30 min: planned 2 epochs (8 steps), ran 2 (8 steps)" in caption
     # and the measurement left the run as it would have been: the same losses, step by step
     assert result.train_loss == unbudgeted.train_loss
     assert "time_budget" not in unbudgeted.report
