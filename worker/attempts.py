@@ -32,6 +32,7 @@ from distillation.layout import (
     GENERATED_PROMPTS,
     TEACHER_CACHE,
     TEACHER_DIR,
+    TEACHER_HIDDEN,
     checkpoints_dir,
     list_checkpoints,
 )
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 KEEP_CHECKPOINTS = 2  # as many as the `Checkpointer` keeps: the newest, and one if it is unreadable
 # Single files, each replaced whole by a rename: the newest attempt's copy is carried.
-CARRIED_FILES = (TEACHER_CACHE, GENERATED_PROMPTS)
+CARRIED_FILES = (TEACHER_CACHE, TEACHER_HIDDEN, GENERATED_PROMPTS)
 
 
 def _link(src: str, dst: str) -> None:
