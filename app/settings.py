@@ -241,6 +241,14 @@ class Settings(BaseSettings):
         "seconds per job where ONNX serving and downloads are not wanted."
     )
 
+    teacher_cache_max_bytes: int = Field(
+        default=8 * 1024**3, ge=0, description="Bytes a job's teacher cache may "
+        "give the teacher's hidden states (fp16: real training tokens × layers the losses read "
+        "× width × 2), kept in the job's work folder for `hidden_mse` and `cosine` "
+        "classification jobs. Over it a warning event names the size and the budget, the "
+        "logits are still cached and the teacher runs every step for the hidden-state terms."
+    )
+
     # Operating it: logs and metrics.
     log_format: Literal["json", "console"] | None = Field(
         default=None, description="Log lines as `json` (one object a line) or `console` (for a "

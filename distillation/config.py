@@ -174,6 +174,9 @@ class GenerationSpec:
     num_samples: int = 1
 
 
+# The default budget of the teacher's cached hidden states (`JobConfig.teacher_cache_max_bytes`).
+TEACHER_CACHE_MAX_BYTES = 8 * 1024**3
+
 # The student's sampling temperature in on-policy batches when `generation.temperature` is 0:
 # its own distribution, as GKD samples it (Agarwal et al., 2024, sample at 1). Greedy samples
 # would show the teacher only the student's single most likely answer per prompt, and the point
@@ -235,6 +238,9 @@ class JobConfig:
     benchmark_runs: int = 10
     # Export a classifier student to its ONNX runtimes (fp32, int8), each measured; off: torch only.
     export_runtimes: bool = True
+    # Bytes the teacher cache may give the teacher's hidden states (fp16, real tokens × layers ×
+    # width × 2); over it they are not cached and the teacher runs for the hidden-state terms.
+    teacher_cache_max_bytes: int = TEACHER_CACHE_MAX_BYTES
     # Generative jobs (causal-lm): which answers the student learns from (see `Method`).
     method: Method = "token"
     on_policy: OnPolicySpec = field(default_factory=OnPolicySpec)

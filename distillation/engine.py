@@ -73,6 +73,7 @@ from distillation.training.budget import (
     save_plan,
 )
 from distillation.training.checkpoint import Checkpointer, teacher_finetuned
+from distillation.training.hidden_cache import HiddenStateSpec, plan_hidden_cache
 from distillation.training.loop import FitResult, Tracker, check_stop, fit, resolve_device
 from distillation.training.prompt_writer import (
     BATCH_SIZE,
@@ -81,7 +82,12 @@ from distillation.training.prompt_writer import (
     save_generated_set,
     write_prompts,
 )
-from distillation.training.teacher_cache import skip_reason, teacher_cache, with_example_index
+from distillation.training.teacher_cache import (
+    TeacherCache,
+    skip_reason,
+    teacher_cache,
+    with_example_index,
+)
 
 ATTENTION_LOSSES = ("attention_mse",)
 # Evaluation prompts both models answer for the report's side-by-side section (language models).
@@ -133,22 +139,37 @@ def cache_teacher(
     config: JobConfig, task: Task, data: TaskData, teacher: PreTrainedModel,
     losses: CompositeLoss, device: torch.device, reporter: Reporter,
     refusal: str | None = None,
-) -> Any | None:
-    """The teacher's outputs on the training set (what the task keeps of them), cached once,
+) -> TeacherCache | None:
+    """The teacher's outputs on the training set (what the task keeps of them, and the hidden
+    states the losses read where the task keeps those and they fit the budget), cached once,
     when the job asks and it pays (and the method allows: `refusal` says why it does not)."""
     hp = config.hyperparameters
     if not hp.cache_teacher:
         return None
-    reason = refusal or skip_reason(hp, needs_hidden_states=losses.needs_hidden_states,
-                         needs_attentions=losses.needs_attentions,
-                         num_examples=len(data.student.train)) \
+    hidden = losses.needs_hidden_states
+    reason = refusal or skip_reason(hp, needs_hidden_states=hidden and not task.caches_hidden_states,
+                                    needs_attentions=losses.needs_attentions,
+                                    num_examples=len(data.student.train)) \
         or task.cache_skip_reason({spec.type for spec in config.losses})
     if reason is not None:
         reporter.message(f"Not caching the teacher's outputs: {reason}.")
         return None
+    hidden_states = None
+    if hidden:
+        shape = task.loss_shape(teacher.config)
+        wanted = HiddenStateSpec(losses.teacher_hidden_states(shape.num_layers),
+                                 count=shape.num_layers + 1, width=shape.hidden_size,
+                                 budget=config.teacher_cache_max_bytes)
+        hidden_states = plan_hidden_cache(data.student.train, wanted, reporter=reporter,
+                                          separate_tokenizers=data.separate_tokenizers)
+        if hidden_states is None:
+            # The teacher runs every step for the hidden states, and its logits come out of
+            # that same forward: a logit cache would only add one more teacher pass.
+            return None
     return teacher_cache(teacher, data.student.train, data.student.collator,
                          task.cache_format(config, data), work_dir=config.work_dir,
-                         batch_size=hp.eval_batch_size, device=device, reporter=reporter)
+                         batch_size=hp.eval_batch_size, device=device, reporter=reporter,
+                         hidden_states=hidden_states)
 
 
 def generate_data(config: JobConfig, data: TaskData, examples: Examples,
@@ -174,13 +195,14 @@ def generate_data(config: JobConfig, data: TaskData, examples: Examples,
 @dataclass
 class DistillLoss:
     """The distillation loss of one batch: the student's outputs against the teacher's, from
-    the cache when there is one (then `teacher` is None), else from a live forward pass. A
-    picklable object, not a closure: the other ranks of a multi-device run get it by file."""
+    the cache when there is one, else from a live forward pass; `teacher` is None unless it
+    runs (no cache, or one without the hidden states the losses read). A picklable object, not
+    a closure: the other ranks of a multi-device run get it by file."""
 
     task: str
     student: PreTrainedModel
     losses: CompositeLoss
-    cache: Any | None
+    cache: TeacherCache | None
     teacher: PreTrainedModel | None
     teacher_prefix: str
     hidden: bool
@@ -189,11 +211,9 @@ class DistillLoss:
     def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         task = get_task(self.task)
         flags = {"output_hidden_states": self.hidden, "output_attentions": self.attentions}
-        # With a cache no hidden states or attentions are wanted: what it keeps will do.
         cached = task.cached_teacher(self.cache, batch) if self.cache is not None else None
         t_out = None
-        if cached is None:
-            assert self.teacher is not None
+        if self.teacher is not None:
             with torch.no_grad():
                 t_out = self.teacher(**task.forward_inputs(self.teacher, batch,
                                                            self.teacher_prefix), **flags)
@@ -244,6 +264,12 @@ def plan_time_budget(
     return plan
 
 
+def runs_teacher(cache: TeacherCache | None, *, hidden: bool) -> bool:
+    """Whether training runs the teacher every step: no cache, or hidden-state losses and a
+    cache that does not keep the hidden states."""
+    return cache is None or (hidden and cache.hidden is None)
+
+
 def distill(
     config: JobConfig, data: TaskData, teacher: PreTrainedModel, student: PreTrainedModel,
     losses: CompositeLoss, device: torch.device, reporter: Reporter,
@@ -266,7 +292,7 @@ def distill(
                               refusal=hooks.no_cache)
     features = with_example_index(data.student.train) if cache is not None else data.student.train
     compute_loss = DistillLoss(task=config.task, student=student, losses=losses, cache=cache,
-                               teacher=teacher if cache is None else None,
+                               teacher=teacher if runs_teacher(cache, hidden=hidden) else None,
                                teacher_prefix=data.teacher_prefix, hidden=hidden,
                                attentions=attentions)
     if budget is not None:

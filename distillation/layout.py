@@ -12,6 +12,8 @@ Under a job's `work_dir`:
                                            appended batch by batch (`methods.answer_store`)
     teacher_cache.pt                       the teacher's outputs on the training set
                                            (`training.teacher_cache`)
+    teacher_hidden.safetensors             ... and its hidden states at the layers the losses
+                                           read, when it keeps them (`training.hidden_cache`)
     best/student-epoch-<n>.safetensors     the best epoch's student so far, and
     best/best.json                         which epoch it is (`export.selection`)
     .*-ddp-payload.pt                      what the other DDP ranks load (`training.parallel`)
@@ -40,6 +42,7 @@ METADATA = "checkpoint.json"
 TEACHER_DIR = "teacher"
 FINETUNED_MARKER = "finetuned.json"
 TEACHER_CACHE = "teacher_cache.pt"
+TEACHER_HIDDEN = "teacher_hidden.safetensors"
 TEACHER_ANSWERS = "teacher_answers.jsonl"
 BEST_DIR = "best"
 BEST_STATE = "best.json"
@@ -62,6 +65,10 @@ def teacher_dir(work_dir: Path) -> Path:
 
 def teacher_cache_path(work_dir: Path) -> Path:
     return work_dir / TEACHER_CACHE
+
+
+def teacher_hidden_path(work_dir: Path) -> Path:
+    return work_dir / TEACHER_HIDDEN
 
 
 def generated_prompts_path(work_dir: Path) -> Path:

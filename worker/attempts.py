@@ -33,6 +33,7 @@ from distillation.layout import (
     GENERATED_PROMPTS,
     TEACHER_CACHE,
     TEACHER_DIR,
+    TEACHER_HIDDEN,
     TIME_BUDGET_PLAN,
     checkpoints_dir,
     list_checkpoints,
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 KEEP_CHECKPOINTS = 2  # as many as the `Checkpointer` keeps: the newest, and one if it is unreadable
 # Single files, each replaced whole by a rename: the newest attempt's copy is carried.
-CARRIED_FILES = (TEACHER_CACHE, GENERATED_PROMPTS, TIME_BUDGET_PLAN)
+CARRIED_FILES = (TEACHER_CACHE, TEACHER_HIDDEN, GENERATED_PROMPTS, TIME_BUDGET_PLAN)
 
 
 def _link(src: str, dst: str) -> None:

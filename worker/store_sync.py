@@ -39,6 +39,7 @@ from distillation.layout import (
     METADATA,
     TEACHER_CACHE,
     TEACHER_DIR,
+    TEACHER_HIDDEN,
     TIME_BUDGET_PLAN,
     list_checkpoints,
 )
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 # The directories an attempt keeps whole, each with the marker that completes it.
 DIR_MARKERS = {TEACHER_DIR: FINETUNED_MARKER, BEST_DIR: BEST_STATE}
-FILES = (TEACHER_CACHE, GENERATED_PROMPTS, TIME_BUDGET_PLAN)
+FILES = (TEACHER_CACHE, TEACHER_HIDDEN, GENERATED_PROMPTS, TIME_BUDGET_PLAN)
 _CHECKPOINT = re.compile(rf"^({CHECKPOINTS}/step-(\d+))/")
 
 

@@ -153,7 +153,8 @@ def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobCo
         output_dir=workspace.output_dir(settings, job.id, job.attempts),
         work_dir=workspace.work_dir(settings, job.id, job.attempts),
     )
-    config = job_plan(job).config(paths, export_runtimes=settings.export_runtimes)
+    config = job_plan(job).config(paths, export_runtimes=settings.export_runtimes,
+                                  teacher_cache_max_bytes=settings.teacher_cache_max_bytes)
     if config.data_generation is not None:
         # The generated set, in the attempt's work folder: the worker registers it as a file.
         config.generated_file = generated_set_path(paths.work_dir)

@@ -249,6 +249,10 @@ class HiddenMSELoss(nn.Module):
             total = total + squared / (mask.sum() * t.shape[-1]).clamp_min(1.0)
         return total / len(self.layer_map)
 
+    def teacher_hidden_states(self, teacher_layers: int) -> set[int]:
+        """The indices of the teacher's `hidden_states` this term reads: j + 1 for each layer j."""
+        return {j + 1 for j in self.layer_map.values()}
+
 
 class AttentionMSELoss(nn.Module):
     """(1/|M|) Σ_{(i→j)∈M} mean over real (query, key) pairs of (A_s^{(i)} − A_t^{(j)})².
@@ -304,6 +308,10 @@ class CosineLoss(nn.Module):
                        inputs.attention_mask)
         return (1.0 - F.cosine_similarity(self.projection(s), t, dim=-1)).mean()
 
+    def teacher_hidden_states(self, teacher_layers: int) -> set[int]:
+        """The last hidden state: index `teacher_layers` (index 0 holds the embeddings)."""
+        return {teacher_layers}
+
 
 class CompositeLoss(nn.Module):
     """Σ_k w_k · L_k over the configured terms; also hands back each term's value for logging.
@@ -343,6 +351,15 @@ class CompositeLoss(nn.Module):
     @property
     def needs_hidden_states(self) -> bool:
         return any(isinstance(m, (HiddenMSELoss, CosineLoss)) for m in self.terms)
+
+    def teacher_hidden_states(self, teacher_layers: int) -> tuple[int, ...]:
+        """The indices of the teacher's `hidden_states` the terms read, ascending (0: the
+        embeddings, i + 1: layer i, of a teacher of `teacher_layers` layers)."""
+        read: set[int] = set()
+        for module in self.terms:
+            if isinstance(module, (HiddenMSELoss, CosineLoss)):
+                read |= module.teacher_hidden_states(teacher_layers)
+        return tuple(sorted(read))
 
     @property
     def needs_attentions(self) -> bool:

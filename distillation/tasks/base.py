@@ -24,7 +24,7 @@ from distillation.losses.checks import as_spec
 from distillation.losses.functions import LossInputs
 from distillation.models.info import ModelInfo, model_info
 from distillation.training.loop import Collator, Features
-from distillation.training.teacher_cache import CacheFormat
+from distillation.training.teacher_cache import CacheFormat, TeacherCache
 
 # Loss terms that compare hidden states, so both models must expose comparable ones.
 HIDDEN_LOSSES = ("hidden_mse", "attention_mse", "cosine")
@@ -107,6 +107,9 @@ class Task:
     unavailable_losses: ClassVar[Mapping[str, str]] = {}
     # Whether layer losses can compare encoder-decoder models (their decoders) in this task.
     layer_losses_on_encoder_decoder: ClassVar[bool] = True
+    # Whether the teacher cache keeps the teacher's hidden states for the losses that read them
+    # (`training.hidden_cache`); where it does not, such a job runs the teacher every step.
+    caches_hidden_states: ClassVar[bool] = False
     # Why the task cannot prune the student's vocabulary (`student.prune_vocabulary`); None
     # where it can (then it implements `with_student_vocabulary`).
     vocabulary_pruning_refusal: ClassVar[str | None] = "it is implemented for classifiers only"
@@ -212,14 +215,15 @@ class Task:
         """What the teacher cache keeps of the teacher's outputs."""
         raise NotImplementedError
 
-    def cached_teacher(self, cache: Any, batch: dict[str, Tensor]) -> Any:
+    def cached_teacher(self, cache: TeacherCache, batch: dict[str, Tensor]) -> Any:
         """The cached teacher outputs of a batch's examples (`loss_inputs`'s `cached`)."""
         raise NotImplementedError
 
     def loss_inputs(self, batch: dict[str, Tensor], student_out: Any, teacher_out: Any,
                     cached: Any, *, hidden: bool, attentions: bool) -> LossInputs:
         """What the loss terms compare on one batch: the teacher's side is `teacher_out` (a live
-        forward pass) or `cached` (from the teacher cache, `teacher_out` then None)."""
+        forward pass) or `cached` (from the teacher cache, `teacher_out` then None, unless the
+        teacher runs for the hidden states the cache does not keep)."""
         raise NotImplementedError
 
     def prediction_rows(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:

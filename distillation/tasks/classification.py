@@ -2,7 +2,8 @@
 
 Records: `text_column` (+ `text_pair_column`) and `label_column` (`classification_data`). The
 loss terms compare one row of logits per example; the teacher cache keeps that row whole
-(`LogitCache`). Quality: accuracy and macro-F1 (the report leads with accuracy). Prediction:
+(`LogitCache`), and the teacher's hidden states at the layers the hidden-state losses read
+(`training.hidden_cache`). Quality: accuracy and macro-F1 (the report leads with accuracy). Prediction:
 labels with a probability per label.
 """
 
@@ -30,9 +31,11 @@ from distillation.models.info import CLASSIFICATION, ModelInfo
 from distillation.models.loading import load_model
 from distillation.tasks.base import Side, Task, TaskCard, TaskData, attn_kwargs
 from distillation.tasks.classification_data import prepare_data, with_student_vocabulary
+from distillation.training.hidden_cache import CachedHiddenStates
 from distillation.training.loop import Collator, Features, autocast, model_inputs, to_device
 from distillation.training.teacher_cache import (
     EXAMPLE_INDEX,
+    TeacherCache,
     dataset_fingerprint,
     teacher_cache,
 )
@@ -58,6 +61,15 @@ class LogitCache:
 
 
 @dataclass
+class CachedTeacher:
+    """The teacher's cached outputs on one batch: its logits, and its hidden states when the
+    cache keeps them."""
+
+    logits: Tensor
+    hidden: CachedHiddenStates | None
+
+
+@dataclass
 class LogitFormat:
     """The classification teacher cache: each example's whole row of logits."""
 
@@ -69,8 +81,8 @@ class LogitFormat:
     def fingerprint(self, features: Sequence[Features]) -> str:
         return dataset_fingerprint(features, self.prefix)
 
-    def logits(self, teacher: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        return teacher(**model_inputs(teacher, batch, self.prefix)).logits.float()
+    def forward(self, teacher: nn.Module, batch: dict[str, Tensor], **flags: Any) -> Any:
+        return teacher(**model_inputs(teacher, batch, self.prefix), **flags)
 
     def split(self, logits: Tensor, batch: dict[str, Tensor]) -> list[Any]:
         return list(logits.float())
@@ -99,7 +111,8 @@ def teacher_logit_cache(
     """The teacher's logits on `features`, through the one teacher-cache loop."""
     fmt = LogitFormat(prefix, teacher_cache_path(work_dir))
     cache: LogitCache = teacher_cache(teacher, features, collator, fmt, work_dir=work_dir,
-                                      batch_size=batch_size, device=device, reporter=reporter)
+                                      batch_size=batch_size, device=device,
+                                      reporter=reporter).outputs
     return cache
 
 
@@ -158,6 +171,7 @@ class ClassificationTask(Task):
     labelled = True
     transfer_data = True
     layer_losses_on_encoder_decoder = False
+    caches_hidden_states = True
     vocabulary_pruning_refusal = None
     card = TaskCard(
         pipeline_tag="text-classification", noun="text classifier",
@@ -225,17 +239,29 @@ classifier("a moving, funny film")""",
     def cache_format(self, config: JobConfig, data: TaskData) -> LogitFormat:
         return LogitFormat(data.teacher_prefix, teacher_cache_path(config.work_dir))
 
-    def cached_teacher(self, cache: Any, batch: dict[str, Tensor]) -> Tensor:
-        return cache.lookup(batch)  # type: ignore[no-any-return]
+    def cached_teacher(self, cache: TeacherCache, batch: dict[str, Tensor]) -> CachedTeacher:
+        logits = cache.outputs.lookup(batch)
+        if cache.hidden is None:
+            return CachedTeacher(logits, None)
+        mask = batch.get("attention_mask")
+        return CachedTeacher(logits, cache.hidden.lookup(
+            batch[EXAMPLE_INDEX], mask, batch["input_ids"].shape[1], logits.device))
 
     def loss_inputs(self, batch: dict[str, Tensor], student_out: Any, teacher_out: Any,
-                    cached: Any, *, hidden: bool, attentions: bool) -> LossInputs:
-        teacher_logits = cached if cached is not None else teacher_out.logits
+                    cached: CachedTeacher | None, *, hidden: bool,
+                    attentions: bool) -> LossInputs:
+        teacher_logits = cached.logits if cached is not None else teacher_out.logits
+        # The hidden states come from the cache when it keeps them, else from the teacher, run
+        # for them (`engine.DistillLoss`).
+        teacher_hidden = None
+        if hidden:
+            teacher_hidden = (cached.hidden if cached is not None and cached.hidden is not None
+                              else teacher_out.hidden_states)
         return LossInputs(
             student_logits=student_out.logits, teacher_logits=teacher_logits,
             labels=batch["labels"], attention_mask=batch.get("attention_mask"),
             student_hidden=student_out.hidden_states if hidden else None,
-            teacher_hidden=teacher_out.hidden_states if hidden else None,
+            teacher_hidden=teacher_hidden,
             student_attentions=student_out.attentions if attentions else None,
             teacher_attentions=teacher_out.attentions if attentions else None,
         )

@@ -41,7 +41,7 @@ from distillation.tasks.token_data import (
     target_rows,
 )
 from distillation.training.loop import Collator, Features, autocast, to_device
-from distillation.training.teacher_cache import EXAMPLE_INDEX
+from distillation.training.teacher_cache import EXAMPLE_INDEX, TeacherCache
 from distillation.training.topk_cache import TopKRows
 
 PREDICT_BATCH = 32
@@ -221,8 +221,8 @@ class TokenTask(Task):
     def cache_format(self, config: JobConfig, data: TaskData) -> TopKFormat:
         return TopKFormat(self, config.hyperparameters.teacher_cache_top_k)
 
-    def cached_teacher(self, cache: Any, batch: dict[str, Tensor]) -> TopKRows:
-        return cache.lookup(batch[EXAMPLE_INDEX]).to(batch["labels"].device)  # type: ignore[no-any-return]
+    def cached_teacher(self, cache: TeacherCache, batch: dict[str, Tensor]) -> TopKRows:
+        return cache.outputs.lookup(batch[EXAMPLE_INDEX]).to(batch["labels"].device)  # type: ignore[no-any-return]
 
     def loss_inputs(self, batch: dict[str, Tensor], student_out: Any, teacher_out: Any,
                     cached: Any, *, hidden: bool, attentions: bool) -> LossInputs:

@@ -56,8 +56,8 @@ class TopKFormat:
     def fingerprint(self, features: Sequence[Features]) -> str:
         return dataset_fingerprint(features, keys=("input_ids", "labels"))
 
-    def logits(self, teacher: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        return teacher(**self.task.model_batch(batch), use_cache=False).logits  # type: ignore[no-any-return]
+    def forward(self, teacher: nn.Module, batch: dict[str, Tensor], **flags: Any) -> Any:
+        return teacher(**self.task.model_batch(batch), use_cache=False, **flags)
 
     def split(self, logits: Tensor, batch: dict[str, Tensor]) -> list[Any]:
         shift = self.task.shift

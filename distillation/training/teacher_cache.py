@@ -4,18 +4,26 @@
 The teacher is frozen and in eval mode and the training inputs carry no augmentation, so its
 outputs on an example are the same every epoch: the `cache_teacher` stage runs it once over the
 training set, and the loop looks its outputs up by example index (`EXAMPLE_INDEX`, a field the
-batches carry) instead of running the teacher. Only what the logits say is cached: hidden states
-or attention maps (L layers × tokens × width per example) would be too big, so a job with a loss
-that needs them runs the teacher every step instead.
+batches carry) instead of running the teacher.
 
 What is kept of the logits is the task's choice (its `CacheFormat`): a classifier's whole logit
 row per example (`tasks.classification.LogitCache`); for the token-level tasks, whose
 vocabularies are too wide for whole logits, the top-k tokens per target position
 (`topk_cache.TopKCache`, see `tasks.token`).
 
+Hidden states, for the losses that compare them (`hidden_mse`, `cosine`), are kept by a task
+that says it can (`Task.caches_hidden_states`: sequence classification): only the indices the
+loss terms read, only the real tokens, in fp16, in a file of their own that is read back
+memory-mapped (`hidden_cache`). They take tokens × layers × width × 2 bytes, so the size is
+estimated before the pass and held to a budget (`JobConfig.teacher_cache_max_bytes`); over it, or
+when the student tokenises apart from the teacher (other token positions), nothing is cached and
+the teacher runs every step (its logits come from the forward that gives the hidden states).
+Attention maps (a tokens × tokens map per layer and head) are never cached: a job with
+`attention_mse` runs the teacher every step, as does a token-level job with a hidden-state loss.
+
 The cache is a tensor file in the job's work directory with a header (format version, what the
-format keeps, dataset fingerprint, teacher identity), so a resumed job reuses it and a changed
-teacher or dataset does not.
+format keeps, which hidden states, dataset fingerprint, teacher identity), which the hidden-state
+file repeats, so a resumed job reuses them and a changed teacher, dataset or layer set does not.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import math
 import os
 import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +40,14 @@ import torch
 from torch import Tensor, nn
 
 from distillation.config import Hyperparameters, Reporter
-from distillation.layout import teacher_cache_path
+from distillation.layout import teacher_cache_path, teacher_hidden_path
+from distillation.training.hidden_cache import (
+    HiddenStateCache,
+    HiddenStateSpec,
+    HiddenStateWriter,
+    readable_size,
+    real_tokens,
+)
 from distillation.training.loop import (
     Collator,
     Features,
@@ -43,7 +59,7 @@ from distillation.training.loop import (
 )
 
 EXAMPLE_INDEX = "example_index"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the header names the hidden states kept beside the logits
 _CHECKSUM_VALUES = 1024  # per tensor: enough to tell a fine-tuned teacher from its base
 
 
@@ -55,11 +71,15 @@ def with_example_index(features: Sequence[Features]) -> list[Features]:
 def skip_reason(
     hp: Hyperparameters, *, needs_hidden_states: bool, needs_attentions: bool, num_examples: int
 ) -> str | None:
-    """Why the teacher's outputs should not be cached for this run; None when they should."""
-    if needs_hidden_states or needs_attentions:
-        what = "hidden states" if needs_hidden_states else "attention maps"
-        return (f"a configured loss compares the teacher's {what}, which would be too big to "
-                "keep for every example; the teacher runs every step instead")
+    """Why the teacher's outputs should not be cached for this run; None when they should.
+    `needs_hidden_states`: a loss compares hidden states that this task's cache cannot keep."""
+    if needs_attentions:
+        return ("a configured loss compares the teacher's attention maps, which the teacher cache "
+                "does not keep (a tokens × tokens map per layer and head of every example); the "
+                "teacher runs every step instead")
+    if needs_hidden_states:
+        return ("a configured loss compares the teacher's hidden states, which this task's "
+                "teacher cache does not keep; the teacher runs every step instead")
     batches_per_epoch = math.ceil(num_examples / hp.batch_size)
     batches = (optimizer_steps(batches_per_epoch, hp, hp.epochs)
                * max(1, hp.gradient_accumulation_steps))
@@ -141,8 +161,9 @@ class CacheFormat(Protocol):
 
     def fingerprint(self, features: Sequence[Features]) -> str: ...
 
-    def logits(self, teacher: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """The teacher's logits on a batch (run under autocast)."""
+    def forward(self, teacher: nn.Module, batch: dict[str, Tensor], **flags: Any) -> Any:
+        """The teacher's output on a batch, with its `logits` (run under autocast; `flags` are
+        the forward's: `output_hidden_states` when the hidden states are cached too)."""
         ...
 
     def split(self, logits: Tensor, batch: dict[str, Tensor]) -> list[Any]:
@@ -163,6 +184,16 @@ class CacheFormat(Protocol):
     def cached_message(self, cache: Any, examples: int) -> str: ...
 
 
+@dataclass
+class TeacherCache:
+    """What the `cache_teacher` stage hands the loop: the format's cache of the teacher's
+    outputs, and the teacher's hidden states when they are kept."""
+
+    outputs: Any  # what the format builds
+    hidden: HiddenStateCache | None = None
+    reused: bool = False  # read from an earlier attempt's files
+
+
 def compute_teacher_outputs(
     teacher: nn.Module,
     features: Sequence[Features],
@@ -172,22 +203,27 @@ def compute_teacher_outputs(
     batch_size: int,
     device: torch.device,
     reporter: Reporter,
+    hidden: HiddenStateWriter | None = None,
 ) -> CachedOutputs:
     """One teacher pass over `features` (shortest first, so batches pad little), kept as `fmt`
-    says, in dataset order."""
+    says, in dataset order; the hidden states it reads go to `hidden` when given."""
     order = sorted(range(len(features)),
                    key=lambda i: len(features[i][fmt.prefix + "input_ids"]))
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     tracker = Tracker(reporter, "cache_teacher", len(chunks))
     examples: list[Any] = [None] * len(features)
+    flags = {"output_hidden_states": True} if hidden is not None else {}
     with torch.no_grad():
         for n, chunk in enumerate(chunks, start=1):
             check_stop(reporter)
             batch = to_device(collator([features[i] for i in chunk]), device)
             with autocast(device):
-                logits = fmt.logits(teacher, batch)
-            for i, part in zip(chunk, fmt.split(logits, batch), strict=True):
+                output = fmt.forward(teacher, batch, **flags)
+            for i, part in zip(chunk, fmt.split(output.logits, batch), strict=True):
                 examples[i] = part
+            if hidden is not None:
+                hidden.write(chunk, output.hidden_states,
+                             batch.get(fmt.prefix + "attention_mask"))
             tracker.report(n, 0)
     tracker.done(0)
     assert all(part is not None for part in examples)
@@ -204,21 +240,47 @@ def teacher_cache(
     batch_size: int,
     device: torch.device,
     reporter: Reporter,
-) -> Any:
-    """The teacher's outputs on `features` (what `fmt` builds): read from the work directory
-    when an earlier run of this job cached them for the same data, teacher and format, else
-    computed once and saved there."""
-    path = teacher_cache_path(work_dir)
+    hidden_states: HiddenStateSpec | None = None,
+) -> TeacherCache:
+    """The teacher's outputs on `features` (what `fmt` builds, and the `hidden_states` asked
+    for): read from the work directory when an earlier run of this job cached them for the same
+    data, teacher, format and hidden states, else computed once and saved there."""
+    path, hidden_path = teacher_cache_path(work_dir), teacher_hidden_path(work_dir)
+    if hidden_states is None:
+        hidden_path.unlink(missing_ok=True)  # an earlier attempt's, for other layers or data
     header = {"version": CACHE_VERSION, "kind": fmt.kind, **fmt.header,
               "examples": len(features), "fingerprint": fmt.fingerprint(features),
-              "teacher": teacher_identity(teacher)}
+              "teacher": teacher_identity(teacher),
+              "hidden_states": list(hidden_states.indices) if hidden_states else []}
     saved = load_tensors(path, header)
     restored = fmt.restore(saved, len(features), device) if saved is not None else None
-    if restored is not None:
+    hidden = (HiddenStateCache.open(hidden_path, header, len(features))
+              if hidden_states is not None and restored is not None else None)
+    if restored is not None and (hidden_states is None or hidden is not None):
         reporter.message(fmt.reused_message(len(features)))
-        return restored
-    cache = compute_teacher_outputs(teacher, features, collator, fmt, batch_size=batch_size,
-                                    device=device, reporter=reporter)
+        if hidden_states is not None and hidden is not None:
+            reporter.message(f"Reusing the teacher's cached hidden states at layers "
+                             f"{hidden_states.layers()} ({hidden.shape[0]:,} tokens).")
+        return TeacherCache(restored, hidden, reused=True)
+    writer = None
+    if hidden_states is not None:
+        lengths = real_tokens(features, fmt.prefix)
+        size = hidden_states.size(sum(lengths))
+        reporter.message(
+            f"Caching the teacher's hidden states at layers {hidden_states.layers()}: "
+            f"{sum(lengths):,} tokens, {readable_size(size)} (budget "
+            f"{readable_size(hidden_states.budget)}).",
+            data={"teacher_cache": {"hidden_state_bytes": size,
+                                    "budget_bytes": hidden_states.budget}})
+        writer = HiddenStateWriter(hidden_path, header, hidden_states, lengths)
+    try:
+        cache = compute_teacher_outputs(teacher, features, collator, fmt, batch_size=batch_size,
+                                        device=device, reporter=reporter, hidden=writer)
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    hidden = writer.close() if writer is not None else None
     save_tensors(path, header, cache.tensors())
     reporter.message(fmt.cached_message(cache, len(features)))
-    return cache
+    return TeacherCache(cache, hidden)

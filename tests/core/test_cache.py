@@ -13,12 +13,12 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from distillation.config import Hyperparameters, JobConfig, LossSpec
-from distillation.engine import distill
+from distillation.engine import cache_teacher, distill
 from distillation.layout import teacher_cache_path
 from distillation.losses.functions import KLLoss, LossInputs, build_losses
 from distillation.models.info import inspect_model, model_info
 from distillation.students.build import build_student
-from distillation.tasks import TaskData
+from distillation.tasks import TaskData, get_task
 from distillation.tasks.classification import teacher_logit_cache
 from distillation.tasks.classification_data import prepare_data
 from distillation.training.teacher_cache import (
@@ -131,19 +131,18 @@ def test_a_resumed_job_reuses_the_cache_file(tiny_teacher_dir: Path, tmp_path: P
     assert counter.examples == 24 + 10
 
 
-def test_hidden_state_losses_skip_the_cache_and_say_why(
+def test_attention_losses_skip_the_cache_and_say_why(
     tiny_teacher_dir: Path, tmp_path: Path
 ) -> None:
     config = _config(tiny_teacher_dir, tmp_path, cache=True, epochs=2,
-                     losses=[LossSpec("kl", 1.0), LossSpec("hidden_mse", 1.0)])
-    data, teacher, student, losses = _parts(config)
-    counter = TeacherCounter(teacher)
+                     losses=[LossSpec("kl", 1.0), LossSpec("attention_mse", 1.0)])
+    data, teacher, _, losses = _parts(config)
     recorder = RecordingReporter()
-    distill(config, data, teacher, student, losses, CPU, recorder)
-    assert counter.examples == 2 * 24
-    assert any("Not caching" in m and "hidden states" in m for m in recorder.messages)
+    assert cache_teacher(config, get_task(config.task), data, teacher, losses, CPU,
+                         recorder) is None
+    assert any("Not caching" in m and "attention maps, which the teacher cache does not keep" in m
+               for m in recorder.messages)
     assert not teacher_cache_path(config.work_dir).exists()
-    assert "cache_teacher" not in {event.stage for event in recorder.progress_events}
 
 
 # -- top-k cache for LM vocabularies ------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`DISTILL_EXPORT_RUNTIMES` reaches the training core: the worker's job config carries it (on by
-default, off in tests: `tests/conftest.py`). What the core does with it is tested in
-`tests/core/test_engine.py` (off: torch only) and `tests/worker/test_queue.py` (on: a real
-worker's job is exported to ONNX)."""
+default, off in tests: `tests/conftest.py`); so does `DISTILL_TEACHER_CACHE_MAX_BYTES`. What
+the core does with the first is tested in `tests/core/test_engine.py` (off: torch only) and
+`tests/worker/test_queue.py` (on: a real worker's job is exported to ONNX), with the second in
+`tests/core/test_hidden_cache.py`."""
 
 from __future__ import annotations
 
@@ -38,3 +39,9 @@ def test_the_setting_reaches_the_job_config(
             config = to_job_config(row, session=session,
                                    settings=settings.model_copy(update={"export_runtimes": exported}))
             assert config.export_runtimes is exported
+        # and the teacher cache's budget for hidden states too (the same default: 8 GiB)
+        assert (Settings.model_fields["teacher_cache_max_bytes"].default
+                == JobConfig.__dataclass_fields__["teacher_cache_max_bytes"].default == 8 * 1024**3)
+        config = to_job_config(row, session=session,
+                               settings=settings.model_copy(update={"teacher_cache_max_bytes": 5}))
+        assert config.teacher_cache_max_bytes == 5
