@@ -1,10 +1,13 @@
-"""Samples per second of the distillation loop on SST-2: teacher caching on vs off, dynamic padding
-vs padding to max length, side by side in one run on the same sample.
+"""Samples per second of the distillation loop on SST-2: the engine's defaults against a naive
+loop, and one lever at a time, side by side in one run on the same sample.
 
-Every variant drives the engine's own `distill` (the `cache_teacher` stage when on, then
+The engine's variants drive its own `distill` (the `cache_teacher` stage when on, then
 `training.fit` with the engine's `compute_loss`, per-epoch evaluation included) with the bundled
 MiniLM-L6 teacher (a base model, given a fresh 2-label head: accuracy does not matter here) and
-a 4-layer × 256 student initialised from it by SVD.
+a 4-layer × 256 student initialised from it by SVD. `naive_online_pad128` is the loop a user
+writes first: the teacher run on every batch, every batch padded to 128 tokens, fp32, the full
+vocabulary, `torch.optim.AdamW` with its default implementation, the same losses, schedule,
+clipping and per-epoch evaluation.
 
 The variants run interleaved, one batch each in turn: each runs in its own thread, and its
 reporter's `should_stop()` (which the engine asks before every batch) hands the CPU to the next
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import platform
 import random
@@ -34,7 +38,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, set_seed
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    get_scheduler,
+    set_seed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,26 +53,39 @@ from distillation.config import (  # noqa: E402
     Hyperparameters,
     JobConfig,
     LossSpec,
+    NullReporter,
     Progress,
     StudentSpec,
 )
 from distillation.data.records import read_file  # noqa: E402
 from distillation.engine import distill  # noqa: E402
-from distillation.losses.functions import build_losses  # noqa: E402
+from distillation.losses.functions import LossInputs, build_losses  # noqa: E402
 from distillation.models.info import inspect_model, model_info  # noqa: E402
 from distillation.students.build import build_student  # noqa: E402
-from distillation.tasks import TaskData  # noqa: E402
+from distillation.students.prune import prune_job_vocabulary  # noqa: E402
+from distillation.tasks import TaskData, get_task  # noqa: E402
 from distillation.tasks.classification_data import PairedCollator, prepare_data  # noqa: E402
 
 # The shared SST-2 copy beside the project (read in place, never copied into it).
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.tsv"
 RESULTS = ROOT / "benchmarks" / "results" / "engine_throughput.json"
-# variant: (teacher cache, pad to max length)
-VARIANTS: dict[str, tuple[bool, bool]] = {
-    "teacher_cache_on": (True, False),
-    "teacher_cache_off": (False, False),
-    "dynamic_padding": (False, False),
-    "pad_to_max_length": (False, True),
+NAIVE_LENGTH = 128  # the naive loop pads every batch to this
+
+
+@dataclass(frozen=True)
+class Variant:
+    cache: bool  # the teacher's outputs cached once (the engine's default) or run every batch
+    prune: bool  # the student's vocabulary pruned to the ids the data use (the default)
+    naive: bool = False  # the hand-written naive loop instead of the engine's
+    hidden_mse: bool = False  # + hidden_mse (weight 1) on the even layer map, from the cache
+
+
+VARIANTS: dict[str, Variant] = {
+    "engine_default": Variant(cache=True, prune=True),
+    "hidden_mse_cached": Variant(cache=True, prune=True, hidden_mse=True),
+    "full_vocabulary": Variant(cache=True, prune=False),
+    "teacher_cache_off": Variant(cache=False, prune=True),
+    "naive_online_pad128": Variant(cache=False, prune=False, naive=True),
 }
 
 
@@ -122,6 +144,9 @@ class Clock:
 
     def should_pause(self) -> bool:
         return False
+
+    def flush(self) -> None:
+        pass
 
     def progress(self, progress: Progress) -> None:
         self.events.append((self.now(), progress.stage))
@@ -189,36 +214,94 @@ def job_config(name: str, args: argparse.Namespace, train_file: Path, scratch: P
         train_file=train_file, output_dir=scratch / name / "output", work_dir=scratch / name / "work",
         data=DataSpec(text_column="sentence", label_column="label",
                       max_seq_length=args.max_seq_length),
-        temperature=2.0, losses=[LossSpec("kl", 0.5), LossSpec("ce", 0.5)],
+        temperature=2.0, losses=[LossSpec("kl", 0.5), LossSpec("ce", 0.5)]
+        + ([LossSpec("hidden_mse", 1.0)] if VARIANTS[name].hidden_mse else []),
         hyperparameters=Hyperparameters(
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=1e-4, seed=0,
             log_every_steps=10**6, eval_batch_size=64, checkpoint_every_steps=10**6,
-            cache_teacher=VARIANTS[name][0],
+            cache_teacher=VARIANTS[name].cache,
         ),
         device="cpu",
     )
 
 
+def naive_distill(config: JobConfig, data: TaskData, teacher: Any, student: Any, losses: Any,
+                  collator: Any, clock: Clock) -> None:
+    """The naive loop: shuffled batches padded to `NAIVE_LENGTH`, the teacher run on each, the
+    default AdamW, the same losses, schedule, clipping and per-epoch evaluation as the engine."""
+    hp = config.hyperparameters
+    features = data.student.train
+    steps = math.ceil(len(features) / hp.batch_size) * hp.epochs
+    params = [p for m in (student, losses) for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    scheduler = get_scheduler("linear", optimizer=optimizer,
+                              num_warmup_steps=math.ceil(hp.warmup_ratio * steps),
+                              num_training_steps=steps)
+    rng = random.Random(hp.seed)
+    clock.progress(Progress(stage="distill", percent=0.0, step=0, total_steps=steps))
+    step = 0
+    for _epoch in range(hp.epochs):
+        student.train()
+        order = list(range(len(features)))
+        rng.shuffle(order)
+        for start in range(0, len(order), hp.batch_size):
+            clock.should_stop()
+            batch = collator([features[i] for i in order[start:start + hp.batch_size]])
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")
+                      if k in batch}
+            with torch.no_grad():
+                t_out = teacher(**inputs)
+            s_out = student(**inputs)
+            loss, _ = losses(LossInputs(student_logits=s_out.logits, teacher_logits=t_out.logits,
+                                        labels=batch["labels"],
+                                        attention_mask=batch["attention_mask"]))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+        student.eval()
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, len(data.student.evaluation), hp.eval_batch_size):
+                clock.should_stop()
+                batch = collator(data.student.evaluation[start:start + hp.eval_batch_size])
+                logits = student(input_ids=batch["input_ids"],
+                                 attention_mask=batch["attention_mask"]).logits
+                correct += int((logits.argmax(-1) == batch["labels"]).sum())
+        clock.metrics(step, {"eval_accuracy": correct / max(1, len(data.student.evaluation))})
+
+
 def run_variant(name: str, clock: Clock, config: JobConfig, teacher: Any,
                 data: TaskData) -> dict[str, Any]:
-    """The engine's distill stage for one variant (in its own thread, on the turnstile)."""
-    cache, pad_to_max = VARIANTS[name]
+    """The distill stage of one variant (in its own thread, on the turnstile)."""
+    variant = VARIANTS[name]
     clock.begin()
     try:
         collator: Any = data.student.collator
-        if pad_to_max:
+        if variant.naive:
             collator = PairedCollator(data.student.tokenizer)
             collator.student = DataCollatorWithPadding(
-                data.student.tokenizer, padding="max_length",
-                max_length=config.data.max_seq_length, return_tensors="pt")
-        counter = TokenCounter(collator, clock)
-        variant_data = replace(data, student=replace(data.student, collator=counter))
+                data.student.tokenizer, padding="max_length", max_length=NAIVE_LENGTH,
+                return_tensors="pt")
         set_seed(0)
         student = build_student(config.student, teacher)
+        vocabulary = int(student.config.vocab_size)
+        if variant.prune:  # as the engine's plan_student stage does for a job
+            data = prune_job_vocabulary(config, get_task(config.task), data, student,
+                                        NullReporter()).data
+            vocabulary = int(student.config.vocab_size)
+            collator = data.student.collator
+        counter = TokenCounter(collator, clock)
+        variant_data = replace(data, student=replace(data.student, collator=counter))
         losses = build_losses(config.losses, config.temperature, model_info(student.config),
                               model_info(teacher.config))
         started = clock.now()
-        distill(config, variant_data, teacher, student, losses, torch.device("cpu"), clock)
+        if variant.naive:
+            naive_distill(config, variant_data, teacher, student, losses, counter, clock)
+        else:
+            distill(config, variant_data, teacher, student, losses, torch.device("cpu"), clock)
         total_s = clock.now() - started
     finally:
         clock.end()
@@ -238,8 +321,11 @@ def run_variant(name: str, clock: Clock, config: JobConfig, teacher: Any,
         "total_s": round(total_s, 2),
         "cache_pass_s": round(cache_s, 2),
         "epoch_s": [round(x, 2) for x in epoch_s],
-        "teacher_cache": cache,
-        "padding": "max_length" if pad_to_max else "dynamic (length-grouped batches)",
+        "teacher_cache": variant.cache,
+        "vocabulary": vocabulary,
+        "loop": "naive" if variant.naive else "engine",
+        "padding": (f"every batch to {NAIVE_LENGTH}" if variant.naive
+                    else "dynamic (length-grouped batches)"),
         "padded_tokens_per_example": round(counter.tokens / max(1, counter.examples), 1),
     }
 
@@ -271,7 +357,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-seq-length", type=int, default=64)
+    parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -303,12 +389,16 @@ def main() -> None:
           f"max_seq_length {args.max_seq_length}, variants interleaved batch by batch "
           f"({wall:.0f} s wall in all)")
     print("samples/s: examples x epochs / the variant's own time, cache pass included")
-    print(f"{'variant':<20}{'samples/s':>11}{'steady/s':>10}{'epoch 1/s':>11}{'cache s':>9}"
-          f"{'total s':>9}{'tokens/ex':>11}")
+    naive = next((r for r in rows if VARIANTS[r["variant"]].naive), None)
     for r in rows:
-        print(f"{r['variant']:<20}{r['samples_per_s']:>11}{r['steady_samples_per_s']:>10}"
-              f"{r['first_epoch_samples_per_s']:>11}{r['cache_pass_s']:>9}{r['total_s']:>9}"
-              f"{r['padded_tokens_per_example']:>11}")
+        r["speedup"] = round(r["samples_per_s"] / naive["samples_per_s"], 2) if naive else None
+    print(f"{'variant':<22}{'samples/s':>11}{'speedup':>9}{'steady/s':>10}{'epoch 1/s':>11}"
+          f"{'cache s':>9}{'total s':>9}{'tokens/ex':>11}{'vocab':>8}")
+    for r in rows:
+        print(f"{r['variant']:<22}{r['samples_per_s']:>11}{r['speedup']!s:>9}"
+              f"{r['steady_samples_per_s']:>10}{r['first_epoch_samples_per_s']:>11}"
+              f"{r['cache_pass_s']:>9}{r['total_s']:>9}{r['padded_tokens_per_example']:>11}"
+              f"{r['vocabulary']:>8}")
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in
                                         ["benchmarks/engine_throughput.py", *sys.argv[1:]]),
@@ -318,13 +408,16 @@ def main() -> None:
             "epochs": args.epochs, "batch_size": args.batch_size,
             "max_seq_length": args.max_seq_length, "losses": "0.5 kl (T=2) + 0.5 ce",
             "teacher": "all-MiniLM-L6-v2 (6 layers x 384) with a fresh 2-label head",
-            "student": "4 layers x 256, 4 heads, ffn 1024, SVD init from the teacher",
+            "student": "4 layers x 256, 4 heads, ffn 1024, SVD init from the teacher; "
+                       "vocabulary pruned to the sample's ids where the row says so",
             "wall_s": round(wall, 1),
             "notes": "variants interleaved batch by batch, each timed only while it runs; "
                      "samples_per_s: examples x epochs / the variant's time in the engine's "
                      "distill (cache pass, training, per-epoch evaluation on 32 examples); "
-                     "steady_samples_per_s: median epoch after the first; dynamic_padding "
-                     "repeats teacher_cache_off's settings (cache off) as a second measurement",
+                     "steady_samples_per_s: median epoch after the first; naive_online_pad128: "
+                     "a hand-written loop (teacher every batch, batches padded to 128, fp32, "
+                     "default AdamW, full vocabulary); speedup: samples_per_s over the naive "
+                     "row's",
         },
         "rows": rows,
     }

@@ -4,6 +4,7 @@ reports with an ETA, and the cancellation check."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import random
@@ -43,11 +44,25 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@functools.cache
+def _accepted_inputs(model_class: type[nn.Module]) -> tuple[str, ...]:
+    """Which of the usual inputs a model class's forward takes (read once per class: signature
+    inspection costs more than a small model's whole step takes to dispatch)."""
+    accepted = inspect.signature(model_class.forward).parameters
+    return tuple(k for k in _INPUTS if k in accepted)
+
+
 def model_inputs(model: nn.Module, batch: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
     """The batch entries (named `prefix + name`) that the model's forward accepts."""
-    accepted = inspect.signature(model.forward).parameters
-    wanted = ("input_ids", "attention_mask", "token_type_ids")
-    return {k: batch[prefix + k] for k in wanted if prefix + k in batch and k in accepted}
+    if "forward" in vars(model):  # a forward set on the instance (a hook library's wrapper)
+        accepted = inspect.signature(model.forward).parameters
+        names = tuple(k for k in _INPUTS if k in accepted)
+    else:
+        names = _accepted_inputs(type(model))
+    return {k: batch[prefix + k] for k in names if prefix + k in batch}
 
 
 def length_grouped_batches(
@@ -74,6 +89,15 @@ def optimizer_steps(batches_per_epoch: int, hp: Hyperparameters, epochs: int) ->
     return min(total, hp.max_steps) if hp.max_steps else total
 
 
+def _fusable(params: Sequence[Tensor]) -> bool:
+    """Whether AdamW's fused kernel takes these parameters: floating point, all on one CPU or
+    CUDA device. It updates every tensor in one kernel instead of a dozen operations per
+    tensor (benchmarks/engine_throughput.py measures it)."""
+    devices = {p.device for p in params}
+    return (len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda")
+            and all(p.is_floating_point() for p in params))
+
+
 def make_optimizer(
     modules: Iterable[nn.Module], hp: Hyperparameters, *, learning_rate: float, total_steps: int
 ) -> tuple[torch.optim.Optimizer, Any]:
@@ -90,7 +114,7 @@ def make_optimizer(
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": hp.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
-        lr=learning_rate,
+        lr=learning_rate, fused=_fusable([*decay, *no_decay]),
     )
     scheduler = get_scheduler(
         hp.lr_scheduler, optimizer=optimizer,
