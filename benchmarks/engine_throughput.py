@@ -67,7 +67,7 @@ from distillation.tasks import TaskData, get_task  # noqa: E402
 from distillation.tasks.classification_data import PairedCollator, prepare_data  # noqa: E402
 
 # The shared SST-2 copy beside the project (read in place, never copied into it).
-SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "train.tsv"
+SST2 = Path(os.environ.get("DISTILL_SST2_DIR", ROOT.parent / "shared" / "data" / "sst2")) / "train.tsv"
 RESULTS = ROOT / "benchmarks" / "results" / "engine_throughput.json"
 NAIVE_LENGTH = 128  # the naive loop pads every batch to this
 

@@ -161,7 +161,7 @@ def cache_teacher(
                                  count=shape.num_layers + 1, width=shape.hidden_size,
                                  budget=config.teacher_cache_max_bytes)
         hidden_states = plan_hidden_cache(data.student.train, wanted, reporter=reporter,
-                                          separate_tokenizers=data.separate_tokenizers)
+                                          same_positions=data.same_token_positions)
         if hidden_states is None:
             # The teacher runs every step for the hidden states, and its logits come out of
             # that same forward: a logit cache would only add one more teacher pass.

@@ -76,10 +76,19 @@ class TaskData:
     # How many training examples came from where: "labelled" (the training file), "transfer"
     # (the transfer file), "augmented" (drawn from both by `augment`).
     sources: dict[str, int] = field(default_factory=dict)
+    # The student's ids are the teacher's renumbered (a pruned vocabulary): the teacher still
+    # gets its own ids, but both see the same tokens at the same positions.
+    renumbered: bool = False
 
     @property
     def separate_tokenizers(self) -> bool:
         return bool(self.teacher_prefix)
+
+    @property
+    def same_token_positions(self) -> bool:
+        """Whether token i of an example is the same text for both models (hidden states and
+        attention maps can then be compared position by position)."""
+        return not self.teacher_prefix or self.renumbered
 
 
 class MissingColumns(ValueError):

@@ -203,7 +203,7 @@ classifier("a moving, funny film")""",
 
     def check_data(self, config: JobConfig, data: TaskData) -> None:
         types = {spec.type for spec in config.losses}
-        if data.separate_tokenizers and types & {"hidden_mse", "attention_mse"}:
+        if not data.same_token_positions and types & {"hidden_mse", "attention_mse"}:
             raise ValueError("hidden_mse and attention_mse compare token positions, so they need "
                              "a student with the teacher's tokenizer")
 

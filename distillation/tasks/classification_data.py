@@ -226,4 +226,5 @@ def with_student_vocabulary(data: TaskData, tokenizer: PreTrainedTokenizerBase,
     train = [renumber(row, with_teacher=True) for row in data.student.train]
     evaluation = [renumber(row, with_teacher=False) for row in data.student.evaluation]
     student = Side(tokenizer, train, evaluation, PairedCollator(tokenizer, data.teacher.tokenizer))
-    return replace(data, student=student, teacher_prefix=TEACHER_PREFIX)
+    return replace(data, student=student, teacher_prefix=TEACHER_PREFIX,
+                   renumbered=not data.separate_tokenizers)

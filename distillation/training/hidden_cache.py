@@ -73,12 +73,12 @@ def readable_size(size: int) -> str:
 
 
 def plan_hidden_cache(features: Sequence[Features], spec: HiddenStateSpec, *,
-                      separate_tokenizers: bool, reporter: Reporter) -> HiddenStateSpec | None:
+                      same_positions: bool, reporter: Reporter) -> HiddenStateSpec | None:
     """`spec` when the teacher's hidden states on `features` can be cached within its budget;
     else None and an event saying why (a warning naming the size and the budget when over it):
     then nothing is cached and the teacher runs every step (its logits come out of the forward
     that gives the hidden states)."""
-    if separate_tokenizers:
+    if not same_positions:
         reporter.message("Not caching the teacher's hidden states: the student tokenises apart "
                          "from the teacher, so their token positions differ; the teacher runs "
                          "every step for the hidden-state terms.")

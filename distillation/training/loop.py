@@ -48,21 +48,18 @@ _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @functools.cache
-def _accepted_inputs(model_class: type[nn.Module]) -> tuple[str, ...]:
-    """Which of the usual inputs a model class's forward takes (read once per class: signature
-    inspection costs more than a small model's whole step takes to dispatch)."""
-    accepted = inspect.signature(model_class.forward).parameters
+def _accepted_inputs(forward: Callable[..., Any]) -> tuple[str, ...]:
+    """Which of the usual inputs a forward function takes (read once per function: inspecting
+    a signature costs more than dispatching a small model's whole step)."""
+    accepted = inspect.signature(forward).parameters
     return tuple(k for k in _INPUTS if k in accepted)
 
 
 def model_inputs(model: nn.Module, batch: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
     """The batch entries (named `prefix + name`) that the model's forward accepts."""
-    if "forward" in vars(model):  # a forward set on the instance (a hook library's wrapper)
-        accepted = inspect.signature(model.forward).parameters
-        names = tuple(k for k in _INPUTS if k in accepted)
-    else:
-        names = _accepted_inputs(type(model))
-    return {k: batch[prefix + k] for k in names if prefix + k in batch}
+    # The class's forward, or one a hook library set on the instance.
+    forward = vars(model).get("forward") or type(model).forward
+    return {k: batch[prefix + k] for k in _accepted_inputs(forward) if prefix + k in batch}
 
 
 def length_grouped_batches(

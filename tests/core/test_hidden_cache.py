@@ -20,6 +20,7 @@ from distillation.layout import teacher_cache_path, teacher_hidden_path
 from distillation.losses.functions import CompositeLoss, LossInputs, build_losses
 from distillation.models.info import inspect_model, model_info
 from distillation.students.build import build_student
+from distillation.students.prune import prune_job_vocabulary
 from distillation.tasks import TaskData, get_task
 from distillation.tasks.classification import LogitFormat
 from distillation.tasks.classification_data import prepare_data
@@ -175,6 +176,33 @@ def test_a_hidden_state_job_trains_without_the_teacher_and_a_resumed_one_reuses_
     assert changed is not None and not changed.reused and counter.examples == 24
     assert changed.hidden is not None and changed.hidden.indices == (2,)
     assert load_file(teacher_hidden_path(work))["hidden"].shape[1] == 1
+
+
+def test_a_pruned_vocabulary_keeps_the_token_positions_so_its_hidden_states_are_cached(
+    tiny_teacher_dir: Path, tmp_path: Path
+) -> None:
+    runs: dict[bool, tuple[list[tuple[int, float]], int, RecordingReporter]] = {}
+    for cache in (True, False):
+        # Given a hidden-state job whose student's vocabulary is pruned (its ids renumbered, the
+        # teacher fed its own ids as `teacher_*`)
+        config = _config(tiny_teacher_dir, tmp_path / str(cache), cache=cache, epochs=2)
+        data, teacher, student, losses = _parts(config)
+        data = prune_job_vocabulary(config, get_task(config.task), data, student,
+                                    RecordingReporter()).data
+        assert data.teacher_prefix and data.same_token_positions
+        counter = TeacherCounter(teacher)
+        recorder = RecordingReporter()
+        # When the distillation stage runs
+        result = distill(config, data, teacher, student, losses, CPU, recorder)
+        runs[cache] = (result.history, counter.examples, recorder)
+    on_history, on_examples, on_recorder = runs[True]
+    off_history, off_examples, _ = runs[False]
+    # Then the hidden states were cached (the teacher ran once per example) and the training
+    # is the online one's within fp16
+    assert on_examples == 24 and off_examples == 2 * 24
+    assert any(m.startswith("Caching the teacher's hidden") for m in on_recorder.messages)
+    for (_, loss_on), (_, loss_off) in zip(on_history, off_history, strict=True):
+        assert loss_on == pytest.approx(loss_off, rel=2e-3)
 
 
 def test_over_the_budget_the_teacher_runs_for_the_hidden_states_and_the_job_finishes(
