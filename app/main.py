@@ -44,9 +44,11 @@ def create_app() -> FastAPI:
     app.add_middleware(RequestIdMiddleware)  # outermost: every line of the request carries it
     install_jobs_collector()
     app.include_router(health_router)
-    for router in (files_router, jobs_router, models_router, inference_router):
+    for router in (files_router, jobs_router, models_router):
         app.include_router(router, prefix="/v1", responses=ERROR_RESPONSES,
                            dependencies=[Depends(reject_nul_in_url)])
+    # Predict checks its URL, key and body itself, with no dependency to solve per call.
+    app.include_router(inference_router, prefix="/v1", responses=ERROR_RESPONSES)
     install_ui(app)
     return app
 
