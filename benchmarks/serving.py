@@ -95,8 +95,7 @@ def require_wrk() -> str:
     found = shutil.which("wrk")
     if found is None:
         raise SystemExit("serving.py drives the servers with wrk, which is not on the PATH: "
-                         "`apt-get install wrk` (Debian/Ubuntu; scripts/setup.sh installs it "
-                         "where it can) or `brew install wrk` (macOS).")
+                         "`apt-get install wrk` (Debian/Ubuntu) or `brew install wrk` (macOS).")
     return found
 
 
