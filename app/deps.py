@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Annotated
 
-import anyio.to_thread
 from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from app.auth.limits import check_rate
-from app.auth.service import authenticate, bearer_digest
+from app.auth.limits import check_predict_rate, check_rate
+from app.auth.service import authenticate, presented_digest
 from app.auth.tables import TenantRow
 from app.kit.db import session_factory
 from app.kit.errors import InvalidRequest
@@ -95,29 +94,22 @@ def _authenticate_now(settings: Settings, authorization: str | None) -> TenantRe
         session.close()
 
 
-async def get_tenant_cached(
-    request: Request,
-    settings: Annotated[Settings, Depends(current_settings)],
-    _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> TenantRef:
-    """`get_tenant` for the predict hot path: a key seen in the last `DISTILL_LOOKUP_CACHE_S`
-    seconds is answered from memory on the event loop (no database, no thread); any other goes
-    through `authenticate` as every route does (same errors). Only successes are kept, so a new
-    key works at once and a revoked one stops within the TTL; the rate limit counts every call."""
-    memo = _key_memo(request, settings)
-    digest = bearer_digest(authorization)
-    authenticate_now = partial(_authenticate_now, settings, authorization)
-    if digest is None:
-        tenant = await anyio.to_thread.run_sync(authenticate_now)
-    else:
-        tenant = await memo.get_or_load(digest, authenticate_now)
+async def predict_tenant(request: Request, settings: Settings) -> TenantRef:
+    """The predict hot path's `get_tenant`, called by the route itself (no dependency solving).
+    A key seen in the last `DISTILL_LOOKUP_CACHE_S` seconds is
+    answered from memory on the event loop (no database, no thread); any other goes through
+    `authenticate` as every route does (same errors). Only successes are kept, so a new key works
+    at once and a revoked one stops within the TTL. Every call counts against the key's predict
+    budget (`DISTILL_PREDICT_RATE_LIMIT_PER_MINUTE`), not the control plane's."""
+    authorization = request.headers.get("authorization")
+    digest = presented_digest(authorization)  # 401 for a missing or malformed header
+    tenant = await _key_memo(request, settings).get_or_load(
+        digest, partial(_authenticate_now, settings, authorization))
     set_tenant(tenant.id)
-    check_rate(authorization=authorization or "", settings=settings)
+    check_predict_rate(bucket=digest, settings=settings)
     return tenant
 
 
-CachedTenantDep = Annotated[TenantRef, Depends(get_tenant_cached)]
 CurrentSettingsDep = Annotated[Settings, Depends(current_settings)]
 
 

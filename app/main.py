@@ -17,7 +17,7 @@ from app.jobs.endpoints import router as jobs_router
 from app.jobs.metrics import install_jobs_collector
 from app.kit.body_limit import BodyLimitMiddleware
 from app.kit.http_errors import ERROR_RESPONSES, install_error_handlers
-from app.kit.metrics import instrument_http
+from app.kit.metrics import HttpMetricsMiddleware
 from app.kit.request_id import RequestIdMiddleware
 from app.models.endpoints import router as models_router
 from app.settings import get_settings
@@ -40,13 +40,15 @@ def create_app() -> FastAPI:
     # Middleware added later wraps the earlier: the cap runs inside the metrics and request id.
     app.add_middleware(BodyLimitMiddleware, exempt=UPLOAD_ROUTES,
                        max_bytes=lambda: get_settings().max_request_body_bytes)
-    instrument_http(app)
+    app.add_middleware(HttpMetricsMiddleware, routes=lambda: app.routes)
     app.add_middleware(RequestIdMiddleware)  # outermost: every line of the request carries it
     install_jobs_collector()
     app.include_router(health_router)
-    for router in (files_router, jobs_router, models_router, inference_router):
+    for router in (files_router, jobs_router, models_router):
         app.include_router(router, prefix="/v1", responses=ERROR_RESPONSES,
                            dependencies=[Depends(reject_nul_in_url)])
+    # Predict checks its URL, key and body itself, with no dependency to solve per call.
+    app.include_router(inference_router, prefix="/v1", responses=ERROR_RESPONSES)
     install_ui(app)
     return app
 

@@ -179,7 +179,13 @@ class Settings(BaseSettings):
         "until one of its running jobs ends (0: no limit)."
     )
     rate_limit_per_minute: int = Field(
-        default=600, ge=0, description="Requests per API key per minute (0: no limit)."
+        default=600, ge=0, description="Control-plane requests (every route but predict) per "
+        "API key per minute (0: no limit)."
+    )
+    predict_rate_limit_per_minute: int = Field(
+        default=60_000, ge=0, description="Predict calls per API key per minute, in a budget of "
+        "their own: serving traffic neither spends nor is held back by the control plane's "
+        "(0: no limit)."
     )
     rate_limit_refused_job_cost: int = Field(
         default=10, ge=0, description="Requests' worth of the key's allowance that a refused job "

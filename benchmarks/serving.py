@@ -1,21 +1,26 @@
 """Serving throughput: the service's predict endpoint against a naive `transformers.pipeline`
-server, on the same SST-2 student, driven by a separate load-generator process.
+server, on the same SST-2 student, driven by `wrk` (a C load generator, far cheaper per request
+than either server).
 
     .venv/bin/python benchmarks/serving.py                       # distils a student first (~8 min)
     .venv/bin/python benchmarks/serving.py --work /tmp/serving   # reuses the student of a run there
 
+Needs `wrk` on the PATH (`apt-get install wrk` on Debian/Ubuntu, `brew install wrk` on macOS).
+
 1. `distill serve` on a data directory of its own (`--work`); when that directory holds no
    distilled SST-2 classifier yet, it distils one as `distill demo` does (8,000 labelled rows,
    8,000 unlabelled texts, a student sized 4x smaller, fine-tuned teacher), which also exports
-   its ONNX runtimes. Then only `distill api` runs (no worker) for the measurements.
+   its ONNX runtimes. Then only `distill api` runs (no worker), at its default settings (the
+   rate limits on), for the measurements.
 2. The naive baseline (`benchmarks/naive_server.py`) on the same student directory.
-3. `benchmarks/loadgen.py` in its own process drives each server at each concurrency for a fixed
-   number of requests, one SST-2 dev sentence per request (warm-up requests not counted).
+3. `wrk` (one thread, `benchmarks/wrk_predict.lua`) drives each server at each concurrency for
+   `--seconds`, one SST-2 dev sentence per request in turn, after a short uncounted warm-up.
 4. The ceiling: the student's batched forward (tokenisation included, batch 32) with no HTTP,
    in a process of its own, per runtime.
 
-Prints requests/s, p50 and p99 per server, runtime and concurrency, and writes the rows to
-`benchmarks/results/serving.json` (`--out` elsewhere, `--no-save` for a look).
+Prints requests/s, p50 and p99 per server, runtime and concurrency, the service's ratio to the
+naive server at each concurrency and the answers that were not 2xx (429s apart), and writes the
+rows to `benchmarks/results/serving.json` (`--out` elsewhere, `--no-save` for a look).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +42,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
+WRK_SCRIPT = ROOT / "benchmarks" / "wrk_predict.lua"
 SST2 = Path(os.environ.get("DISTILL_SST2_DIR", ROOT.parent / "shared" / "data" / "sst2"))
 PY = sys.executable
 
@@ -79,8 +86,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def service_env(work: Path) -> dict[str, str]:
-    return {**os.environ, "DISTILL_DATA_DIR": str(work / "data"),
-            "DISTILL_RATE_LIMIT_PER_MINUTE": "0", "HF_HUB_OFFLINE": "1"}
+    """The service's environment: its own data directory, every other setting at its default."""
+    return {**os.environ, "DISTILL_DATA_DIR": str(work / "data"), "HF_HUB_OFFLINE": "1"}
+
+
+def require_wrk() -> str:
+    """The `wrk` binary, or exit saying how to install it."""
+    found = shutil.which("wrk")
+    if found is None:
+        raise SystemExit("serving.py drives the servers with wrk, which is not on the PATH: "
+                         "`apt-get install wrk` (Debian/Ubuntu) or `brew install wrk` (macOS).")
+    return found
 
 
 def make_key(env: dict[str, str]) -> str:
@@ -150,15 +166,15 @@ def ceiling(model_dir: Path, runtime: str, texts: list[str], seconds: float = 10
     return rows / (time.perf_counter() - start)
 
 
-def load(url: str, texts_file: Path, concurrency: int, requests: int, key: str | None,
+def load(wrk: str, url: str, texts_file: Path, concurrency: int, seconds: int, key: str | None,
          runtime: str | None) -> dict[str, Any]:
-    argv = [PY, str(ROOT / "benchmarks" / "loadgen.py"), "--url", url, "--texts", str(texts_file),
-            "--concurrency", str(concurrency), "--requests", str(requests)]
-    if key:
-        argv += ["--key", key]
-    if runtime:
-        argv += ["--runtime", runtime]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    """One cell: `wrk` on one thread with `concurrency` connections for `seconds` (after a
+    2-second warm-up that is not counted): its JSON line (`benchmarks/wrk_predict.lua`)."""
+    script = ["-s", str(WRK_SCRIPT), url, "--", str(texts_file), key or "", runtime or ""]
+    subprocess.run([wrk, "-t1", f"-c{concurrency}", "-d2s", *script], capture_output=True,
+                   check=True)
+    out = subprocess.run([wrk, "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency",
+                          *script], capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -173,10 +189,11 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/distill-serving"))
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--seconds", type=int, default=12, help="Measured seconds per cell.")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--runtimes", nargs="+", default=None,
-                        help="Runtimes of the service to measure (default: all the model has).")
+                        help="Runtimes of the service to name in each call (default: none, "
+                        "so the model's default runtime serves).")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-save", action="store_true")
     parser.add_argument("--prepare-only", action="store_true",
@@ -190,9 +207,10 @@ def main() -> None:
                                                 texts)}))
         return
 
+    wrk = require_wrk()
     args.work.mkdir(parents=True, exist_ok=True)
-    texts_file = args.work / "dev-sentences.json"
-    texts_file.write_text(json.dumps(texts))
+    texts_file = args.work / "dev-sentences.txt"
+    texts_file.write_text("".join(" ".join(text.split()) + "\n" for text in texts))
     model = prepare_student(args.work)
     if args.prepare_only:
         print(f"Student {model['id']} ready in {args.work}.")
@@ -200,10 +218,11 @@ def main() -> None:
     model_dir = args.work / "data" / "models" / model["id"]
     from distillation.export.runtimes import available_runtimes, runtimes_info
 
-    runtimes = args.runtimes or available_runtimes(model_dir)
     info = runtimes_info(model_dir)
-    print(f"Student {model['id']}: {model['parameters']:,} parameters; runtimes {runtimes}; "
-          f"default {info.get('default')}", flush=True)
+    default = str(info.get("default", "torch"))
+    asked: list[str | None] = list(args.runtimes or [None])
+    print(f"Student {model['id']}: {model['parameters']:,} parameters; runtimes "
+          f"{available_runtimes(model_dir)}; default {default}", flush=True)
 
     rows: list[dict[str, Any]] = []
     env = service_env(args.work)
@@ -214,10 +233,10 @@ def main() -> None:
         wait_up(f"http://127.0.0.1:{api_port}/healthz", api)
         key = make_key(env)
         url = f"http://127.0.0.1:{api_port}/v1/models/{model['id']}/predict"
-        for runtime in runtimes:
+        for runtime in asked:
             for concurrency in args.concurrency:
-                result = load(url, texts_file, concurrency, args.requests, key, runtime)
-                rows.append({"server": "distill", "runtime": runtime,
+                result = load(wrk, url, texts_file, concurrency, args.seconds, key, runtime)
+                rows.append({"server": "distill", "runtime": runtime or default,
                              "concurrency": concurrency, **result})
                 print(rows[-1], flush=True)
     finally:
@@ -229,8 +248,8 @@ def main() -> None:
     try:
         wait_up(f"http://127.0.0.1:{naive_port}/docs", naive)
         for concurrency in args.concurrency:
-            result = load(f"http://127.0.0.1:{naive_port}/predict", texts_file, concurrency,
-                          args.requests, None, None)
+            result = load(wrk, f"http://127.0.0.1:{naive_port}/predict", texts_file,
+                          concurrency, args.seconds, None, None)
             rows.append({"server": "naive-pipeline", "runtime": "torch",
                          "concurrency": concurrency, **result})
             print(rows[-1], flush=True)
@@ -238,34 +257,48 @@ def main() -> None:
         stop(naive)
 
     ceilings: dict[str, float] = {}
-    for runtime in runtimes:
+    for runtime in sorted({row["runtime"] for row in rows if row["server"] == "distill"}):
         out = subprocess.run([PY, __file__, "--ceiling-of", str(model_dir), runtime], env=env,
                              capture_output=True, text=True, check=True)
         ceilings[runtime] = round(json.loads(out.stdout.strip().splitlines()[-1])["rows_per_s"], 1)
-    print_table(rows, ceilings, info)
+    ratios = ratios_of(rows, default)
+    print_table(rows, ceilings, info, ratios)
     if not args.no_save:
         payload = {
             "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
             "machine": machine(),
             "model": {"id": model["id"], "parameters": model["parameters"],
                       "runtimes": info.get("runtimes"), "default_runtime": info.get("default")},
+            "settings": "the service's defaults (rate limits on)",
+            "load_generator": "wrk -t1 --latency, benchmarks/wrk_predict.lua",
             "ceiling_rows_per_s": ceilings,
+            "ratio_to_naive": ratios,
             "rows": rows,
         }
         args.out.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"Rows written to {args.out}")
 
 
+def ratios_of(rows: list[dict[str, Any]], runtime: str) -> dict[str, float]:
+    """The service's requests/s in `runtime` over the naive server's, per concurrency."""
+    naive = {r["concurrency"]: r["rps"] for r in rows if r["server"] == "naive-pipeline"}
+    return {str(r["concurrency"]): round(r["rps"] / naive[r["concurrency"]], 2) for r in rows
+            if r["server"] == "distill" and r["runtime"] == runtime
+            and naive.get(r["concurrency"])}
+
+
 def print_table(rows: list[dict[str, Any]], ceilings: dict[str, float],
-                info: dict[str, Any]) -> None:
+                info: dict[str, Any], ratios: dict[str, float]) -> None:
     print(f"\n{'server':<16}{'runtime':<11}{'conc.':>6}{'requests':>10}{'req/s':>9}"
-          f"{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'% ceiling':>11}")
+          f"{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'429':>7}{'% ceiling':>11}")
     for row in rows:
         share = row["rps"] / ceilings[row["runtime"]] if row["runtime"] in ceilings else None
         print(f"{row['server']:<16}{row['runtime']:<11}{row['concurrency']:>6}"
               f"{row['requests']:>10}{row['rps']:>9.1f}{row['p50_ms']:>9.2f}"
-              f"{row['p99_ms']:>9.2f}{row['errors']:>8}"
+              f"{row['p99_ms']:>9.2f}{row['non_2xx']:>9}{row['status_429']:>7}"
               + (f"{share:>10.0%}" if share is not None else ""))
+    print("service / naive, requests/s: "
+          + ", ".join(f"{ratio:.2f}x at {conc}" for conc, ratio in ratios.items()))
     print("ceiling (batched forward, batch 32, no HTTP): "
           + ", ".join(f"{name} {value:.0f} rows/s" for name, value in ceilings.items()))
     for name, figures in (info.get("runtimes") or {}).items():

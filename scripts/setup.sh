@@ -8,6 +8,9 @@ PYTHON=${PYTHON:-python3}
 # multi-GB CUDA build; 2.13.0 is the CPU wheel this machine kind carries on disk (the lock was
 # resolved against it, so its dependencies are in the lock).
 TORCH_SPEC=${DISTILL_TORCH_SPEC:-torch==2.13.0}
+# benchmarks/serving.py drives the servers with wrk, a system package (nothing pip installs).
+command -v wrk >/dev/null 2>&1 ||
+  echo "note: benchmarks/serving.py needs wrk: apt-get install wrk (brew install wrk on macOS)" >&2
 stamp=.venv/.installed
 want="$(cat requirements.lock requirements/models.lock pyproject.toml client/pyproject.toml | sha256sum | cut -d' ' -f1) $TORCH_SPEC"
 if [ -x .venv/bin/distill ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -87,19 +87,9 @@ def revoke_key(*, session: Session, key_id: str) -> tuple[ApiKeyRow, bool]:
     return row, bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def bearer_digest(authorization: str | None) -> str | None:
-    """The stored form (SHA-256) of the key in a well-formed `Authorization: Bearer <key>`
-    header; None for a header that `authenticate` refuses before any look-up."""
-    if not authorization:
-        return None
-    scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        return None
-    return hash_key(key.strip())
-
-
-def authenticate(*, session: Session, authorization: str | None) -> TenantRow:
-    """The tenant owning the bearer key in an `Authorization` header, or 401."""
+def presented_digest(authorization: str | None) -> str:
+    """The stored form (SHA-256) of the key in an `Authorization: Bearer <key>` header; 401 for
+    a missing or malformed header (no look-up needed to refuse it)."""
     if not authorization:
         raise Unauthorized(
             "Missing API key: send 'Authorization: Bearer <key>' "
@@ -108,7 +98,12 @@ def authenticate(*, session: Session, authorization: str | None) -> TenantRow:
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("Malformed Authorization header: expected 'Bearer <key>'.")
-    presented = hash_key(key.strip())
+    return hash_key(key.strip())
+
+
+def authenticate(*, session: Session, authorization: str | None) -> TenantRow:
+    """The tenant owning the bearer key in an `Authorization` header, or 401."""
+    presented = presented_digest(authorization)
     row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == presented))
     if row is None or not hmac.compare_digest(row.key_hash, presented) or row.revoked_at is not None:
         raise Unauthorized(_UNAUTHORIZED)

@@ -112,7 +112,7 @@ def test_a_deleted_model_stops_within_the_ttl(
 def test_the_rate_limit_counts_calls_served_from_memory(
     client: Any, auth: dict[str, str], classifier: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _ttl(monkeypatch, 60, DISTILL_RATE_LIMIT_PER_MINUTE="3")
+    _ttl(monkeypatch, 60, DISTILL_PREDICT_RATE_LIMIT_PER_MINUTE="3")
     url = f"/v1/models/{classifier}/predict"
 
     codes = [client.post(url, headers=auth, json=BODY).status_code for _ in range(3)]
