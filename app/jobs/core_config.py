@@ -19,6 +19,8 @@ from app.models.service import resolve_model_ref
 from app.settings import Settings
 from distillation.config import (
     BUDGET_MAX_EPOCHS,
+    CLASSIFIER_STUDENT_EPOCHS,
+    CLASSIFIER_STUDENT_LEARNING_RATE,
     LM_STUDENT_LEARNING_RATE,
     ON_POLICY_TEMPERATURE,
     AugmentSpec,
@@ -32,7 +34,7 @@ from distillation.config import (
     StudentSpec,
 )
 from distillation.layout import generated_set_path
-from distillation.models.info import CAUSAL_LM
+from distillation.models.info import CAUSAL_LM, CLASSIFICATION
 from distillation.plan import DataGenerationPlan, JobPaths, JobPlan
 
 _PLAN = TypeAdapter(JobPlan)
@@ -87,18 +89,25 @@ def plan_job(request: JobCreate) -> JobPlan:
 def with_task_defaults(request: JobCreate) -> JobCreate:
     """The request with the defaults that depend on what else it asks filled in where it names
     none, so the job shows what runs: on-policy distillation at `ON_POLICY_TEMPERATURE`, a
-    causal-LM student the service builds at `LM_STUDENT_LEARNING_RATE`, a time budget at most
-    `BUDGET_MAX_EPOCHS` epochs (named `epochs` are the budget's ceiling instead)."""
+    causal-LM student the service builds at `LM_STUDENT_LEARNING_RATE`, a classifier student it
+    builds at `CLASSIFIER_STUDENT_LEARNING_RATE` for `CLASSIFIER_STUDENT_EPOCHS`, a time budget
+    at most `BUDGET_MAX_EPOCHS` epochs (named `epochs` are the budget's ceiling instead)."""
     distillation, hp = request.distillation, request.hyperparameters
     changes: dict[str, Any] = {}
     hp_changes: dict[str, Any] = {}
     if distillation.method == "on-policy" and "temperature" not in distillation.model_fields_set:
         changes["distillation"] = distillation.model_copy(
             update={"temperature": ON_POLICY_TEMPERATURE})
-    if (request.task == CAUSAL_LM and request.student.model is None
-            and "learning_rate" not in hp.model_fields_set):
+    built = request.student.model is None  # the service builds the student from the teacher
+    named = hp.model_fields_set
+    if built and request.task == CAUSAL_LM and "learning_rate" not in named:
         hp_changes["learning_rate"] = LM_STUDENT_LEARNING_RATE
-    if hp.time_budget_minutes is not None and "epochs" not in hp.model_fields_set:
+    if built and request.task == CLASSIFICATION:
+        if "learning_rate" not in named:
+            hp_changes["learning_rate"] = CLASSIFIER_STUDENT_LEARNING_RATE
+        if "epochs" not in named:
+            hp_changes["epochs"] = CLASSIFIER_STUDENT_EPOCHS
+    if hp.time_budget_minutes is not None and "epochs" not in named:
         hp_changes["epochs"] = BUDGET_MAX_EPOCHS
     if hp_changes:
         changes["hyperparameters"] = hp.model_copy(update=hp_changes)

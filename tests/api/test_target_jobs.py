@@ -9,6 +9,11 @@ from typing import Any
 
 import pytest
 
+from distillation.config import (
+    CLASSIFIER_STUDENT_EPOCHS,
+    CLASSIFIER_STUDENT_LEARNING_RATE,
+    Hyperparameters,
+)
 from tests.factories.api import (
     assert_error,
     download_model,
@@ -40,6 +45,31 @@ def test_target_job_is_accepted(client: Any, auth: dict[str, str], body: dict[st
     assert student["target"] == {"compression": 4.0, "max_latency_ms": None}
     assert student["architecture"] is None and student["prune_vocabulary"] is None
     assert queued_messages(redis_db) == 1
+
+
+@pytest.mark.parametrize(("student", "hyperparameters", "expected"), [
+    # A student the service builds gets the classifier-student recipe where nothing is named
+    ({"target": {"compression": 4}}, {},
+     {"learning_rate": CLASSIFIER_STUDENT_LEARNING_RATE, "epochs": CLASSIFIER_STUDENT_EPOCHS}),
+    ({"architecture": {"num_layers": 1}}, {"epochs": 2},
+     {"learning_rate": CLASSIFIER_STUDENT_LEARNING_RATE, "epochs": 2}),
+    ({"target": {"compression": 4}}, {"learning_rate": 3e-5},
+     {"learning_rate": 3e-5, "epochs": CLASSIFIER_STUDENT_EPOCHS}),
+    # a student of its own (a checkpoint) keeps the general defaults
+    ("teacher", {}, {"learning_rate": Hyperparameters().learning_rate,
+                     "epochs": Hyperparameters().epochs}),
+])
+def test_a_built_classifier_student_gets_its_recipe_unless_the_request_names_it(
+    client: Any, auth: dict[str, str], body: dict[str, Any], student: Any,
+    hyperparameters: dict[str, Any], expected: dict[str, Any],
+) -> None:
+    student = {"model": body["teacher"]["model"]} if student == "teacher" else student
+    response = client.post(JOBS, headers=auth, json={**body, "student": student,
+                                                     "hyperparameters": hyperparameters})
+
+    assert response.status_code == 201, response.text
+    shown = response.json()["hyperparameters"]
+    assert {k: shown[k] for k in expected} == expected
 
 
 @pytest.mark.parametrize(("student", "status", "param", "words"), [
