@@ -153,6 +153,10 @@ class Hyperparameters:
     # epochs (at most `epochs`), or fewer optimizer steps, are planned from the measured speed of
     # the first steps (`training.budget`); None: no budget.
     time_budget_minutes: float | None = None
+    # Quantisation-aware distillation (`training.quantization`): the share of the last optimizer
+    # steps in which the student's Linears compute with int8-rounded weights and inputs, as its
+    # ONNX int8 export will; 0: off. Classifiers exported to ONNX only.
+    quantization_aware: float = 0.0
 
 
 # The epochs a request with a time budget and no `epochs` of its own may run at most (the API

@@ -56,7 +56,7 @@ from distillation.layout import teacher_dir
 from distillation.losses.functions import CompositeLoss
 from distillation.methods.base import Method
 from distillation.methods.registry import method_for
-from distillation.models.info import inspect_model
+from distillation.models.info import CLASSIFICATION, inspect_model
 from distillation.students.build import build_student
 from distillation.students.directions import plan_student
 from distillation.students.prune import prune_job_vocabulary, should_prune
@@ -74,7 +74,14 @@ from distillation.training.budget import (
 )
 from distillation.training.checkpoint import Checkpointer, teacher_finetuned
 from distillation.training.hidden_cache import HiddenStateSpec, plan_hidden_cache
-from distillation.training.loop import FitResult, Tracker, check_stop, fit, resolve_device
+from distillation.training.loop import (
+    FitResult,
+    Tracker,
+    check_stop,
+    fit,
+    optimizer_steps,
+    resolve_device,
+)
 from distillation.training.prompt_writer import (
     BATCH_SIZE,
     WrittenPrompts,
@@ -82,6 +89,7 @@ from distillation.training.prompt_writer import (
     save_generated_set,
     write_prompts,
 )
+from distillation.training.quantization import ProgressHooks, QuantizationAware
 from distillation.training.teacher_cache import (
     TeacherCache,
     skip_reason,
@@ -270,6 +278,28 @@ def runs_teacher(cache: TeacherCache | None, *, hidden: bool) -> bool:
     return cache is None or (hidden and cache.hidden is None)
 
 
+def qad_share(config: JobConfig) -> float:
+    """The share of the last optimizer steps trained quantisation-aware: the job's
+    `hyperparameters.quantization_aware` when its student gets an int8 export (a classifier
+    with `export_runtimes` on), else 0."""
+    exported = config.task == CLASSIFICATION and config.export_runtimes
+    return config.hyperparameters.quantization_aware if exported else 0.0
+
+
+def qad_summary(config: JobConfig, evals: list[dict[str, Any]], epoch: int,
+                steps: int) -> dict[str, Any] | None:
+    """The report's `quantization_aware` entry: the share, the optimizer steps it was on for,
+    and whether the exported epoch's weights went through them (the best-epoch selection
+    compares fp32 evaluations, and may keep an epoch from before)."""
+    share = qad_share(config)
+    if share <= 0:
+        return None
+    qad_steps = QuantizationAware.steps_of(share, steps)
+    exported_step = next((e["step"] for e in evals if e.get("epoch") == epoch), steps)
+    return {"share": share, "steps": qad_steps, "optimizer_steps": steps,
+            "in_exported_weights": qad_steps > 0 and exported_step > steps - qad_steps}
+
+
 def distill(
     config: JobConfig, data: TaskData, teacher: PreTrainedModel, student: PreTrainedModel,
     losses: CompositeLoss, device: torch.device, reporter: Reporter,
@@ -282,7 +312,9 @@ def distill(
     on the evaluation split after every epoch (in `FitResult.evals`, and shown to `selector`);
     resumes from the job's checkpoints. `method`: the job's (default: a fresh one of
     `config.method`). `budget`: the job's time budget, planned here before training (the plan
-    is left in `budget.plan`)."""
+    is left in `budget.plan`). With `hyperparameters.quantization_aware` the student trains
+    through int8-rounded Linears for that last share of the steps (`training.quantization`),
+    and is evaluated, selected and returned with its plain fp32 weights."""
     task, hp = get_task(config.task), config.hyperparameters
     method = method or method_for(config.method)
     hooks = method.training(config, data, student, device)
@@ -301,7 +333,15 @@ def distill(
         hp = budget.plan.hyperparameters(hp)
         features = features[:budget.plan.examples]
 
+    qad = QuantizationAware(student, qad_share(config)) if qad_share(config) > 0 else None
+    if hp.quantization_aware > 0 and qad is None:
+        reporter.message("Not training quantisation-aware (hyperparameters.quantization_aware): "
+                         "only classifiers exported to ONNX get an int8 runtime.",
+                         level="warning")
+
     def on_epoch_end(step: int, epoch: int) -> dict[str, Any]:
+        if qad is not None:
+            qad.pause()  # evaluated (and kept by the selector) as it is exported: fp32
         metrics = {"step": step, "epoch": epoch, **task.epoch_metrics(
             student, data, device=device, batch_size=hp.eval_batch_size,
             on_batch=lambda: check_stop(reporter))}
@@ -317,11 +357,17 @@ def distill(
                      f"{len(features):,} examples{f' ({sources})' if sources else ''} "
                      f"on {device.type}: {method.description(config)}.",
                      data={"method": method.name})
+    if qad is not None:
+        total = optimizer_steps(math.ceil(len(features) / hp.batch_size), hp, hp.epochs)
+        reporter.message(f"Quantisation-aware distillation: the last {qad.steps(total)} of "
+                         f"{total} optimizer steps ({qad.share:.0%}) train through int8-rounded "
+                         "weights and inputs, as the int8 export runs.")
     loop: dict[str, Any] = {
         "modules": [student, losses], "features": features, "collator": data.student.collator,
         "compute_loss": compute_loss, "hp": hp, "epochs": hp.epochs,
         "batch_size": hp.batch_size, "learning_rate": hp.learning_rate, "stage": "distill",
-        "on_progress": losses.set_progress, "prepare_batch": hooks.prepare_batch,
+        "on_progress": losses.set_progress if qad is None else
+        ProgressHooks([losses.set_progress, qad]), "prepare_batch": hooks.prepare_batch,
         "loss_rows": hooks.loss_rows}
     trained = {"student": student, "losses": losses}
     checkpoints = Checkpointer(config.work_dir, hp=hp, reporter=reporter, modules=trained)
@@ -336,6 +382,8 @@ def distill(
             result = fit(**loop, device=ranks.device, reporter=reporter,
                          on_epoch_end=on_epoch_end, checkpoints=checkpoints, ranks=ranks)
     method.finished(reporter)
+    if qad is not None:
+        qad.pause()
     return result
 
 
@@ -438,10 +486,11 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     tracker = Tracker(reporter, "export", 2)
     size_bytes = save_model(student, data.student.tokenizer, config.output_dir, data.labels)
     tracker.report(1, fit_result.epochs, force=True)
+    qad = qad_summary(config, evals, epoch_choice["epoch"], fit_result.steps)
     runtimes, runtime_warnings = measure_runtimes(
         config, task, data, model_dir=config.output_dir, student=student,
         torch_metrics=results["student"]["metrics"], torch_speed=results["student"]["speed"],
-        size_bytes=size_bytes, device=device, reporter=reporter)
+        size_bytes=size_bytes, device=device, reporter=reporter, quantization_aware=qad)
     parameters = count_parameters(student)
     teacher_entry = model_entry(results["teacher"]["metrics"],
                                 parameters=count_parameters(teacher),
@@ -469,6 +518,8 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     if selection is not None:
         report["student_selection"] = selection
     report["optimizer_steps"] = fit_result.steps
+    if qad is not None:
+        report["quantization_aware"] = qad
     report["runtimes"] = runtimes
     report["warnings"] = warnings + runtime_warnings
     report["epoch_selection"] = epoch_choice

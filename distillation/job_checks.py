@@ -18,7 +18,13 @@ from distillation.data.augment import check_augmentation
 from distillation.data.vocab import Vocabulary, read_vocabulary
 from distillation.losses.checks import check_losses
 from distillation.methods.checks import check_method
-from distillation.models.info import BASE_TASK, CAUSAL_LM, ModelInfo, inspect_model
+from distillation.models.info import (
+    BASE_TASK,
+    CAUSAL_LM,
+    CLASSIFICATION,
+    ModelInfo,
+    inspect_model,
+)
 from distillation.plan import JobPlan, plan_of
 from distillation.students.build import check_architecture
 from distillation.students.prune import pruning_problems
@@ -66,6 +72,7 @@ def job_problems(plan: JobPlan, teacher: Model, student: Model | None, *,
     for problems in (
         lambda: _teacher(plan, task, teacher.info),
         lambda: _options(plan, task, transfer_file=transfer_file),
+        lambda: _quantization(plan, task),
         lambda: _student(plan, teacher.info),
         lambda: _losses(plan, teacher.info, student.info if student is not None else None),
         lambda: _pair(plan, task, teacher, student),
@@ -127,6 +134,18 @@ def _options(plan: JobPlan, task: Task, *, transfer_file: bool) -> list[Problem]
         return [Problem("data_generation", "data_generation is for "
                         f"{', '.join(DATA_GENERATION_TASKS)} jobs (the teacher writes prompts and "
                         f"answers them); a {task.name} job learns from the training file.",
+                        "unsupported_option")]
+    return []
+
+
+def _quantization(plan: JobPlan, task: Task) -> list[Problem]:
+    """Quantisation-aware distillation trains for the int8 ONNX export, which only
+    classifiers get."""
+    if plan.hyperparameters.quantization_aware > 0 and task.name != CLASSIFICATION:
+        return [Problem("hyperparameters.quantization_aware",
+                        "hyperparameters.quantization_aware is for sequence-classification jobs "
+                        "(it trains the student for its int8 ONNX export); a "
+                        f"{task.name} student runs in torch only: leave it at 0.",
                         "unsupported_option")]
     return []
 

@@ -156,6 +156,9 @@ class HyperparametersIn(Strict):
     devices: int = Field(1, ge=1, le=64)
     # Minutes of wall clock the job's epochs are planned to fit (up to a week); unset: none.
     time_budget_minutes: float | None = Field(None, gt=0, le=7 * 24 * 60)
+    # Quantisation-aware distillation: the share of the last optimizer steps trained through
+    # int8-rounded Linears, as the ONNX int8 export runs (sequence-classification only); 0: off.
+    quantization_aware: float = Field(0.0, ge=0, le=1)
 
 
 class JobCreate(Strict):

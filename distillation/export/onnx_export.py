@@ -35,6 +35,14 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 FP32_TOLERANCE = 1e-3
 # protobuf's limit is 2 GB; past this the weights go to an external data file next to the graph.
 EXTERNAL_DATA_BYTES = 1_500_000_000
+# int8 weights with one scale per output channel (MatMulInteger's per-column B scales) rather
+# than one per tensor, so a row of small weights is not rounded to the largest row's steps; and
+# on 7 bits (-64..64, `reduce_range`): x86 CPUs without VNNI multiply uint8 by int8 with
+# VPMADDUBSW, whose int16 pair sums saturate with full-range weights (per channel, every row
+# reaches ±127), which costs more than the bit (measured in benchmarks/int8_accuracy.py).
+# `training.quantization` simulates exactly this arithmetic.
+PER_CHANNEL = True
+REDUCE_RANGE = True
 # Traced on one pair batch, checked on another of other batch size and length.
 TRACE_TEXTS = (["a short text", "a second, somewhat longer text"], ["its pair", "pair"])
 CHECK_TEXTS = (["one", "a third text that is longer than the traced ones, to be sure", "x y"],
@@ -45,10 +53,13 @@ class ExportFailed(RuntimeError):
     """The model could not be exported (the message says why); it still serves in torch."""
 
 
-def export_onnx(model_dir: Path, *, quantize: bool = True) -> dict[Runtime, Path]:
-    """Write `model_dir/onnx/` (and, with `quantize`, `model_dir/onnx-int8/`) from the Hugging
-    Face classifier in `model_dir`; {runtime: its directory}. ExportFailed on any failure, with
-    no runtime directory left behind."""
+def export_onnx(model_dir: Path, *, quantize: bool = True,
+                per_channel: bool = PER_CHANNEL) -> dict[Runtime, Path]:
+    """Write `model_dir/onnx/` (and, with `quantize`, `model_dir/onnx-int8/`, its weights
+    quantised per output channel on 7 bits, or per tensor on 8 as before per-channel weights)
+    from the Hugging Face classifier in `model_dir`;
+    {runtime: its directory}. ExportFailed on any failure, with no runtime directory left
+    behind."""
     config = load_config(model_dir)
     if task_of(config) != CLASSIFICATION:
         raise ExportFailed(f"only sequence classifiers are exported to ONNX, not "
@@ -70,7 +81,8 @@ def export_onnx(model_dir: Path, *, quantize: bool = True) -> dict[Runtime, Path
         check = tokenizer(*CHECK_TEXTS, padding=True, return_tensors="pt")
         _check(model, dirs["onnx"], {n: check[n] for n in names})
         if quantize:
-            _quantize(dirs["onnx"] / ONNX_FILE, dirs["onnx-int8"] / ONNX_FILE, large=large)
+            quantize_graph(dirs["onnx"] / ONNX_FILE, dirs["onnx-int8"] / ONNX_FILE,
+                           large=large, per_channel=per_channel, reduce_range=per_channel)
         labels = model_info(config).labels or []
         max_length = max_input_length(config, tokenizer)
         for runtime, path in dirs.items():
@@ -121,8 +133,10 @@ def _check(model: PreTrainedModel, onnx_dir: Path, sample: dict[str, torch.Tenso
         raise ExportFailed(f"the ONNX graph's logits differ from the model's by up to {diff:.2g}")
 
 
-def _quantize(source: Path, target: Path, *, large: bool) -> None:
-    """int8 weights by `quantize_dynamic`, after ONNX Runtime's recommended pre-processing
+def quantize_graph(source: Path, target: Path, *, large: bool = False,
+                   per_channel: bool = PER_CHANNEL, reduce_range: bool = REDUCE_RANGE) -> None:
+    """int8 weights by `quantize_dynamic` (symmetric, one scale per output channel with
+    `per_channel`, 7 bits with `reduce_range`), after ONNX Runtime's recommended pre-processing
     (shape inference and graph optimisation, so that the MatMuls it quantises are seen whole)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -132,8 +146,8 @@ def _quantize(source: Path, target: Path, *, large: bool) -> None:
         warnings.simplefilter("ignore")
         quant_pre_process(source, prepared, skip_symbolic_shape=True,
                           save_as_external_data=large)
-        quantize_dynamic(prepared, target, weight_type=QuantType.QInt8,
-                         use_external_data_format=large)
+        quantize_dynamic(prepared, target, weight_type=QuantType.QInt8, per_channel=per_channel,
+                         reduce_range=reduce_range, use_external_data_format=large)
     for leftover in target.parent.glob("prepared.onnx*"):
         leftover.unlink()
 

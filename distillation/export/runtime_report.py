@@ -37,13 +37,24 @@ def runtime_entry(metrics: dict[str, float], speed: dict[str, float], size_bytes
     return {**{k: round(v, 4) for k, v in metrics.items()}, **speed, "size_bytes": size_bytes}
 
 
+def qad_note(summary: dict[str, Any]) -> str:
+    """Quantisation-aware distillation in words, for the runtime reason."""
+    note = (f"the student trained quantisation-aware for the last {summary['steps']} of "
+            f"{summary['optimizer_steps']} optimizer steps ({summary['share']:.0%})")
+    if not summary["in_exported_weights"]:
+        note += ", but the exported epoch is from before them (the best-epoch selection)"
+    return note
+
+
 def measure_runtimes(
     config: JobConfig, task: Task, data: TaskData, *, model_dir: Path, student: torch.nn.Module,
     torch_metrics: dict[str, float], torch_speed: dict[str, float], size_bytes: int,
-    device: torch.device, reporter: Reporter,
+    device: torch.device, reporter: Reporter, quantization_aware: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Export the student in `model_dir` to its ONNX runtimes, measure each, choose the default;
-    (the report's `runtimes`, warnings). A failed export leaves torch alone, with a warning."""
+    (the report's `runtimes`, warnings). A failed export leaves torch alone, with a warning.
+    `quantization_aware`: the engine's summary of QAD when the student trained through int8
+    rounding (`qad_summary`), named in the reason so users see why int8 was offered."""
     hp = config.hyperparameters
     if device.type != "cpu":  # the evaluate stage ran in bf16 autocast: measure fp32 on the CPU
         torch_metrics = task.evaluate(student.to(CPU), data.student, data, device=CPU,  # type: ignore[arg-type]
@@ -80,8 +91,12 @@ def measure_runtimes(
         size = sum(f.stat().st_size for f in path.glob(f"{ONNX_FILE}*"))  # + external data
         entries[runtime] = runtime_entry(metrics, speed, size)
     default, reason = choose_default(entries, metric=task.report_metric)
+    if quantization_aware is not None:
+        reason += "; " + qad_note(quantization_aware)
     info = {"default": default, "reason": reason, "runtimes": entries,
             "export_seconds": export_seconds, "threads": threads}
+    if quantization_aware is not None:
+        info["quantization_aware"] = quantization_aware
     write_runtimes(model_dir, info)
     reporter.message(f"Exported to ONNX (fp32 and int8) in {export_seconds:g} s; serving "
                      f"default: {reason}.")

@@ -279,6 +279,26 @@ def test_transfer_file_is_for_classification(
     _assert_nothing_created(client, auth, redis_db)
 
 
+def test_quantisation_aware_distillation_is_for_classification(
+    client: Any, auth: dict[str, str], model_dirs: dict[str, Path], redis_db: int
+) -> None:
+    gpt2 = _upload(client, auth, model_dirs, "gpt2")
+    train = upload_records(client, auth, copy_records(4))
+    body = _lm_body("causal-lm", gpt2, train)
+
+    asked = client.post(JOBS, headers=auth, json={
+        **body, "hyperparameters": {"quantization_aware": 0.25}})
+    out_of_range = client.post(JOBS, headers=auth, json={
+        **body, "hyperparameters": {"quantization_aware": 1.5}})
+
+    assert "sequence-classification" in assert_error(
+        asked, 400, code="unsupported_option",
+        param="hyperparameters.quantization_aware")["message"]
+    assert out_of_range.status_code == 422
+    assert "quantization_aware" in out_of_range.text
+    _assert_nothing_created(client, auth, redis_db)
+
+
 def test_a_language_model_student_may_be_sized_to_a_target(
     client: Any, auth: dict[str, str], model_dirs: dict[str, Path], redis_db: int
 ) -> None:

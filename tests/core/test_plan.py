@@ -129,6 +129,8 @@ def _model(task: str, **kwargs: Any) -> Model:
      "invalid_loss"),
     (CAUSAL_LM, CAUSAL_LM, {"student": StudentSpec(architecture={}, prune_vocabulary=True)},
      "student.prune_vocabulary", "vocabulary_not_prunable"),
+    (SEQ2SEQ, SEQ2SEQ, {"hyperparameters": Hyperparameters(quantization_aware=0.2)},
+     "hyperparameters.quantization_aware", "unsupported_option"),
 ])
 def test_each_rule_names_its_field(task: str, teacher: str, change: dict[str, Any], param: str,
                                    code: str) -> None:
