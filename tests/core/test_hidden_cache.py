@@ -127,20 +127,33 @@ def test_cached_hidden_states_give_the_online_loss_within_fp16(
     assert loss(cached) == pytest.approx(loss(live.hidden_states), rel=1e-3)
 
 
+Runs = dict[bool, tuple[list[tuple[int, float]], int, RecordingReporter]]
+
+
+def _runs_with_cache_on_and_off(teacher_dir: Path, tmp: Path, *, prune: bool = False) -> Runs:
+    """The same hidden-state job (2 epochs over 24 examples) with the teacher cache on and off,
+    its student's vocabulary pruned with `prune`: each run's loss history, the examples the
+    teacher saw and its events."""
+    runs: Runs = {}
+    for cache in (True, False):
+        config = _config(teacher_dir, tmp / str(cache), cache=cache, epochs=2)
+        data, teacher, student, losses = _parts(config)
+        if prune:  # the student's ids renumbered, the teacher fed its own ids as `teacher_*`
+            data = prune_job_vocabulary(config, get_task(config.task), data, student,
+                                        RecordingReporter()).data
+            assert data.teacher_prefix and data.same_token_positions
+        counter = TeacherCounter(teacher)
+        recorder = RecordingReporter()
+        result = distill(config, data, teacher, student, losses, CPU, recorder)
+        runs[cache] = (result.history, counter.examples, recorder)
+    return runs
+
+
 def test_a_hidden_state_job_trains_without_the_teacher_and_a_resumed_one_reuses_the_file(
     tiny_teacher_dir: Path, tmp_path: Path
 ) -> None:
-    runs: dict[bool, tuple[list[tuple[int, float]], int, RecordingReporter]] = {}
-    for cache in (True, False):
-        # Given the same hidden-state job with caching on and off (2 epochs over 24 examples)
-        config = _config(tiny_teacher_dir, tmp_path / str(cache), cache=cache, epochs=2)
-        data, teacher, student, losses = _parts(config)
-        counter = TeacherCounter(teacher)
-        recorder = RecordingReporter()
-        # When the distillation stage runs
-        result = distill(config, data, teacher, student, losses, CPU, recorder)
-        runs[cache] = (result.history, counter.examples, recorder)
-
+    # Given the same hidden-state job with caching on and off, when the distillation stage runs
+    runs = _runs_with_cache_on_and_off(tiny_teacher_dir, tmp_path)
     on_history, on_examples, on_recorder = runs[True]
     off_history, off_examples, _ = runs[False]
     # Then the cached run ran the teacher once per example (the cache pass), never in training
@@ -181,20 +194,9 @@ def test_a_hidden_state_job_trains_without_the_teacher_and_a_resumed_one_reuses_
 def test_a_pruned_vocabulary_keeps_the_token_positions_so_its_hidden_states_are_cached(
     tiny_teacher_dir: Path, tmp_path: Path
 ) -> None:
-    runs: dict[bool, tuple[list[tuple[int, float]], int, RecordingReporter]] = {}
-    for cache in (True, False):
-        # Given a hidden-state job whose student's vocabulary is pruned (its ids renumbered, the
-        # teacher fed its own ids as `teacher_*`)
-        config = _config(tiny_teacher_dir, tmp_path / str(cache), cache=cache, epochs=2)
-        data, teacher, student, losses = _parts(config)
-        data = prune_job_vocabulary(config, get_task(config.task), data, student,
-                                    RecordingReporter()).data
-        assert data.teacher_prefix and data.same_token_positions
-        counter = TeacherCounter(teacher)
-        recorder = RecordingReporter()
-        # When the distillation stage runs
-        result = distill(config, data, teacher, student, losses, CPU, recorder)
-        runs[cache] = (result.history, counter.examples, recorder)
+    # Given a hidden-state job whose student's vocabulary is pruned, with caching on and off,
+    # when the distillation stage runs
+    runs = _runs_with_cache_on_and_off(tiny_teacher_dir, tmp_path, prune=True)
     on_history, on_examples, on_recorder = runs[True]
     off_history, off_examples, _ = runs[False]
     # Then the hidden states were cached (the teacher ran once per example) and the training
