@@ -24,8 +24,8 @@ def run_job(self: Task, job_id: str) -> None:
 def _run_job(job_id: str, *, delivered_on: str | None = None) -> None:
     settings = get_settings()
     # A message that finds nothing to claim (its job cancelled or claimed, a duplicate, tenants
-    # at their limit) is dropped before the training core (torch) is imported: stale messages
-    # cost the queue milliseconds.
+    # at their limit) is dropped before a job is built: stale messages cost the queue
+    # milliseconds. (The training core is already loaded: the main process preloads it.)
     with session_scope(settings.sqlalchemy_url) as session:
         queue = lifecycle.wakeup_queue(session, job_id=job_id, settings=settings)
         if delivered_on is not None and delivered_on in {q.name for q in settings.queue_classes}:

@@ -119,11 +119,14 @@ def test_the_database_going_away_under_the_api_and_a_worker(
     proxy.start()
     via_proxy = proxy.url_for(settings.database_url)
     release = tmp_path / "release"
-    worker = started_worker(settings, tmp_path / "worker.log", DISTILL_DATABASE_URL=via_proxy,
-                            DISTILL_RECONCILE_INTERVAL_S="2", **hold_env(5, release))
+    worker_log = tmp_path / "worker.log"
+    worker = start_worker(settings, log=worker_log, DISTILL_DATABASE_URL=via_proxy,
+                          DISTILL_RECONCILE_INTERVAL_S="2", **hold_env(5, release))
     try:
+        # (the worker and the API start side by side)
         with live_api(settings, tmp_path / "api.log", DISTILL_DATABASE_URL=via_proxy) as api, \
                 httpx.Client(base_url=api.url, timeout=30) as http:
+            wait_ready(worker, worker_log)
             job_id, _ = create_job(http, auth, tiny_teacher_dir, **SHORT_JOB)
             before = wait_for_step(http, auth, job_id, 5)["progress"]["step"]
 
@@ -172,10 +175,13 @@ def test_jobs_do_not_notice_the_api_restarting(
 ) -> None:
     # Given the API and a worker, and a job running
     log, release = tmp_path / "api.log", tmp_path / "release"
-    worker = started_worker(settings, tmp_path / "worker.log", DISTILL_RECONCILE_INTERVAL_S="2",
-                            **hold_env(5, release))
+    worker_log = tmp_path / "worker.log"
+    worker = start_worker(settings, log=worker_log, DISTILL_RECONCILE_INTERVAL_S="2",
+                          **hold_env(5, release))
     try:
+        # (the worker and the API start side by side)
         with live_api(settings, log) as api, httpx.Client(base_url=api.url, timeout=30) as http:
+            wait_ready(worker, worker_log)
             job_id, _ = create_job(http, auth, tiny_teacher_dir, **SHORT_JOB)
             wait_for_step(http, auth, job_id, 5)
 
