@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from app.jobs.queue_classes import queues_for_worker
 from app.settings import Settings
+from distillation.training.devices import cpu_only_machine
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,12 @@ class NoQueue(ValueError):
 
 
 def detect() -> tuple[str, int, int]:
-    """(kind, devices, memory per device) read in a child process (`distillation.training.devices`):
-    CUDA queried in this process would be unusable in the job processes it forks."""
+    """(kind, devices, memory per device): on a machine with no GPU driver, the CPU at once;
+    otherwise read in a child process (`distillation.training.devices`): CUDA queried in this
+    process would be unusable in the job processes it forks."""
+    cpu = cpu_only_machine()
+    if cpu is not None:
+        return cpu.kind, cpu.count, cpu.memory_bytes
     out = subprocess.run([sys.executable, "-m", "distillation.training.devices"], capture_output=True,
                          text=True, check=True, timeout=300).stdout
     info = json.loads(out.strip().splitlines()[-1])
