@@ -195,16 +195,18 @@ def main() -> None:
             minutes = round((time.monotonic() - created) / 60, 1)
             if job["status"] != "succeeded":
                 raise SystemExit(f"job {job_id} {job['status']}: {job.get('error')}")
+            report = api.get(f"/v1/models/{job['result_model']}").json().get("report") or {}
             student_dir = download(api, job["result_model"], work / "models")
             teacher_dir = download(api, job["teacher_model"], work / "models")
         finally:
             services.stop()
 
-    report = job.get("report") or {}
     result: dict[str, Any] = {"command": "python " + " ".join(sys.argv), "machine": machine(),
                               "request": body, "job_minutes": minutes,
                               "stage_seconds": report.get("stage_seconds"),
-                              "student_architecture": report.get("student_selection"),
+                              "student_selection": report.get("student_selection"),
+                              "report": {k: report.get(k) for k in ("retention", "speedup",
+                                                                     "compression")},
                               "hyperparameters": job.get("hyperparameters")}
     for split_name, rows, column in (("test", data["test"], "sentence"),
                                      ("dev", data["dev"], "content")):
