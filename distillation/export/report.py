@@ -124,7 +124,8 @@ def time_budget_report(
     """The report's "time_budget": {"budget_minutes", "planned": {"epochs", "steps",
     "examples", "all_examples", "distill_minutes" (estimated, evaluations included),
     "reserved_minutes" (the final evaluation and export), "spent_minutes" (before distilling)},
-    "ran": {"epochs", "steps", "stage_minutes", "total_minutes"}, "measured": {"step_seconds",
+    "ran": {"epochs", "steps", "stage_minutes", "total_minutes", "total_seconds"},
+    "measured": {"step_seconds",
     "samples_per_s", "steps", "epoch_minutes", "eval_seconds"}, "reason"}. `plan`: a
     `training.budget.BudgetPlan`'s summary; "ran" is this attempt's wall clock (a run resumed
     from a checkpoint counts from there), its epochs and steps the whole run's."""
@@ -137,7 +138,8 @@ def time_budget_report(
                     "spent_minutes": round(plan["spent_s"] / 60, 2)},
         "ran": {"epochs": epochs, "steps": steps,
                 "stage_minutes": {stage: round(s / 60, 2) for stage, s in stage_seconds.items()},
-                "total_minutes": round(total_seconds / 60, 2)},
+                "total_minutes": round(total_seconds / 60, 2),
+                "total_seconds": round(total_seconds, 2)},  # a short job's minutes round to 0
         "measured": {"step_seconds": plan["step_s"], "samples_per_s": plan["samples_per_s"],
                      "steps": plan["steps_measured"],
                      "epoch_minutes": round(plan["epoch_s"] / 60, 2),

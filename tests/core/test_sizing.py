@@ -85,6 +85,28 @@ def test_scores_pick_among_feasible_candidates() -> None:
         report["agreement_at_init"].values())
 
 
+def test_a_compression_target_scores_only_candidates_that_use_half_its_budget() -> None:
+    # Given a score that prefers the smallest student (as agreement at init can prefer a deep,
+    # narrow one far below the budget)
+    config = teacher_config()
+    budget = teacher_parameters(config) / 3
+
+    def smallest(c: Candidate) -> float:
+        return -c.parameters
+
+    chosen, report = pick(config, {"compression": 3}, vocab_size=1000, score_fn=smallest)
+    all_feasible = [c for c in architectures(config)
+                    if count(config, c, 1000).parameters <= budget]
+
+    # Then the pick is the smallest of those with at least half the budget, never one below it
+    scored = report["agreement_at_init"]
+    assert chosen.parameters >= 0.5 * budget
+    assert len(scored) < len(all_feasible)  # some feasible candidates were too small to score
+    assert all(count(config, c, 1000).parameters >= 0.5 * budget for c in all_feasible
+               if f"{c.num_layers}x{c.hidden_size}" in scored)
+    assert "at least 50% of its parameter budget" in report["why"]
+
+
 def test_hidden_state_directions_are_an_orthonormal_basis(tiny_teacher_dir: Path) -> None:
     from transformers import AutoTokenizer, DataCollatorWithPadding
 

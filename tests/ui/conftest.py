@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.factories.api import REDIS_URL, make_key, sentiment_files, upload_model_dir
+from tests.factories.faults import hold_env
 from tests.factories.server import live_api
 from tests.factories.worker import start_worker, stop_worker
 
@@ -50,6 +51,12 @@ class Dash:
     validation: str
     shots: Path
     settings: Any
+    # The worker holds a job at step `HOLD_STEP` while this file is missing (it exists unless a
+    # test removes it): a job page opened before the job ends, however fast the machine.
+    release: Path
+
+
+HOLD_STEP = 8
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +82,10 @@ def dash(pg_url: str, redis_db: int, tmp_path_factory: pytest.TempPathFactory,
         config = get_settings()
         auth = make_key(config, "acme")
         # the model page downloads the ONNX int8 export: this worker exports runtimes
+        release = data / "release"
+        release.touch()
         worker = start_worker(config, log=data / "worker.log", DISTILL_RECONCILE_INTERVAL_S="3600",
-                              DISTILL_EXPORT_RUNTIMES="true")
+                              DISTILL_EXPORT_RUNTIMES="true", **hold_env(HOLD_STEP, release))
         try:
             with live_api(config, data / "api.log", DISTILL_EVENTS_POLL_INTERVAL_S="0.25") as api, \
                     httpx.Client(base_url=api.url, timeout=60) as http:
@@ -84,7 +93,8 @@ def dash(pg_url: str, redis_db: int, tmp_path_factory: pytest.TempPathFactory,
                 teacher = upload_model_dir(http, auth, tiny_teacher_dir)["id"]
                 yield Dash(url=api.url, key=auth["Authorization"].removeprefix("Bearer "),
                            auth=auth, http=http, teacher=teacher, train=train,
-                           validation=validation, shots=shots, settings=config)
+                           validation=validation, shots=shots, settings=config,
+                           release=release)
         finally:
             stop_worker(worker)
             get_settings.cache_clear()

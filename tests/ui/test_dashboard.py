@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import tarfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from tests.factories.api import job_body, upload_records
 from tests.factories.records import sentiment_records
 from tests.factories.worker import wait_for
-from tests.ui.conftest import Dash, Watch, shot, sign_in
+from tests.ui.conftest import HOLD_STEP, Dash, Watch, shot, sign_in
 
 XSS_META = "<script>window.__xss = 'metadata'</script>"
 XSS_IMG = "<img src=x onerror=\"window.__xss='img'\">"
@@ -76,9 +77,25 @@ def test_jobs_list_shows_a_created_job_with_status_and_progress(
     assert "run=dashboard" in row.inner_text()
 
 
-def test_job_page_follows_a_real_job_live(page: Any, dash: Dash, tiny_job: dict[str, Any]) -> None:
-    # Given the job page open while the worker runs the job
-    sign_in(page, dash, next_path=f"/ui/jobs/{tiny_job['id']}")
+@pytest.fixture
+def held_job(dash: Dash) -> Iterator[dict[str, Any]]:
+    """A job as `tiny_job`, held by the worker at step `HOLD_STEP` until `dash.release` exists."""
+    dash.release.unlink(missing_ok=True)
+    try:
+        body = job_body(teacher=dash.teacher, training_file=dash.train,
+                        validation_file=dash.validation, metadata={"run": "dashboard-live"})
+        body["hyperparameters"].update(epochs=2, batch_size=8, log_every_steps=1)
+        response = dash.http.post("/v1/distillation/jobs", headers=dash.auth, json=body)
+        assert response.status_code == 201, response.text
+        yield dict(response.json())
+    finally:
+        dash.release.touch()
+
+
+def test_job_page_follows_a_real_job_live(page: Any, dash: Dash, held_job: dict[str, Any]) -> None:
+    # Given the job page open while the worker runs the job (held at step 8 until the page has
+    # shown it running, then let go)
+    sign_in(page, dash, next_path=f"/ui/jobs/{held_job['id']}")
     page.wait_for_selector("#live:not([hidden])")
     samples = []  # (status, loss points drawn, events listed), read from the page as it changes
     deadline = time.monotonic() + 240
@@ -89,6 +106,8 @@ def test_job_page_follows_a_real_job_live(page: Any, dash: Dash, tiny_job: dict[
               ?.getAttribute('points') || '').split(' ').filter(Boolean).length,
             document.querySelectorAll('#events li').length]""")
         samples.append(tuple(sample))
+        if sample[0] == "running" and sample[1] >= HOLD_STEP:
+            dash.release.touch()  # shown running with a partial curve: let the job go on
         if sample[1] and len(samples) % 10 == 1:
             shot(page, dash, "02-job-running")
         if sample[0] in {"succeeded", "failed", "cancelled"}:
@@ -101,11 +120,12 @@ def test_job_page_follows_a_real_job_live(page: Any, dash: Dash, tiny_job: dict[
     # curve and the events grew while it was open
     statuses = [s[0] for s in samples]
     assert statuses[-1] == "succeeded", samples[-5:]
+    assert ("running", HOLD_STEP) in [(s[0], s[1]) for s in samples], samples
     points = [s[1] for s in samples]
     assert points[-1] >= 16 and points[-1] > min(points), samples
     assert len({s[2] for s in samples}) > 1
     # every event once, as the API lists them
-    events = dash.http.get(f"/v1/distillation/jobs/{tiny_job['id']}/events?limit=1000",
+    events = dash.http.get(f"/v1/distillation/jobs/{held_job['id']}/events?limit=1000",
                            headers=dash.auth).json()["data"]
     assert page.locator("#events li").count() == len(events)
     shown = page.locator("#events li").evaluate_all("els => els.map(e => e.dataset.event)")
