@@ -128,6 +128,9 @@ def test_one_wakeup_delivered_twice_to_two_workers_trains_the_job_once(
     try:
         for proc, log in zip(workers, logs, strict=True):
             wait_ready(proc, log)
+            # (each main process has loaded the training core before any job: its job
+            # processes are forked with torch in memory instead of importing it)
+            assert "libtorch_cpu" in Path(f"/proc/{proc.pid}/maps").read_text()
         # When a job's wake-up reaches the broker twice, one copy for each worker
         job_id, _ = create_job(client, auth, tiny_teacher_dir, max_steps=3)
         assert send_wakeup(job_id, settings=settings)
