@@ -79,7 +79,14 @@ def test_jobs_list_shows_a_created_job_with_status_and_progress(
 
 @pytest.fixture
 def held_job(dash: Dash) -> Iterator[dict[str, Any]]:
-    """A job as `tiny_job`, held by the worker at step `HOLD_STEP` until `dash.release` exists."""
+    """A job as `tiny_job`, held by the worker at step `HOLD_STEP` until `dash.release` exists
+    (once the jobs of earlier tests have ended: the worker runs one at a time, and would hold
+    theirs instead)."""
+    deadline = time.monotonic() + 180
+    while any(j["status"] not in {"succeeded", "failed", "cancelled"} for j in dash.http.get(
+            "/v1/distillation/jobs?limit=100", headers=dash.auth).json()["data"]):
+        assert time.monotonic() < deadline, "the jobs of earlier tests did not end"
+        time.sleep(0.3)
     dash.release.unlink(missing_ok=True)
     try:
         body = job_body(teacher=dash.teacher, training_file=dash.train,

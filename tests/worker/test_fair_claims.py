@@ -21,6 +21,7 @@ from app.jobs.tables import JobRow
 from app.kit.db import session_scope
 from app.settings import get_settings
 from app.workers.registry import list_workers
+from tests.factories.faults import hold_env
 from tests.factories.worker import (
     FINAL,
     create_job,
@@ -220,11 +221,14 @@ def times(settings: Any, job_id: str) -> tuple[float, float]:
 
 def test_real_workers_run_a_second_tenants_job_while_the_first_tenants_backlog_waits(
     client: Any, auth: dict[str, str], other_auth: dict[str, str], settings: Any,
-    tiny_teacher_dir: Path,
+    tiny_teacher_dir: Path, tmp_path: Path,
 ) -> None:
-    # Given two real workers, with one running job per tenant
+    # Given two real workers, with one running job per tenant (A's long one held at step 40
+    # until B's has finished, however fast the machine: the short jobs never reach that step)
+    release = tmp_path / "release"
     procs = [start_worker(settings, DISTILL_RECONCILE_INTERVAL_S="3600",
-                          DISTILL_MAX_RUNNING_JOBS_PER_TENANT="1") for _ in range(2)]
+                          DISTILL_MAX_RUNNING_JOBS_PER_TENANT="1", **hold_env(40, release))
+             for _ in range(2)]
     try:
         deadline = time.monotonic() + 120
         while len(registered(settings)) < 2:
@@ -236,9 +240,9 @@ def test_real_workers_run_a_second_tenants_job_while_the_first_tenants_backlog_w
                                batch_size=4)
         a_short, _ = create_job(client, auth, tiny_teacher_dir)
         b_short, _ = create_job(client, other_auth, tiny_teacher_dir)
-        done = {job_id: wait_for(client, headers, job_id, FINAL)
-                for job_id, headers in ((b_short, other_auth), (a_long, auth),
-                                        (a_short, auth))}
+        done = {b_short: wait_for(client, other_auth, b_short, FINAL)}
+        release.touch()
+        done |= {job_id: wait_for(client, auth, job_id, FINAL) for job_id in (a_long, a_short)}
     finally:
         for proc in procs:
             stop_worker(proc)
