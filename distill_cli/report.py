@@ -56,6 +56,10 @@ def report_table(model: Mapping[str, Any]) -> Table:
         vocab = report["vocabulary"]
         lines.append(f"vocabulary pruned from {vocab['pruned_from']:,} to "
                      f"{vocab['pruned_to']:,} ids")
+    runtimes = report.get("runtimes") or {}
+    if runtimes.get("default"):
+        lines.append(f"served by default with {runtimes['default']}: "
+                     f"{runtimes.get('reason', 'the only runtime exported')}")
     if report.get("stage_seconds"):
         lines.append("stages: " + ", ".join(
             f"{name} {seconds:.0f}s" for name, seconds in report["stage_seconds"].items()))
