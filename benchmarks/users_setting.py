@@ -33,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.sst2_quality import read_tsv  # noqa: E402
 from benchmarks.stack import (  # noqa: E402
     REDIS,
     Services,
@@ -41,12 +42,6 @@ from benchmarks.stack import (  # noqa: E402
     machine,
     open_api,
 )
-
-
-def read_tsv(path: Path) -> list[dict[str, str]]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:] if line]
 
 
 def jsonl(rows: list[dict[str, Any]]) -> bytes:
@@ -76,50 +71,40 @@ def download(api: Any, model_id: str, out: Path) -> Path:
     return min(folders, key=lambda p: len(p.parts))
 
 
-def score(model_dir: Path, texts: list[str], labels: list[int]) -> dict[str, Any]:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    label2id = {str(k).lower(): int(v) for k, v in (model.config.label2id or {}).items()}
-    # the job's labels are 0/1; a model whose label names are those numbers maps them back
-    to_label = {i: int(name) if name.isdigit() else i
-                for name, i in label2id.items()} if label2id else {}
-    correct = 0
-    with torch.inference_mode():
-        for start in range(0, len(texts), 64):
-            batch = tokenizer(texts[start:start + 64], padding=True, truncation=True,
-                              max_length=128, return_tensors="pt")
-            predicted = model(**batch).logits.argmax(-1).tolist()
-            correct += sum(to_label.get(p, p) == y
-                           for p, y in zip(predicted, labels[start:start + 64], strict=True))
-    return {"accuracy": round(correct / len(texts), 4)}
-
-
-def latency_ms(model_dir: Path, texts: list[str]) -> float:
+def measure(model_dir: Path, splits: dict[str, tuple[list[str], list[int]]],
+            latency_texts: list[str]) -> dict[str, Any]:
+    """The model (loaded once): its accuracy on each split (torch, batch 64), its batch-1
+    latency (median of 200 single sentences after 20 of warm-up, one thread) and its
+    parameters."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    times = []
+    # the job's labels are 0/1; a model whose label names are those numbers maps them back
+    to_label = {int(i): int(name) if str(name).isdigit() else int(i)
+                for name, i in (model.config.label2id or {}).items()}
+    result: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters())}
     with torch.inference_mode():
-        for i, text in enumerate(texts[:220]):
+        for name, (texts, labels) in splits.items():
+            correct = 0
+            for start in range(0, len(texts), 64):
+                batch = tokenizer(texts[start:start + 64], padding=True, truncation=True,
+                                  max_length=128, return_tensors="pt")
+                predicted = model(**batch).logits.argmax(-1).tolist()
+                correct += sum(to_label.get(p, p) == y
+                               for p, y in zip(predicted, labels[start:start + 64], strict=True))
+            result[name] = round(correct / len(texts), 4)
+        times = []
+        for i, text in enumerate(latency_texts[:220]):
             inputs = tokenizer(text, return_tensors="pt")
-            start = time.perf_counter()
+            start_s = time.perf_counter()
             model(**inputs)
             if i >= 20:  # warm-up
-                times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1000, 3)
-
-
-def params(model_dir: Path) -> int:
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    return sum(p.numel() for p in model.parameters())
+                times.append(time.perf_counter() - start_s)
+    result["latency_ms"] = round(statistics.median(times) * 1000, 3)
+    return result
 
 
 def main() -> None:
@@ -208,19 +193,17 @@ def main() -> None:
                               "report": {k: report.get(k) for k in ("retention", "speedup",
                                                                      "compression")},
                               "hyperparameters": job.get("hyperparameters")}
-    for split_name, rows, column in (("test", data["test"], "sentence"),
-                                     ("dev", data["dev"], "content")):
-        texts, labels = [r[column] for r in rows], [r["label"] for r in rows]
-        t, s = score(teacher_dir, texts, labels), score(student_dir, texts, labels)
-        result[split_name] = {"teacher": t["accuracy"], "student": s["accuracy"],
-                              "retention": round(s["accuracy"] / t["accuracy"], 4)}
-    texts = [r["sentence"] for r in data["test"]]
-    teacher_ms, student_ms = latency_ms(teacher_dir, texts), latency_ms(student_dir, texts)
-    teacher_params, student_params = params(teacher_dir), params(student_dir)
-    result["latency_ms_p50"] = {"teacher": teacher_ms, "student": student_ms,
-                                "speedup": round(teacher_ms / student_ms, 2)}
-    result["parameters"] = {"teacher": teacher_params, "student": student_params,
-                            "compression": round(teacher_params / student_params, 2)}
+    splits = {"test": ([r["sentence"] for r in data["test"]], [r["label"] for r in data["test"]]),
+              "dev": ([r["content"] for r in data["dev"]], [r["label"] for r in data["dev"]])}
+    teacher = measure(teacher_dir, splits, splits["test"][0])
+    student = measure(student_dir, splits, splits["test"][0])
+    for name in splits:
+        result[name] = {"teacher": teacher[name], "student": student[name],
+                        "retention": round(student[name] / teacher[name], 4)}
+    result["latency_ms_p50"] = {"teacher": teacher["latency_ms"], "student": student["latency_ms"],
+                                "speedup": round(teacher["latency_ms"] / student["latency_ms"], 2)}
+    result["parameters"] = {"teacher": teacher["parameters"], "student": student["parameters"],
+                            "compression": round(teacher["parameters"] / student["parameters"], 2)}
     print(json.dumps({k: result[k] for k in ("job_minutes", "test", "dev", "latency_ms_p50",
                                              "parameters")}, indent=1))
     runs = json.loads(args.out.read_text())["runs"] if args.out.exists() else []

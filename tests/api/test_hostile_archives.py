@@ -183,16 +183,15 @@ def measured(request: Callable[[], Any], *, trace: bool = True) -> tuple[Any, in
         before: int | None = _status_kb("VmRSS:")
     except OSError:
         before = None
-    if not trace:
-        response = request()
-        return response, None, (_status_kb("VmHWM:") - before) * 1024 if before is not None \
-            else None
-    tracemalloc.start()
+    traced_peak: int | None = None
+    if trace:
+        tracemalloc.start()
     try:
         response = request()
-        _, traced_peak = tracemalloc.get_traced_memory()
+        if trace:
+            _, traced_peak = tracemalloc.get_traced_memory()
     finally:
-        tracemalloc.stop()
+        tracemalloc.stop()  # (nothing when it was not started)
     growth = (_status_kb("VmHWM:") - before) * 1024 if before is not None else None
     return response, traced_peak, growth
 

@@ -36,9 +36,9 @@ _ARCHIVES: dict[tuple[str, tuple[tuple[str, int, int], ...]], bytes] = {}
 
 def model_archive(model_dir: Path) -> bytes:
     """`model_dir` as a .tar.gz (one folder, `model/`), built once per content of the folder."""
-    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
-    key = (str(model_dir.resolve()), tuple((str(p.relative_to(model_dir)), p.stat().st_size,
-                                            p.stat().st_mtime_ns) for p in files))
+    stats = [(p, p.stat()) for p in sorted(model_dir.rglob("*")) if p.is_file()]
+    key = (str(model_dir.resolve()), tuple((str(p.relative_to(model_dir)), st.st_size,
+                                            st.st_mtime_ns) for p, st in stats))
     if key not in _ARCHIVES:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.factories.api import job_body, upload_records
 from tests.factories.records import sentiment_records
-from tests.factories.worker import wait_for
+from tests.factories.worker import FINAL, wait_for
 from tests.ui.conftest import HOLD_STEP, Dash, Watch, shot, sign_in
 
 XSS_META = "<script>window.__xss = 'metadata'</script>"
@@ -31,15 +31,15 @@ def create_job(dash: Dash, **overrides: Any) -> dict[str, Any]:
     return dict(response.json())
 
 
+def stepped_job(dash: Dash, run: str) -> dict[str, Any]:
+    """A real job for the worker: 2 epochs of 8 steps, a metrics event every step."""
+    return create_job(dash, metadata={"run": run}, hyperparameters={
+        "epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "seed": 1, "log_every_steps": 1})
+
+
 @pytest.fixture(scope="module")
 def tiny_job(dash: Dash) -> dict[str, Any]:
-    """A real job for the worker: 2 epochs of 16 steps, a metrics event every step."""
-    body = job_body(teacher=dash.teacher, training_file=dash.train,
-                    validation_file=dash.validation, metadata={"run": "dashboard"})
-    body["hyperparameters"].update(epochs=2, batch_size=8, log_every_steps=1)
-    response = dash.http.post("/v1/distillation/jobs", headers=dash.auth, json=body)
-    assert response.status_code == 201, response.text
-    return dict(response.json())
+    return stepped_job(dash, "dashboard")
 
 
 def test_sign_in_refuses_a_bad_key_and_keeps_a_good_one_out_of_the_url(
@@ -83,18 +83,13 @@ def held_job(dash: Dash) -> Iterator[dict[str, Any]]:
     (once the jobs of earlier tests have ended: the worker runs one at a time, and would hold
     theirs instead)."""
     deadline = time.monotonic() + 180
-    while any(j["status"] not in {"succeeded", "failed", "cancelled"} for j in dash.http.get(
+    while any(j["status"] not in FINAL for j in dash.http.get(
             "/v1/distillation/jobs?limit=100", headers=dash.auth).json()["data"]):
         assert time.monotonic() < deadline, "the jobs of earlier tests did not end"
         time.sleep(0.3)
     dash.release.unlink(missing_ok=True)
     try:
-        body = job_body(teacher=dash.teacher, training_file=dash.train,
-                        validation_file=dash.validation, metadata={"run": "dashboard-live"})
-        body["hyperparameters"].update(epochs=2, batch_size=8, log_every_steps=1)
-        response = dash.http.post("/v1/distillation/jobs", headers=dash.auth, json=body)
-        assert response.status_code == 201, response.text
-        yield dict(response.json())
+        yield stepped_job(dash, "dashboard-live")
     finally:
         dash.release.touch()
 
