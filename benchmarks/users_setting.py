@@ -74,8 +74,8 @@ def download(api: Any, model_id: str, out: Path) -> Path:
 def measure(model_dir: Path, splits: dict[str, tuple[list[str], list[int]]],
             latency_texts: list[str]) -> dict[str, Any]:
     """The model (loaded once): its accuracy on each split (torch, batch 64), its batch-1
-    latency (median of 200 single sentences after 20 of warm-up, one thread) and its
-    parameters."""
+    latency (median of 200 single sentences after 20 of warm-up, one thread; none without
+    `latency_texts`) and its parameters."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -103,7 +103,8 @@ def measure(model_dir: Path, splits: dict[str, tuple[list[str], list[int]]],
             model(**inputs)
             if i >= 20:  # warm-up
                 times.append(time.perf_counter() - start_s)
-    result["latency_ms"] = round(statistics.median(times) * 1000, 3)
+    if times:
+        result["latency_ms"] = round(statistics.median(times) * 1000, 3)
     return result
 
 
