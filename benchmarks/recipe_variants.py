@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -35,9 +34,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sst2_quality import read_tsv, write_jsonl  # noqa: E402
+from benchmarks.sst2_quality import write_jsonl  # noqa: E402
 from benchmarks.stack import machine  # noqa: E402
-from benchmarks.users_setting import measure  # noqa: E402
+from benchmarks.users_setting import measure, split  # noqa: E402
 
 REQUEST: dict[str, Any] = {
     "task": "sequence-classification",
@@ -58,19 +57,17 @@ def merged(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_split(sst2: Path, out: Path, seed: int) -> dict[str, Path]:
-    """Labelled, transfer and validation rows of SST-2's train file (disjoint, seeded) and the
+    """`users_setting.split`'s labelled, transfer and held-out rows (validation here) and the
     dev set as the test, as JSONL files under `out` (once)."""
     paths = {name: out / f"{name}.jsonl" for name in ("train", "transfer", "validation", "test")}
     if all(p.exists() for p in paths.values()):
         return paths
-    rows = [{"sentence": r["sentence"], "label": int(r["label"])}
-            for r in read_tsv(sst2 / "train.tsv")]
-    random.Random(seed).shuffle(rows)
-    write_jsonl(paths["train"], rows[:8000])
-    write_jsonl(paths["transfer"], [{"sentence": r["sentence"]} for r in rows[8000:38000]])
-    write_jsonl(paths["validation"], rows[38000:40000])
-    write_jsonl(paths["test"], [{"sentence": r["content"], "label": int(r["label"])}
-                                for r in read_tsv(sst2 / "dev.tsv")])
+    rows = split(sst2, labelled=8000, transfer=30000, test=2000, seed=seed)
+    write_jsonl(paths["train"], rows["train"])
+    write_jsonl(paths["transfer"], rows["transfer"])
+    write_jsonl(paths["validation"], rows["test"])
+    write_jsonl(paths["test"], [{"sentence": r["content"], "label": r["label"]}
+                                for r in rows["dev"]])
     return paths
 
 
