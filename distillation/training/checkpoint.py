@@ -75,16 +75,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _load_into(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Load saved weights; `save_model` keeps one name of each set of tied tensors, so a missing
-    name is fine when its tensor is one that was loaded under another name."""
-    missing, unexpected = module.load_state_dict(tensors, strict=False)
+def _misfit(module: nn.Module, tensors: dict[str, torch.Tensor]) -> str | None:
+    """Why saved weights do not fit `module` (None: they do). `save_model` keeps one name of each
+    set of tied tensors, so a missing name is fine when its tensor is one saved under another."""
     own = module.state_dict()
-    loaded = {own[name].data_ptr() for name in tensors}
-    lost = [name for name in missing if own[name].data_ptr() not in loaded]
-    if unexpected or lost:
-        raise ValueError(f"checkpoint does not fit the model: missing {lost[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    unexpected = [name for name in tensors if name not in own]
+    if unexpected:
+        return f"it has weights the model lacks ({', '.join(unexpected[:3])})"
+    reshaped = [f"{name} {tuple(tensors[name].shape)} vs {tuple(own[name].shape)}"
+                for name in tensors if tensors[name].shape != own[name].shape]
+    if reshaped:
+        return f"its weights have other shapes ({'; '.join(reshaped[:2])})"
+    saved = {own[name].data_ptr() for name in tensors}
+    lost = [name for name in own if name not in tensors and own[name].data_ptr() not in saved]
+    if lost:
+        return f"it lacks weights the model has ({', '.join(lost[:3])})"
+    return None
 
 
 def _recent_loss(state: LoopState) -> float | None:
@@ -197,13 +203,21 @@ class Checkpointer:
             return None
         weights = {name: load_file(str(directory / f"{name}.safetensors"))
                    for name in self.modules}
+        for name, module in self.modules.items():
+            # A student sized again on resume can come out another shape (candidates whose
+            # scores tie within rounding, another CPU): train it afresh rather than fail.
+            why = _misfit(module, weights[name])
+            if why is not None:
+                self.reporter.message(f"Checkpoint {directory.name} does not fit this run's "
+                                      f"{name}: {why}; not resuming from it.", level="warning")
+                return None
         trainer = torch.load(directory / TRAINER, map_location="cpu", weights_only=True)
         return saved, weights, trainer
 
     def _apply(self, state: LoopState, saved: dict[str, Any],
                weights: dict[str, dict[str, torch.Tensor]], trainer: dict[str, Any]) -> None:
         for name, module in self.modules.items():
-            _load_into(module, weights[name])
+            module.load_state_dict(weights[name], strict=False)  # `_misfit` checked them
         state.optimizer.load_state_dict(trainer["optimizer"])
         state.scheduler.load_state_dict(trainer["scheduler"])
         set_rng_state(trainer["rng"])

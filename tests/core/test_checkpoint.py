@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
-from distillation.config import FinetuneSpec, Hyperparameters, JobConfig
+from distillation.config import FinetuneSpec, Hyperparameters, JobConfig, StudentSpec
 from distillation.engine import run_job
 from distillation.export.curve import CURVE_FILE
 from distillation.layout import list_checkpoints
@@ -113,3 +113,26 @@ def test_a_resumed_job_reuses_its_finetuned_teacher(tiny_base_dir: Path, tmp_pat
     assert "finetune_teacher" not in second.stages()
     assert any("fine-tuned by an earlier attempt" in text for text in second.messages)
     assert second.resumed_from() == [1] and second.steps == [2, 3, 4]
+
+
+def test_a_checkpoint_of_another_student_shape_is_passed_over_and_training_starts_afresh(
+    tiny_teacher_dir: Path, tmp_path: Path
+) -> None:
+    # Given a job that died after its checkpoint of step 4, with a 1 × 32 student
+    first = RecordingReporter(die_at_step=5)
+    with pytest.raises(WorkerDied):
+        run_job(make_config(tiny_teacher_dir, tmp_path, "job"), first)
+
+    # When it runs again and its student comes out another width (sized again on resume)
+    narrower = StudentSpec(architecture={"num_layers": 1, "hidden_size": 16}, init="teacher")
+    config = make_config(tiny_teacher_dir, tmp_path, "job", student=narrower)
+    second = RecordingReporter()
+    run_job(config, second)
+
+    # Then it says why each checkpoint does not fit, trains all 12 steps afresh, and finishes
+    passed_over = [text for text in second.messages if "does not fit" in text]
+    assert [text.split()[1] for text in passed_over] == ["step-4", "step-2"]
+    assert "its weights have other shapes" in passed_over[0] and "(32,) vs (16,)" in passed_over[0]
+    assert second.resumed_from() == [] and second.steps == list(range(1, 13))
+    weights = load_file(str(config.output_dir / "model.safetensors"))
+    assert weights["bert.embeddings.LayerNorm.weight"].shape == (16,)
