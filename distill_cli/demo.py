@@ -212,7 +212,7 @@ def demo_job(train_id: str, dev_id: str, transfer_id: str | None,
     distilled on the labelled rows and the unlabelled texts."""
     return {
         "task": "sequence-classification",
-        "teacher": {"model": "all-minilm-l6-v2", "finetune": {"epochs": 2}},
+        "teacher": {"model": "all-minilm-l6-v2", "finetune": {"epochs": 1}},
         "student": {"target": {"compression": 4}},
         "training_file": train_id,
         "validation_file": dev_id,

@@ -265,7 +265,7 @@ def demo(
     rows: Annotated[int, typer.Option(help="SST-2 training rows to use.")] = 8000,
     full: Annotated[bool, typer.Option("--full", help="Use all 67,349 training rows.")] = False,
     transfer: Annotated[int, typer.Option(
-        help="Other training rows' sentences to upload as unlabelled transfer text.")] = 30000,
+        help="Other training rows' sentences to upload as unlabelled transfer text.")] = 24000,
     epochs: Annotated[int | None, typer.Option(
         help="Distillation epochs (default: 2, or 5 with --chat).")] = None,
     chat: Annotated[bool, typer.Option(
