@@ -136,3 +136,32 @@ def test_a_checkpoint_of_another_student_shape_is_passed_over_and_training_start
     assert second.resumed_from() == [] and second.steps == list(range(1, 13))
     weights = load_file(str(config.output_dir / "model.safetensors"))
     assert weights["bert.embeddings.LayerNorm.weight"].shape == (16,)
+
+
+def test_a_job_resumed_mid_epoch_with_gradient_accumulation_matches_an_uninterrupted_run(
+    tiny_teacher_dir: Path, tmp_path: Path
+) -> None:
+    # Given 32 examples in batches of 4, two batches per optimizer step (4 steps an epoch, 8 in
+    # all) and a checkpoint every 3 steps: step 3 is mid-epoch, 6 of the epoch's 8 batches in
+    hp = Hyperparameters(epochs=2, batch_size=4, gradient_accumulation_steps=2,
+                         learning_rate=5e-3, warmup_ratio=0.0, log_every_steps=1,
+                         eval_batch_size=16, checkpoint_every_steps=3, select="last")
+    config = make_config(tiny_teacher_dir, tmp_path, "job", hyperparameters=hp)
+    first = RecordingReporter(die_at_step=5)
+    with pytest.raises(WorkerDied):
+        run_job(config, first)
+    assert list_checkpoints(config.work_dir)[0][1]["step"] == 3
+
+    # When it runs again, and the same job runs uninterrupted
+    second = RecordingReporter()
+    run_job(config, second)
+    whole = make_config(tiny_teacher_dir, tmp_path, "whole", hyperparameters=hp)
+    run_job(whole, RecordingReporter())
+
+    # Then it went on from step 3 (epoch 1) and ends with the same weights
+    assert second.resumed_from() == [3] and second.steps == list(range(4, 9))
+    assert "Resumed from checkpoint at step 3 (epoch 1)." in second.messages
+    resumed = load_file(str(config.output_dir / "model.safetensors"))
+    reference = load_file(str(whole.output_dir / "model.safetensors"))
+    for name, tensor in reference.items():
+        assert (resumed[name] - tensor).abs().max() <= 1e-5, name
