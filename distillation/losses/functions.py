@@ -59,7 +59,8 @@ def _teacher_logits(inputs: LossInputs, loss: str) -> Tensor:
     if inputs.teacher_logits is None:
         raise ValueError(f"the {loss} loss needs the teacher's full logits, which a top-k "
                          "teacher cache does not keep")
-    return inputs.teacher_logits
+    # The teacher is a fixed target: no term sends it a gradient, however its logits were made.
+    return inputs.teacher_logits.detach()
 
 
 def _require(value: Sequence[Tensor] | None, what: str) -> Sequence[Tensor]:

@@ -206,3 +206,28 @@ def test_check_losses_reports_each_problem() -> None:
     with pytest.raises(ValueError, match=r"losses\[0\]\.layer_map: student layer 3"):
         build_losses([LossSpec("hidden_mse", layer_map={3: 0})], 1.0, Shape(2, 4, 2),
                      Shape(2, 4, 2))
+
+
+def test_gradients_reach_the_student_as_each_formula_says_and_never_the_teacher() -> None:
+    # Given logits for 2 rows of 3 classes, the teacher's tracked by autograd too
+    labels = torch.tensor([1, 2])
+    n, c, temperature = 2, 3, 2.0
+    expected = {
+        # d/ds T²·KL(p_t^T ‖ p_s^T), batch mean: T · (softmax(s/T) − softmax(t/T)) / N
+        "kl": temperature * (torch.softmax(S / temperature, -1)
+                             - torch.softmax(T / temperature, -1)) / n,
+        # d/ds CE: (softmax(s) − onehot(y)) / N
+        "ce": (torch.softmax(S, -1) - torch.nn.functional.one_hot(labels, c)) / n,
+        # d/ds mean (s − t)²: 2 (s − t) / (N·C)
+        "mse_logits": 2 * (S - T) / (n * c),
+    }
+    for name, loss in (("kl", KLLoss(temperature)), ("ce", CELoss()),
+                       ("mse_logits", MSELogitsLoss())):
+        student = S.clone().requires_grad_(True)
+        teacher = T.clone().requires_grad_(True)
+        # When the term's value is backpropagated
+        loss(LossInputs(student, teacher, labels=labels)).backward()
+        # Then the student's gradient is the formula's and the teacher gets none
+        assert student.grad is not None
+        torch.testing.assert_close(student.grad, expected[name], msg=name)
+        assert teacher.grad is None, name
