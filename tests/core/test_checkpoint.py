@@ -33,6 +33,15 @@ def make_config(teacher: Path, tmp: Path, name: str, **overrides: Any) -> JobCon
                    **overrides)
 
 
+def assert_same_weights(got: Path, want: Path) -> None:
+    """Two exported students hold the same tensors, each within 1e-5."""
+    resumed = load_file(str(got / "model.safetensors"))
+    reference = load_file(str(want / "model.safetensors"))
+    assert resumed.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert (resumed[name] - tensor).abs().max() <= 1e-5, name
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory
                   ) -> tuple[JobConfig, RecordingReporter]:
@@ -72,11 +81,7 @@ def test_killed_job_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run
     assert final["step"] == 12
 
     # and, RNG, optimizer, schedule and data position restored, it ends with the same weights
-    resumed = load_file(str(result.model_dir / "model.safetensors"))
-    reference = load_file(str(whole_config.output_dir / "model.safetensors"))
-    assert resumed.keys() == reference.keys()
-    for name, tensor in reference.items():
-        assert (resumed[name] - tensor).abs().max() <= 1e-5, name
+    assert_same_weights(result.model_dir, whole_config.output_dir)
 
 
 def test_training_curve_png_is_written_and_in_the_model_card(
@@ -161,7 +166,4 @@ def test_a_job_resumed_mid_epoch_with_gradient_accumulation_matches_an_uninterru
     # Then it went on from step 3 (epoch 1) and ends with the same weights
     assert second.resumed_from() == [3] and second.steps == list(range(4, 9))
     assert "Resumed from checkpoint at step 3 (epoch 1)." in second.messages
-    resumed = load_file(str(config.output_dir / "model.safetensors"))
-    reference = load_file(str(whole.output_dir / "model.safetensors"))
-    for name, tensor in reference.items():
-        assert (resumed[name] - tensor).abs().max() <= 1e-5, name
+    assert_same_weights(config.output_dir, whole.output_dir)

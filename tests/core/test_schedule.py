@@ -11,16 +11,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from distillation.config import Hyperparameters, NullReporter
+from distillation.config import Hyperparameters
 from distillation.training.loop import fit, make_optimizer
-
-
-class Rates(NullReporter):
-    def __init__(self) -> None:
-        self.rates: list[float] = []
-
-    def metrics(self, step: int, data: dict[str, Any]) -> None:
-        self.rates.append(data["learning_rate"])
+from tests.factories.reporting import RecordingReporter
 
 
 @pytest.mark.parametrize("scheduler", ["linear", "cosine"])
@@ -56,7 +49,7 @@ def test_fit_logs_the_rate_of_every_step_and_clips_the_gradient() -> None:
     def loss(batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         return (1000.0 * model(batch["x"])).mean(), {}
 
-    reporter = Rates()
+    reporter = RecordingReporter()
     norms: list[float] = []
 
     def before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -77,4 +70,5 @@ def test_fit_logs_the_rate_of_every_step_and_clips_the_gradient() -> None:
     # Then each update saw the gradient (1000) clipped to norm 1, and every step logged the
     # rate it ended on (linear decay over 4 steps, no warm-up)
     assert norms == pytest.approx([1.0] * 4, rel=1e-4)
-    assert reporter.rates == pytest.approx([0.075, 0.05, 0.025, 0.0])
+    rates = [data["learning_rate"] for _, data in reporter.metric_events]
+    assert rates == pytest.approx([0.075, 0.05, 0.025, 0.0])
