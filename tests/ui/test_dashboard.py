@@ -233,10 +233,28 @@ def test_form_uploads_a_file_and_starts_a_job(page: Any, dash: Dash, tmp_path: A
 
 def test_form_shows_the_apis_error_naming_the_field(page: Any, dash: Dash) -> None:
     sign_in(page, dash, next_path="/ui/new")
+    page.wait_for_selector("#create:not([disabled])")  # the files are listed
+    assert page.locator("#training-file").input_value().startswith("file-")
     page.fill("#teacher", "no-such-model")
     page.click("#create")
     page.wait_for_selector("#flash:not([hidden])")
     assert "teacher.model" in page.inner_text("#flash")
+
+
+def test_start_job_waits_until_the_files_are_listed(page: Any, dash: Dash) -> None:
+    # Given the files list held back (a slow API)
+    held: list[Any] = []
+    page.route("**/v1/files", lambda route: held.append(route))
+    sign_in(page, dash, next_path="/ui/new")
+    while not held:
+        page.wait_for_timeout(50)
+
+    # Then the form cannot be sent with no training file to choose (the browser would stop it
+    # without a word); once the list arrives it can
+    assert page.locator("#create").is_disabled()
+    held[0].continue_()
+    page.wait_for_selector("#create:not([disabled])")
+    assert page.locator("#training-file").input_value().startswith("file-")
 
 
 def test_cancel_button_cancels_the_job(page: Any, dash: Dash) -> None:

@@ -112,8 +112,13 @@ $("job-form").addEventListener("submit", async (event) => {
   }
 });
 
+// "Start job" stays disabled until the files and models are listed: clicked earlier, the empty
+// training-file choice would stop the form without a word.
 try {
   await Promise.all([loadFiles(), loadModels()]);
 } catch (err) {
   flash(errorText(err));
+} finally {
+  $("create").disabled = false;
+  $("create").removeAttribute("title");
 }
