@@ -255,6 +255,14 @@ class Settings(BaseSettings):
         "logits are still cached and the teacher runs every step for the hidden-state terms."
     )
 
+    cpu_bf16: Literal["auto", "on", "off"] = Field(
+        default="auto", description="bf16 autocast when a CPU worker trains (the teacher's "
+        "fine-tuning, its cache pass and the distillation loop; weights, optimizer and losses "
+        "stay fp32, evaluation and the exported model fp32). `auto`: where the CPU computes "
+        "bf16 in hardware (AMX or AVX512-BF16), elsewhere fp32 (emulated bf16 is slower); `off`: "
+        "fp32 always. A job's report names the precision it trained in. CUDA trains in bf16."
+    )
+
     # Operating it: logs and metrics.
     log_format: Literal["json", "console"] | None = Field(
         default=None, description="Log lines as `json` (one object a line) or `console` (for a "

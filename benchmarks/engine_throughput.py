@@ -65,6 +65,7 @@ from distillation.students.build import build_student  # noqa: E402
 from distillation.students.prune import prune_job_vocabulary  # noqa: E402
 from distillation.tasks import TaskData, get_task  # noqa: E402
 from distillation.tasks.classification_data import PairedCollator, prepare_data  # noqa: E402
+from distillation.training.loop import cpu_bf16  # noqa: E402
 
 # The shared SST-2 copy beside the project (read in place, never copied into it).
 SST2 = Path(os.environ.get("DISTILL_SST2_DIR", ROOT.parent / "shared" / "data" / "sst2")) / "train.tsv"
@@ -78,10 +79,14 @@ class Variant:
     prune: bool  # the student's vocabulary pruned to the ids the data use (the default)
     naive: bool = False  # the hand-written naive loop instead of the engine's
     hidden_mse: bool = False  # + hidden_mse (weight 1) on the even layer map, from the cache
+    # bf16 autocast on the CPU (`JobConfig.cpu_bf16`); None: a job's default, where the CPU
+    # computes bf16 in hardware. The naive loop is fp32 always.
+    bf16: bool | None = None
 
 
 VARIANTS: dict[str, Variant] = {
     "engine_default": Variant(cache=True, prune=True),
+    "engine_fp32": Variant(cache=True, prune=True, bf16=False),
     "hidden_mse_cached": Variant(cache=True, prune=True, hidden_mse=True),
     "full_vocabulary": Variant(cache=True, prune=False),
     "teacher_cache_off": Variant(cache=False, prune=True),
@@ -300,8 +305,11 @@ def run_variant(name: str, clock: Clock, config: JobConfig, teacher: Any,
         started = clock.now()
         if variant.naive:
             naive_distill(config, variant_data, teacher, student, losses, counter, clock)
+            bf16 = False
         else:
-            distill(config, variant_data, teacher, student, losses, torch.device("cpu"), clock)
+            with cpu_bf16(variant.bf16) as bf16:  # as run_job's distill stage
+                distill(config, variant_data, teacher, student, losses, torch.device("cpu"),
+                        clock)
         total_s = clock.now() - started
     finally:
         clock.end()
@@ -322,6 +330,7 @@ def run_variant(name: str, clock: Clock, config: JobConfig, teacher: Any,
         "cache_pass_s": round(cache_s, 2),
         "epoch_s": [round(x, 2) for x in epoch_s],
         "teacher_cache": variant.cache,
+        "precision": "bf16 autocast" if bf16 else "fp32",
         "vocabulary": vocabulary,
         "loop": "naive" if variant.naive else "engine",
         "padding": (f"every batch to {NAIVE_LENGTH}" if variant.naive
@@ -393,12 +402,12 @@ def main() -> None:
     for r in rows:
         r["speedup"] = round(r["samples_per_s"] / naive["samples_per_s"], 2) if naive else None
     print(f"{'variant':<22}{'samples/s':>11}{'speedup':>9}{'steady/s':>10}{'epoch 1/s':>11}"
-          f"{'cache s':>9}{'total s':>9}{'tokens/ex':>11}{'vocab':>8}")
+          f"{'cache s':>9}{'total s':>9}{'tokens/ex':>11}{'vocab':>8}  precision")
     for r in rows:
         print(f"{r['variant']:<22}{r['samples_per_s']:>11}{r['speedup']!s:>9}"
               f"{r['steady_samples_per_s']:>10}{r['first_epoch_samples_per_s']:>11}"
               f"{r['cache_pass_s']:>9}{r['total_s']:>9}{r['padded_tokens_per_example']:>11}"
-              f"{r['vocabulary']:>8}")
+              f"{r['vocabulary']:>8}  {r['precision']}")
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in
                                         ["benchmarks/engine_throughput.py", *sys.argv[1:]]),

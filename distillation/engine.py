@@ -78,6 +78,8 @@ from distillation.training.loop import (
     FitResult,
     Tracker,
     check_stop,
+    cpu_bf16,
+    cpu_bf16_on,
     fit,
     optimizer_steps,
     resolve_device,
@@ -355,7 +357,8 @@ def distill(
     sources = ", ".join(f"{n:,} {name}" for name, n in data.sources.items() if n)
     reporter.message(f"Distilling into a {count_parameters(student):,}-parameter student on "
                      f"{len(features):,} examples{f' ({sources})' if sources else ''} "
-                     f"on {device.type}: {method.description(config)}.",
+                     f"on {device.type}{' in bf16' if device.type == 'cuda' or cpu_bf16_on() else ''}: "
+                     f"{method.description(config)}.",
                      data={"method": method.name})
     if qad is not None:
         total = optimizer_steps(math.ceil(len(features) / hp.batch_size), hp, hp.epochs)
@@ -434,7 +437,8 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
         config.data_generation, task=task.name, tokenizer=data.teacher.tokenizer,
         data_spec=config.data)
     check_stop(reporter)
-    with clock("load_teacher" if config.teacher_finetune is None else "finetune_teacher"):
+    with clock("load_teacher" if config.teacher_finetune is None else "finetune_teacher"), \
+            cpu_bf16(config.cpu_bf16):
         teacher, teacher_dir = load_teacher(config, task, data, device, reporter, attn)
         warnings = [] if config.teacher_finetune is None else check_finetuned_teacher(
             teacher, task, data, device=device, batch_size=hp.eval_batch_size, reporter=reporter)
@@ -466,7 +470,7 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     losses = method.losses(config, task, student, teacher).to(device)
     selector = EpochSelector(config.work_dir, hp=hp, report_metric=task.report_metric,
                              eval_split=data.eval_split, reporter=reporter)
-    with clock("distill"):
+    with clock("distill"), cpu_bf16(config.cpu_bf16) as bf16:
         fit_result = distill(config, data, teacher, student, losses, device, reporter, clock,
                              selector, method, budget)
     clock.seconds["distill"] = round(clock.seconds["distill"]
@@ -518,6 +522,7 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     if selection is not None:
         report["student_selection"] = selection
     report["optimizer_steps"] = fit_result.steps
+    report["training_precision"] = "bf16" if device.type == "cuda" or bf16 else "fp32"
     if qad is not None:
         report["quantization_aware"] = qad
     report["runtimes"] = runtimes

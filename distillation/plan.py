@@ -27,7 +27,8 @@ from distillation.config import (
 )
 
 # JobConfig's fields that are neither plan nor paths: how this machine runs the job.
-RUN_SETTINGS = ("device", "benchmark_runs", "export_runtimes", "teacher_cache_max_bytes")
+RUN_SETTINGS = ("device", "benchmark_runs", "export_runtimes", "teacher_cache_max_bytes",
+                "cpu_bf16")
 
 
 @dataclass

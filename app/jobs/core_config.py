@@ -38,6 +38,8 @@ from distillation.models.info import CAUSAL_LM, CLASSIFICATION
 from distillation.plan import DataGenerationPlan, JobPaths, JobPlan
 
 _PLAN = TypeAdapter(JobPlan)
+# The worker's `cpu_bf16` setting as the core's: None lets the core ask the CPU.
+CPU_BF16: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 
 
 def stored_request(job: JobRow) -> JobCreate:
@@ -163,7 +165,8 @@ def to_job_config(job: JobRow, *, session: Session, settings: Settings) -> JobCo
         work_dir=workspace.work_dir(settings, job.id, job.attempts),
     )
     config = job_plan(job).config(paths, export_runtimes=settings.export_runtimes,
-                                  teacher_cache_max_bytes=settings.teacher_cache_max_bytes)
+                                  teacher_cache_max_bytes=settings.teacher_cache_max_bytes,
+                                  cpu_bf16=CPU_BF16[settings.cpu_bf16])
     if config.data_generation is not None:
         # The generated set, in the attempt's work folder: the worker registers it as a file.
         config.generated_file = generated_set_path(paths.work_dir)

@@ -27,7 +27,7 @@ from distillation.config import JobConfig, Reporter
 from distillation.losses.functions import CompositeLoss, build_losses
 from distillation.methods.checks import check_method
 from distillation.methods.teacher_answers import AnswerStats, answer_prompts
-from distillation.tasks import Task, TaskData
+from distillation.tasks import Task, TaskData, get_task
 from distillation.training.loop import BatchHook
 
 
@@ -81,6 +81,8 @@ class Method:
 
     def description(self, config: JobConfig) -> str:
         """What the student learns from, said when the distill stage starts."""
+        if get_task(config.task).labelled:
+            return "learning the teacher's class probabilities on every example"
         return "token-level distillation on the examples' answers"
 
     def metrics(self) -> dict[str, float]:

@@ -9,7 +9,8 @@ import inspect
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,10 +38,42 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
+# Whether the training in this context runs its CPU matrix products in bf16 (`cpu_bf16`).
+_CPU_BF16: ContextVar[bool] = ContextVar("cpu_bf16", default=False)
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AMX tiles or AVX512-BF16), where bf16
+    autocast is faster; elsewhere it would be emulated, and slower than fp32."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+@contextlib.contextmanager
+def cpu_bf16(enabled: bool | None) -> Iterator[bool]:
+    """bf16 autocast on the CPU in this block (None: where `native_cpu_bf16`); yields whether.
+
+    The weights, the optimizer and the losses stay fp32 (mixed precision, as on CUDA); outside
+    such a block a CPU runs fp32, so a served model is evaluated as it answers."""
+    on = native_cpu_bf16() if enabled is None else enabled
+    token = _CPU_BF16.set(on)
+    try:
+        yield on
+    finally:
+        _CPU_BF16.reset(token)
+
+
+def cpu_bf16_on() -> bool:
+    """Whether this context trains in bf16 on a CPU (set by `cpu_bf16`)."""
+    return _CPU_BF16.get()
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA; plain fp32 elsewhere."""
+    """bf16 autocast on CUDA, and on a CPU inside `cpu_bf16`; plain fp32 elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and cpu_bf16_on():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

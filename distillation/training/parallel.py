@@ -47,7 +47,7 @@ from torch import nn
 from distillation.config import NullReporter
 from distillation.layout import DDP_PAYLOAD
 from distillation.training.checkpoint import Checkpointer
-from distillation.training.loop import fit
+from distillation.training.loop import cpu_bf16, cpu_bf16_on, fit
 from distillation.training.ranks import Ranks, rank_device
 
 # Longest a rank waits in a collective: covers rank 0's evaluation at an epoch's end.
@@ -69,7 +69,8 @@ def launch(world_size: int, *, device: torch.device, work_dir: Path,
     fd, name = tempfile.mkstemp(prefix=".", suffix=f"-{DDP_PAYLOAD}", dir=work_dir)
     os.close(fd)
     payload = Path(name)
-    torch.save({"fit": fit_kwargs, "checkpoint_modules": checkpoint_modules}, payload)
+    torch.save({"fit": fit_kwargs, "checkpoint_modules": checkpoint_modules,
+                "cpu_bf16": cpu_bf16_on()}, payload)
     store = loopback_store(world_size)
     with gloo_on_loopback():
         context = mp.start_processes(
@@ -164,8 +165,9 @@ def _run_rank(index: int, port: int, world_size: int, backend: str, device_type:
         checkpoints = RestoreOnly(Checkpointer(Path(work_dir), hp=kwargs["hp"],
                                                modules=loaded["checkpoint_modules"],
                                                reporter=reporter))
-        fit(**kwargs, device=device, reporter=reporter, checkpoints=checkpoints,
-            ranks=Ranks(rank, world_size, device))
+        with cpu_bf16(loaded["cpu_bf16"]):  # the precision rank 0 trains in
+            fit(**kwargs, device=device, reporter=reporter, checkpoints=checkpoints,
+                ranks=Ranks(rank, world_size, device))
     finally:
         dist.destroy_process_group()
 

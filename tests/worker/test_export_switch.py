@@ -1,8 +1,9 @@
 """`DISTILL_EXPORT_RUNTIMES` reaches the training core: the worker's job config carries it (on by
-default, off in tests: `tests/conftest.py`); so does `DISTILL_TEACHER_CACHE_MAX_BYTES`. What
+default, off in tests: `tests/conftest.py`); so do `DISTILL_TEACHER_CACHE_MAX_BYTES` and
+`DISTILL_CPU_BF16`. What
 the core does with the first is tested in `tests/core/test_engine.py` (off: torch only) and
 `tests/worker/test_queue.py` (on: a real worker's job is exported to ONNX), with the second in
-`tests/core/test_hidden_cache.py`."""
+`tests/core/test_hidden_cache.py`, the third in `tests/core/test_precision.py`."""
 
 from __future__ import annotations
 
@@ -45,3 +46,10 @@ def test_the_setting_reaches_the_job_config(
         config = to_job_config(row, session=session,
                                settings=settings.model_copy(update={"teacher_cache_max_bytes": 5}))
         assert config.teacher_cache_max_bytes == 5
+        # and the CPU's training precision: auto (the core asks the CPU), on, off
+        assert Settings.model_fields["cpu_bf16"].default == "auto"
+        assert JobConfig.__dataclass_fields__["cpu_bf16"].default is None
+        for setting, core in (("auto", None), ("on", True), ("off", False)):
+            config = to_job_config(row, session=session,
+                                   settings=settings.model_copy(update={"cpu_bf16": setting}))
+            assert config.cpu_bf16 is core
