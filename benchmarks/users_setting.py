@@ -190,6 +190,7 @@ def main() -> None:
     result: dict[str, Any] = {"command": "python " + " ".join(sys.argv), "machine": machine(),
                               "request": body, "job_minutes": minutes,
                               "stage_seconds": report.get("stage_seconds"),
+                              "training_precision": report.get("training_precision"),
                               "student_selection": report.get("student_selection"),
                               "report": {k: report.get(k) for k in ("retention", "speedup",
                                                                      "compression")},

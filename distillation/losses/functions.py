@@ -69,6 +69,11 @@ def _require(value: Sequence[Tensor] | None, what: str) -> Sequence[Tensor]:
     return value
 
 
+def _teacher_states(value: Sequence[Tensor] | None, what: str) -> list[Tensor]:
+    """The teacher's hidden states or attention maps, detached as its logits are."""
+    return [t.detach() for t in _require(value, what)]
+
+
 def _token_mask(x: Tensor, mask: Tensor | None) -> Tensor:
     """(B, L, 1) float mask, all ones when no attention mask is given."""
     if mask is None:
@@ -240,7 +245,7 @@ class HiddenMSELoss(nn.Module):
 
     def forward(self, inputs: LossInputs) -> Tensor:
         student = _require(inputs.student_hidden, "hidden states")
-        teacher = _require(inputs.teacher_hidden, "hidden states")
+        teacher = _teacher_states(inputs.teacher_hidden, "hidden states")
         total = student[0].new_zeros((), dtype=torch.float32)
         for i, j in self.layer_map.items():
             s = self.projections[str(i)](student[i + 1].float())
@@ -268,7 +273,7 @@ class AttentionMSELoss(nn.Module):
 
     def forward(self, inputs: LossInputs) -> Tensor:
         student = _require(inputs.student_attentions, "attention maps")
-        teacher = _require(inputs.teacher_attentions, "attention maps")
+        teacher = _teacher_states(inputs.teacher_attentions, "attention maps")
         total = student[0].new_zeros((), dtype=torch.float32)
         for i, j in self.layer_map.items():
             s, t = student[i].float(), teacher[j].float()
@@ -305,7 +310,7 @@ class CosineLoss(nn.Module):
     def forward(self, inputs: LossInputs) -> Tensor:
         s = self._pool(_require(inputs.student_hidden, "hidden states")[-1].float(),
                        inputs.attention_mask)
-        t = self._pool(_require(inputs.teacher_hidden, "hidden states")[-1].float(),
+        t = self._pool(_teacher_states(inputs.teacher_hidden, "hidden states")[-1].float(),
                        inputs.attention_mask)
         return (1.0 - F.cosine_similarity(self.projection(s), t, dim=-1)).mean()
 

@@ -231,3 +231,39 @@ def test_gradients_reach_the_student_as_each_formula_says_and_never_the_teacher(
         assert student.grad is not None
         torch.testing.assert_close(student.grad, expected[name], msg=name)
         assert teacher.grad is None, name
+
+
+def test_attention_mse_gradient_is_the_formulas_on_real_pairs_and_the_teacher_gets_none() -> None:
+    # Given one layer's attention maps (2 rows, 2 heads, 3 tokens), the second row's last token
+    # padding, the teacher's tracked by autograd too
+    generator = torch.Generator().manual_seed(0)
+    s_map = torch.softmax(torch.randn(2, 2, 3, 3, generator=generator), -1)
+    t_map = torch.softmax(torch.randn(2, 2, 3, 3, generator=generator), -1)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    student, teacher = s_map.clone().requires_grad_(True), t_map.clone().requires_grad_(True)
+
+    # When the term is backpropagated
+    AttentionMSELoss({0: 0})(LossInputs(torch.zeros(2, 2), torch.zeros(2, 2),
+                                        student_attentions=[student], teacher_attentions=[teacher],
+                                        attention_mask=mask)).backward()
+
+    # Then d/dA_s = 2 (A_s − A_t) on the real (query, key) pairs / (real pairs × heads), zero on
+    # pairs with a padded query or key, and nothing reaches the teacher
+    pairs = (mask[:, :, None] * mask[:, None, :]).unsqueeze(1).float()
+    expected = 2 * (s_map - t_map) * pairs / (pairs.sum() * 2)
+    assert student.grad is not None
+    torch.testing.assert_close(student.grad, expected)
+    assert float(student.grad[1, :, 2, :].abs().sum()) == 0.0
+    assert teacher.grad is None
+
+
+def test_hidden_state_terms_never_send_the_teacher_a_gradient() -> None:
+    generator = torch.Generator().manual_seed(1)
+    layers = [torch.randn(2, 3, 4, generator=generator) for _ in range(2)]
+    for loss in (HiddenMSELoss({0: 0}, 4, 4), CosineLoss(4, 4, pooling="mean")):
+        student = [h.clone().requires_grad_(True) for h in layers]
+        teacher = [(h + 1).requires_grad_(True) for h in layers]
+        loss(LossInputs(torch.zeros(2, 2), torch.zeros(2, 2), student_hidden=student,
+                        teacher_hidden=teacher, attention_mask=torch.ones(2, 3))).backward()
+        assert any(h.grad is not None for h in student), type(loss).__name__
+        assert all(h.grad is None for h in teacher), type(loss).__name__
