@@ -9,6 +9,7 @@ import json
 import tarfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -31,10 +32,11 @@ def create_job(dash: Dash, **overrides: Any) -> dict[str, Any]:
     return dict(response.json())
 
 
-def stepped_job(dash: Dash, run: str) -> dict[str, Any]:
+def stepped_job(dash: Dash, run: str, **hyperparameters: Any) -> dict[str, Any]:
     """A real job for the worker: 2 epochs of 8 steps, a metrics event every step."""
     return create_job(dash, metadata={"run": run}, hyperparameters={
-        "epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "seed": 1, "log_every_steps": 1})
+        "epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "seed": 1, "log_every_steps": 1,
+        **hyperparameters})
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,14 @@ def test_jobs_list_shows_a_created_job_with_status_and_progress(
 
 @pytest.fixture
 def held_job(dash: Dash) -> Iterator[dict[str, Any]]:
-    """A job as `tiny_job`, held by the worker at step `HOLD_STEP` until `dash.release` exists
+    """A job as `tiny_job`, held by the worker at step `HOLD_STEP` until `dash.release` exists."""
+    with held(dash, "dashboard-live") as job:
+        yield job
+
+
+@contextmanager
+def held(dash: Dash, run: str, **hyperparameters: Any) -> Iterator[dict[str, Any]]:
+    """A `stepped_job` held at step `HOLD_STEP` until `dash.release` exists, or the block ends
     (once the jobs of earlier tests have ended: the worker runs one at a time, and would hold
     theirs instead)."""
     deadline = time.monotonic() + 180
@@ -89,7 +98,7 @@ def held_job(dash: Dash) -> Iterator[dict[str, Any]]:
         time.sleep(0.3)
     dash.release.unlink(missing_ok=True)
     try:
-        yield stepped_job(dash, "dashboard-live")
+        yield stepped_job(dash, run, **hyperparameters)
     finally:
         dash.release.touch()
 
@@ -139,6 +148,49 @@ def test_job_page_follows_a_real_job_live(page: Any, dash: Dash, held_job: dict[
     assert len(accuracy.split()) == 2
     assert page.locator("#job-facts a[href^='/ui/models/model-']").count() == 1
     assert page.locator("#cancel").is_disabled()
+
+
+def test_job_page_lists_the_running_jobs_checkpoints_as_the_api_does(
+    page: Any, dash: Dash
+) -> None:
+    # Given a job held at step 8 with a checkpoint every 2 steps (the last two kept: 4 and 6)
+    with held(dash, "dashboard-checkpoints", checkpoint_every_steps=2) as job:
+        deadline = time.monotonic() + 120
+        while not (listed := dash.http.get(f"/v1/distillation/jobs/{job['id']}/checkpoints",
+                                           headers=dash.auth).json()["data"]):
+            assert time.monotonic() < deadline, "the job wrote no checkpoint"
+            time.sleep(0.3)
+        while listed[0]["step"] < HOLD_STEP - 2:  # the last before the held step
+            assert time.monotonic() < deadline, listed
+            time.sleep(0.3)
+            listed = dash.http.get(f"/v1/distillation/jobs/{job['id']}/checkpoints",
+                                   headers=dash.auth).json()["data"]
+
+        # When its page is opened, then the table shows each one the API lists, in its order
+        sign_in(page, dash, next_path=f"/ui/jobs/{job['id']}")
+        page.locator("#checkpoints tbody tr").first.wait_for()
+        rows = page.locator("#checkpoints tbody tr").evaluate_all(
+            "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+        assert [(r[0], int(r[1]), int(r[2])) for r in rows] == \
+            [(c["id"], c["step"], c["epoch"]) for c in listed]
+        assert [int(r[1]) for r in rows] == [HOLD_STEP - 2, HOLD_STEP - 4]
+        assert page.locator("#checkpoints-empty").is_hidden()
+        dash.http.post(f"/v1/distillation/jobs/{job['id']}/cancel", headers=dash.auth)
+
+
+def test_sign_out_forgets_the_key_and_the_pages_ask_for_it_again(
+    page: Any, dash: Dash, watch: Watch
+) -> None:
+    sign_in(page, dash)
+    page.click("#sign-out")
+    page.wait_for_url("**/ui/login")
+    assert page.evaluate("sessionStorage.getItem('distill.apiKey')") is None
+    assert page.evaluate("localStorage.getItem('distill.apiKey')") is None
+    page.goto(dash.url + "/ui/models")
+    page.wait_for_url("**/ui/login?next=%2Fui%2Fmodels")
+    assert page.locator("#sign-out").is_hidden()
+    assert watch.errors == ["page error: not signed in"]  # how a page stops, sent to sign in
+    watch.errors.clear()
 
 
 def test_model_page_shows_report_card_downloads_and_predicts(
