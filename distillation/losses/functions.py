@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import torch
 import torch.nn.functional as F
@@ -69,9 +69,29 @@ def _require(value: Sequence[Tensor] | None, what: str) -> Sequence[Tensor]:
     return value
 
 
-def _teacher_states(value: Sequence[Tensor] | None, what: str) -> list[Tensor]:
+class _Detached(Sequence[Tensor]):
+    """A view of the teacher's per-layer tensors, each detached when read (read lazily: a
+    teacher cache holds only the layers the losses map to, and refuses the others)."""
+
+    def __init__(self, layers: Sequence[Tensor]) -> None:
+        self.layers = layers
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @overload
+    def __getitem__(self, index: int) -> Tensor: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Tensor]: ...
+    def __getitem__(self, index: int | slice) -> Tensor | Sequence[Tensor]:
+        if isinstance(index, slice):
+            return [layer.detach() for layer in self.layers[index]]
+        return self.layers[index].detach()
+
+
+def _teacher_states(value: Sequence[Tensor] | None, what: str) -> Sequence[Tensor]:
     """The teacher's hidden states or attention maps, detached as its logits are."""
-    return [t.detach() for t in _require(value, what)]
+    return _Detached(_require(value, what))
 
 
 def _token_mask(x: Tensor, mask: Tensor | None) -> Tensor:
