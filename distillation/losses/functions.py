@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, overload
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -67,31 +67,6 @@ def _require(value: Sequence[Tensor] | None, what: str) -> Sequence[Tensor]:
     if value is None:
         raise ValueError(f"this loss needs the models' {what}")
     return value
-
-
-class _Detached(Sequence[Tensor]):
-    """A view of the teacher's per-layer tensors, each detached when read (read lazily: a
-    teacher cache holds only the layers the losses map to, and refuses the others)."""
-
-    def __init__(self, layers: Sequence[Tensor]) -> None:
-        self.layers = layers
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    @overload
-    def __getitem__(self, index: int) -> Tensor: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Tensor]: ...
-    def __getitem__(self, index: int | slice) -> Tensor | Sequence[Tensor]:
-        if isinstance(index, slice):
-            return [layer.detach() for layer in self.layers[index]]
-        return self.layers[index].detach()
-
-
-def _teacher_states(value: Sequence[Tensor] | None, what: str) -> Sequence[Tensor]:
-    """The teacher's hidden states or attention maps, detached as its logits are."""
-    return _Detached(_require(value, what))
 
 
 def _token_mask(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -265,11 +240,11 @@ class HiddenMSELoss(nn.Module):
 
     def forward(self, inputs: LossInputs) -> Tensor:
         student = _require(inputs.student_hidden, "hidden states")
-        teacher = _teacher_states(inputs.teacher_hidden, "hidden states")
+        teacher = _require(inputs.teacher_hidden, "hidden states")
         total = student[0].new_zeros((), dtype=torch.float32)
         for i, j in self.layer_map.items():
             s = self.projections[str(i)](student[i + 1].float())
-            t = teacher[j + 1].float()
+            t = teacher[j + 1].detach().float()  # a fixed target, as its logits are
             mask = _token_mask(t, inputs.attention_mask)
             squared = ((s - t) ** 2 * mask).sum()
             total = total + squared / (mask.sum() * t.shape[-1]).clamp_min(1.0)
@@ -293,10 +268,10 @@ class AttentionMSELoss(nn.Module):
 
     def forward(self, inputs: LossInputs) -> Tensor:
         student = _require(inputs.student_attentions, "attention maps")
-        teacher = _teacher_states(inputs.teacher_attentions, "attention maps")
+        teacher = _require(inputs.teacher_attentions, "attention maps")
         total = student[0].new_zeros((), dtype=torch.float32)
         for i, j in self.layer_map.items():
-            s, t = student[i].float(), teacher[j].float()
+            s, t = student[i].float(), teacher[j].detach().float()
             if s.shape[1] != t.shape[1]:
                 s, t = s.mean(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)
             if inputs.attention_mask is None:
@@ -330,7 +305,7 @@ class CosineLoss(nn.Module):
     def forward(self, inputs: LossInputs) -> Tensor:
         s = self._pool(_require(inputs.student_hidden, "hidden states")[-1].float(),
                        inputs.attention_mask)
-        t = self._pool(_teacher_states(inputs.teacher_hidden, "hidden states")[-1].float(),
+        t = self._pool(_require(inputs.teacher_hidden, "hidden states")[-1].detach().float(),
                        inputs.attention_mask)
         return (1.0 - F.cosine_similarity(self.projection(s), t, dim=-1)).mean()
 
