@@ -79,10 +79,10 @@ from distillation.training.loop import (
     Tracker,
     check_stop,
     cpu_bf16,
-    cpu_bf16_on,
     fit,
     optimizer_steps,
     resolve_device,
+    trains_in_bf16,
 )
 from distillation.training.prompt_writer import (
     BATCH_SIZE,
@@ -357,7 +357,7 @@ def distill(
     sources = ", ".join(f"{n:,} {name}" for name, n in data.sources.items() if n)
     reporter.message(f"Distilling into a {count_parameters(student):,}-parameter student on "
                      f"{len(features):,} examples{f' ({sources})' if sources else ''} "
-                     f"on {device.type}{' in bf16' if device.type == 'cuda' or cpu_bf16_on() else ''}: "
+                     f"on {device.type}{' in bf16' if trains_in_bf16(device) else ''}: "
                      f"{method.description(config)}.",
                      data={"method": method.name})
     if qad is not None:
@@ -470,9 +470,10 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     losses = method.losses(config, task, student, teacher).to(device)
     selector = EpochSelector(config.work_dir, hp=hp, report_metric=task.report_metric,
                              eval_split=data.eval_split, reporter=reporter)
-    with clock("distill"), cpu_bf16(config.cpu_bf16) as bf16:
+    with clock("distill"), cpu_bf16(config.cpu_bf16):
         fit_result = distill(config, data, teacher, student, losses, device, reporter, clock,
                              selector, method, budget)
+        precision = "bf16" if trains_in_bf16(device) else "fp32"
     clock.seconds["distill"] = round(clock.seconds["distill"]
                                      - clock.seconds.get("cache_teacher", 0.0), 1)
     evals = fit_result.evals
@@ -522,7 +523,7 @@ def run_job(config: JobConfig, reporter: Reporter) -> JobResult:
     if selection is not None:
         report["student_selection"] = selection
     report["optimizer_steps"] = fit_result.steps
-    report["training_precision"] = "bf16" if device.type == "cuda" or bf16 else "fp32"
+    report["training_precision"] = precision
     if qad is not None:
         report["quantization_aware"] = qad
     report["runtimes"] = runtimes

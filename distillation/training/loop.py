@@ -68,12 +68,15 @@ def cpu_bf16_on() -> bool:
     return _CPU_BF16.get()
 
 
+def trains_in_bf16(device: torch.device) -> bool:
+    """Whether `autocast` runs this context's products on `device` in bf16."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_bf16_on())
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CUDA, and on a CPU inside `cpu_bf16`; plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and cpu_bf16_on():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if trains_in_bf16(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
